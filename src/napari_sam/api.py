@@ -1,0 +1,84 @@
+"""Public Python API: ``napari_sam.load_model``, ``segment``, ``propagate``.
+
+Prompts use napari's convention: points (N, 2) as (row, col); boxes (M, 4) as
+(row0, col0, row1, col1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .core.models import load_model
+
+__all__ = ["load_model", "segment", "propagate"]
+
+_DEFAULT = {}
+
+
+def _model(model):
+    if model is None or isinstance(model, str):
+        name = model or "embedded"
+        if name not in _DEFAULT:
+            _DEFAULT[name] = load_model(name)
+        return _DEFAULT[name]
+    return model
+
+
+def segment(
+    image2d,
+    *,
+    points=None,
+    point_labels=None,
+    boxes=None,
+    mask=None,
+    model=None,
+    multimask: bool = True,
+    channel_axis: int | None = None,
+    channel: int | None = None,
+    normalize: str = "percentile",
+    refine: bool | None = None,
+):
+    """SAM on one 2D slice.
+
+    image2d: (H, W) or, with ``channel_axis``, (H, W, C); any dtype.
+    points: (N, 2) (row, col); point_labels: (N,) 1 positive / 0 negative
+    (default all positive). boxes: (4,) or (M, 4) (row0, col0, row1, col1);
+    M boxes are M objects. mask: a previous (H, W) bool mask or SAM low-res
+    logits. model: a ``LoadedModel``, a registry name or checkpoint path
+    (default: the embedded model). refine: boundary refinement and removal of
+    fragments not connected to the prompt (default: on for the embedded model).
+
+    Returns a :class:`napari_sam.core.predictor.Prediction`: ``masks``
+    (n_objects, n_candidates, H, W) bool, ``scores`` (n, c) SAM's predicted
+    IoU, ``low_res_logits``; ``.best()`` gives (n, H, W).
+    """
+    from .core.predictor import SlicePredictor
+
+    m = _model(model)
+    a = np.asarray(image2d)
+    expect = 3 if channel_axis is not None else 2
+    if a.ndim != expect:
+        raise ValueError(
+            f"segment() takes one 2D slice, got an array of shape {a.shape}"
+            + ("; pass channel_axis=-1 for RGB/multichannel" if a.ndim == 3 and channel_axis is None else "")
+            + ("; for a z-stack pick a slice (stack[z]) or use propagate()" if a.ndim == 3 else "")
+        )
+    if points is None and boxes is None and mask is None:
+        raise ValueError("segment() needs a prompt: points, boxes or mask")
+    pred = SlicePredictor(m, normalize=normalize)
+    pred.set_image(a, channel_axis=channel_axis, channel=channel)
+    if refine is None:
+        refine = bool(getattr(m, "native_resolution", False))
+    pred.refine = refine
+    return pred.predict(points=points, point_labels=point_labels, boxes=boxes, mask=mask, multimask=multimask)
+
+
+def propagate(stack, prompts, *, model=None, z_range=None, **kwargs):
+    """Propagate objects through a (z, y, x) stack; returns (z, y, x) labels.
+
+    prompts: {object_id: {z: ObjectPrompt or dict(points=, labels=, box=, mask=)}}.
+    See :func:`napari_sam.core.propagate.propagate_objects` for the options.
+    """
+    from .core.propagate import propagate_labels
+
+    return propagate_labels(stack, prompts, model=_model(model), z_range=z_range, **kwargs)

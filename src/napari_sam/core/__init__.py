@@ -1,0 +1,1 @@
+"""Pure numpy/torch core of napari-sam: no napari, no Qt."""

@@ -1,0 +1,103 @@
+"""In-memory LRU cache of slice embeddings, with a byte budget.
+
+Key: (slice signature, model checksum, normalisation). The signature is a hash
+of the slice's bytes, shape and dtype, so an edited or different image never
+reuses a stale embedding, while the same slice reached through another array
+object (a dask/zarr view, a copy) does. Embeddings are stored as fp16 on the
+CPU (ViT-B: 64*64*256*2 = 2 MiB a slice) and returned as fp32 on the model's
+device.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import replace
+
+import numpy as np
+
+from .predictor import Embedding
+
+
+def slice_signature(slice2d: np.ndarray) -> str:
+    """A content hash of one slice: xxh3-128 of its bytes, with shape and dtype."""
+    import xxhash
+
+    a = np.ascontiguousarray(slice2d)
+    h = xxhash.xxh3_128()
+    h.update(str((a.shape, a.dtype.str)).encode())
+    h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
+    return h.hexdigest()
+
+
+class EmbeddingCache:
+    """Thread-safe LRU of :class:`Embedding` under ``max_bytes``."""
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.max_bytes = int(max_bytes)
+        self._d: OrderedDict[tuple, Embedding] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(signature: str, model_checksum: str, normalize: str) -> tuple:
+        return (signature, model_checksum, normalize)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __contains__(self, key) -> bool:
+        return key in self._d
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def get(self, key, device=None) -> Embedding | None:
+        with self._lock:
+            e = self._d.get(key)
+            if e is None:
+                self.misses += 1
+                return None
+            self._d.move_to_end(key)
+            self.hits += 1
+        f = e.features.float()
+        if device is not None:
+            f = f.to(device)
+        return replace(e, features=f)
+
+    def put(self, key, emb: Embedding) -> None:
+        stored = replace(emb, features=emb.features.detach().to("cpu").half())
+        with self._lock:
+            old = self._d.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._d[key] = stored
+            self._bytes += stored.nbytes
+            while self._bytes > self.max_bytes and len(self._d) > 1:
+                _, ev = self._d.popitem(last=False)
+                self._bytes -= ev.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+            self._bytes = 0
+
+
+def embed_cached(predictor, cache: EmbeddingCache | None, slice2d, *, channel_axis=None, channel=None) -> Embedding:
+    """The slice's embedding from ``cache``, or computed by ``predictor`` and stored.
+
+    Does not change ``predictor``'s current image (safe to call from a worker
+    thread while the GUI thread decodes on another embedding).
+    """
+    a = np.asarray(slice2d)
+    if cache is None:
+        return predictor.embed(a, channel_axis=channel_axis, channel=channel)
+    key = cache.key(slice_signature(a) + f"|{channel_axis}|{channel}", predictor.model.checksum, predictor.normalize)
+    emb = cache.get(key, predictor.model.device)
+    if emb is None:
+        emb = predictor.embed(a, channel_axis=channel_axis, channel=channel)
+        cache.put(key, emb)
+    return emb

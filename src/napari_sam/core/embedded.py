@@ -1,0 +1,160 @@
+"""The embedded model: SAM's prompt encoder and mask decoder (from
+segment-anything, at width 128) on a small CNN image encoder.
+
+The encoder downsamples 8x (SAM's ViT: 16x), keeps global context with one
+attention block at 1/16, and ends in SAM's neck (1x1 conv, LayerNorm2d, 3x3
+conv, LayerNorm2d). It is fully convolutional, so it runs at the slice's own
+pixel size (``native_resolution``): a 5 px nucleus stays 5 px instead of being
+rescaled to a fixed 1024 canvas. Everything after the encoder is the official
+``segment_anything`` code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+EMBEDDED_DEFAULT_CONFIG = {
+    "arch": "napari-sam-tiny-cnn",
+    "embed_dim": 128,
+    "widths": [24, 48, 128],
+    "blocks_1_8": 3,
+    "dilations": [1, 2, 4],
+    "attn_heads": 4,
+    "decoder_depth": 2,
+    "decoder_mlp_dim": 512,
+    "decoder_heads": 4,
+    "img_size": 512,  # nominal; the encoder runs at the slice's own size
+    "stride": 8,
+    "max_size": 1024,  # longer slices are scaled down to this long side
+    "pixel_mean": [123.675, 116.28, 103.53],
+    "pixel_std": [58.395, 57.12, 57.375],
+}
+
+
+class _ConvBN(nn.Sequential):
+    def __init__(self, cin, cout, stride=1, dilation=1, act=True):
+        layers = [
+            nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        if act:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, ch, dilation=1):
+        super().__init__()
+        self.a = _ConvBN(ch, ch, dilation=dilation)
+        self.b = _ConvBN(ch, ch, dilation=dilation, act=False)
+
+    def forward(self, x):
+        return F.relu(x + self.b(self.a(x)), inplace=True)
+
+
+class _GlobalAttention(nn.Module):
+    """One pre-norm transformer block over all tokens (scaled-dot-product attention)."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):  # x: (B, C, H, W)
+        b, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        q, k, v = self.qkv(self.norm1(t)).reshape(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
+        t = t + self.proj(a)
+        t = t + self.mlp(self.norm2(t))
+        return t.transpose(1, 2).reshape(b, c, h, w)
+
+
+class TinyCNNEncoder(nn.Module):
+    """Image encoder: (B, 3, H, W) normalised pixels -> (B, embed_dim, H/8, W/8).
+
+    H and W must be multiples of 16 (the predictor pads to that).
+    """
+
+    native_resolution = True
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        w1, w2, w3 = cfg["widths"]
+        self.img_size = int(cfg["img_size"])
+        self.stride = int(cfg["stride"])
+        self.max_size = int(cfg["max_size"])
+        self.stem = nn.Sequential(_ConvBN(3, w1, stride=2), _ConvBN(w1, w2, stride=2), _ResBlock(w2))
+        self.down = _ConvBN(w2, w3, stride=2)
+        self.blocks = nn.Sequential(*[_ResBlock(w3, d) for d in cfg["dilations"][: cfg["blocks_1_8"]]])
+        self.ctx_down = _ConvBN(w3, w3, stride=2)
+        self.attn = _GlobalAttention(w3, cfg["attn_heads"])
+        self.fuse = _ConvBN(w3, w3)
+        from segment_anything.modeling.common import LayerNorm2d
+
+        d = cfg["embed_dim"]
+        self.neck = nn.Sequential(
+            nn.Conv2d(w3, d, 1, bias=False),
+            LayerNorm2d(d),
+            nn.Conv2d(d, d, 3, padding=1, bias=False),
+            LayerNorm2d(d),
+        )
+
+    def forward(self, x):
+        x = self.blocks(self.down(self.stem(x)))
+        ctx = self.attn(self.ctx_down(x))
+        x = self.fuse(x + F.interpolate(ctx, size=x.shape[-2:], mode="bilinear", align_corners=False))
+        return self.neck(x)
+
+
+def build_embedded_sam(cfg: dict | None = None):
+    """A ``segment_anything.modeling.Sam`` with the tiny CNN encoder.
+
+    ``cfg`` is the configuration stored in the checkpoint (defaults above).
+    """
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    cfg = {**EMBEDDED_DEFAULT_CONFIG, **(cfg or {})}
+    d = cfg["embed_dim"]
+    size = cfg["img_size"]
+    grid = size // cfg["stride"]
+    sam = Sam(
+        image_encoder=TinyCNNEncoder(cfg),
+        prompt_encoder=PromptEncoder(
+            embed_dim=d, image_embedding_size=(grid, grid), input_image_size=(size, size), mask_in_chans=16
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=cfg["decoder_depth"], embedding_dim=d, mlp_dim=cfg["decoder_mlp_dim"], num_heads=cfg["decoder_heads"]
+            ),
+            transformer_dim=d,
+            iou_head_depth=3,
+            iou_head_hidden_dim=d,
+        ),
+        pixel_mean=cfg["pixel_mean"],
+        pixel_std=cfg["pixel_std"],
+    )
+    return sam
+
+
+def set_grid(sam, input_hw: tuple[int, int]) -> None:
+    """Point SAM's prompt encoder at a padded input of ``input_hw`` (H, W).
+
+    SAM's PromptEncoder normalises prompt coordinates by ``input_image_size``
+    and builds its dense positional encoding on ``image_embedding_size``. For a
+    native-resolution encoder both follow the slice; official ViT models keep
+    their fixed 1024 canvas and never call this.
+    """
+    pe = sam.prompt_encoder
+    stride = sam.image_encoder.stride
+    h, w = int(input_hw[0]), int(input_hw[1])
+    pe.input_image_size = (h, w)
+    pe.image_embedding_size = (h // stride, w // stride)
+    pe.mask_input_size = (4 * (h // stride), 4 * (w // stride))

@@ -1,0 +1,263 @@
+"""Which SAM model to run, where its weights come from, and on which device.
+
+* ``REGISTRY``: model name -> :class:`ModelSpec` (download URL and checksum).
+  ``embedded`` ships inside the package; the others are downloaded once with
+  pooch into :func:`cache_dir` and verified against their published checksum.
+* :func:`load_model` takes a registry name or a checkpoint path and returns a
+  :class:`LoadedModel` (the ``Sam`` module plus where it came from).
+* :func:`resolve_device` / :func:`choose_dtype` (from ``devices``): ``auto``
+  means cuda, then mps, then cpu; half precision only on CUDA.
+
+torch, segment_anything and pooch are imported inside the functions that need
+them, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from napari_sam.core.checkpoints import ModelError, build_sam, read_checkpoint, sha256_file
+from napari_sam.core.devices import choose_dtype, resolve_device
+
+if TYPE_CHECKING:
+    import torch
+    from segment_anything.modeling import Sam
+
+__all__ = [
+    "REGISTRY", "LoadedModel", "ModelError", "ModelSpec", "cache_dir", "choose_dtype",
+    "fetch_checkpoint", "load_model", "resolve_device",
+]
+
+_META = "https://dl.fbaipublicfiles.com/segment_anything/"
+_MICRO_SAM = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io/"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a named model's weights come from.
+
+    url: download address (None for the embedded model, which ships with the package)
+    known_hash: pooch-style checksum "alg:hexdigest" (None for embedded: see embedded.json)
+    arch: "vit_b" / "vit_l" / "vit_h" / "embedded"
+    filename: name of the file in the cache folder
+    """
+
+    url: str | None
+    known_hash: str | None
+    arch: str
+    description: str
+    filename: str = ""
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    "embedded": ModelSpec(
+        None, None, "embedded",
+        "napari-sam's small CNN-encoder SAM, trained on synthetic nuclei; ships with the package",
+        "embedded.pt",
+    ),
+    "vit_b": ModelSpec(
+        _META + "sam_vit_b_01ec64.pth",
+        "sha256:ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        "vit_b", "official SAM ViT-B (375 MB)", "sam_vit_b_01ec64.pth",
+    ),
+    "vit_l": ModelSpec(
+        _META + "sam_vit_l_0b3195.pth",
+        "sha256:3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        "vit_l", "official SAM ViT-L (1.2 GB)", "sam_vit_l_0b3195.pth",
+    ),
+    "vit_h": ModelSpec(
+        _META + "sam_vit_h_4b8939.pth",
+        "sha256:a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        "vit_h", "official SAM ViT-H (2.6 GB)", "sam_vit_h_4b8939.pth",
+    ),
+    # micro-sam's models as published on BioImage.IO (plain SAM state dicts; both files are named vit_b.pt)
+    "vit_b_lm": ModelSpec(
+        _MICRO_SAM + "diplomatic-bug/1.2/files/vit_b.pt",
+        "xxh128:fe9252a29f3f4ea53c15a06de471e186",
+        "vit_b", "micro-sam ViT-B for light microscopy (cells, nuclei)", "micro_sam_vit_b_lm.pt",
+    ),
+    "vit_b_em_organelles": ModelSpec(
+        _MICRO_SAM + "noisy-ox/1.2/files/vit_b.pt",
+        "xxh128:f3bf2ed83d691456bae2c3f9a05fb438",
+        "vit_b", "micro-sam ViT-B for electron microscopy organelles", "micro_sam_vit_b_em_organelles.pt",
+    ),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A SAM model ready to run, and where it came from.
+
+    sam: ``segment_anything`` ``Sam`` in eval mode on ``device``, fp32 weights
+    name: registry name, or the checkpoint's file name when loaded from a path
+    arch: "vit_b" / "vit_l" / "vit_h" / "vit_custom" / "embedded"
+    checksum: SHA-256 hex digest of the checkpoint file
+    dtype: compute dtype for autocast (float32 on cpu and mps)
+    native_resolution: True when the image encoder runs at the slice's own size
+        (the embedded CNN); False for SAM's ViTs (fixed 1024 px canvas)
+    """
+
+    sam: Sam
+    name: str
+    arch: str
+    checksum: str
+    path: Path
+    device: torch.device
+    dtype: torch.dtype
+    native_resolution: bool
+
+
+def _known() -> str:
+    return ", ".join(REGISTRY)
+
+
+def cache_dir() -> Path:
+    """Folder for downloaded weights: ``$NAPARI_SAM_CACHE``, else the platform cache."""
+    env = os.environ.get("NAPARI_SAM_CACHE")
+    if env:
+        return Path(env).expanduser()
+    import pooch
+
+    return Path(pooch.os_cache("napari-sam"))
+
+
+def _embedded_files() -> tuple[Path, Path]:
+    """(weights, metadata) of the embedded model inside the installed package."""
+    from importlib.resources import files
+
+    folder = files("napari_sam") / "weights"
+    return Path(str(folder / "embedded.pt")), Path(str(folder / "embedded.json"))
+
+
+def _embedded_checkpoint() -> tuple[Path, str]:
+    weights, meta = _embedded_files()
+    reinstall = "this napari-sam installation is corrupted: reinstall it (pip install --force-reinstall napari-sam)"
+    if not weights.is_file() or not meta.is_file():
+        missing = weights if not weights.is_file() else meta
+        raise ModelError(f"the embedded model's file {missing} is missing: {reinstall}.")
+    try:
+        expected = dict(json.loads(meta.read_text()))
+    except (ValueError, TypeError):
+        raise ModelError(f"the embedded model's metadata {meta} is not valid JSON: {reinstall}.") from None
+    size, digest = weights.stat().st_size, None
+    if size == expected.get("size"):
+        digest = sha256_file(weights)
+    if digest != expected.get("sha256"):
+        got = digest or f"a file of {size} bytes instead of {expected.get('size')}"
+        raise ModelError(
+            f"the embedded model's weights {weights} do not match the checksum recorded in {meta.name} "
+            f"(expected sha256 {expected.get('sha256')}, got {got}): {reinstall}."
+        )
+    return weights, digest
+
+
+def _spec(name: str) -> ModelSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}: known names are {_known()}") from None
+
+
+def _file_hash(path: Path, alg: str) -> str:
+    if alg == "sha256":
+        return sha256_file(path)  # remembered, so load_model does not hash the file twice
+    import pooch
+
+    return pooch.file_hash(str(path), alg=alg)
+
+
+def fetch_checkpoint(name: str, *, progress: Any = True, url: str | None = None) -> Path:
+    """Local path of a registry model's weights, downloading and verifying them if needed.
+
+    ``progress``: True for a tqdm bar on stderr, False for none, or a tqdm-like
+    object (e.g. ``napari.utils.progress``). ``url`` overrides the registry's
+    address (a mirror, or a local server in tests); the checksum stays the registry's.
+    A cached file is re-verified and downloaded again if it does not match.
+    """
+    spec = _spec(name)
+    if spec.url is None:
+        return _embedded_checkpoint()[0]
+    import pooch
+
+    url = url or spec.url
+    alg, _, expected = spec.known_hash.partition(":")
+    if alg not in pooch.hashes.ALGORITHMS_AVAILABLE:
+        raise ModelError(
+            f"model {name!r} is verified with a {alg} checksum, which needs the xxhash package: pip install xxhash"
+        )
+    folder = cache_dir()
+    target = folder / spec.filename
+    if target.is_file() and _file_hash(target, alg) == expected:
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, part = tempfile.mkstemp(dir=folder, prefix=spec.filename + ".", suffix=".part")
+    os.close(fd)
+    try:
+        downloader = pooch.HTTPDownloader(progressbar=progress, chunk_size=1 << 20, timeout=60)
+        try:
+            downloader(url=url, output_file=part, pooch=None)
+        except Exception as e:  # requests' connection, timeout and HTTP status errors
+            raise ModelError(
+                f"could not download model {name!r} from {url}: {e}. Check the internet connection, "
+                f"or download the file yourself and pass its path to load_model."
+            ) from None
+        actual = _file_hash(Path(part), alg)
+        if actual != expected:
+            raise ModelError(
+                f"checksum mismatch for model {name!r} downloaded from {url}: expected {alg} {expected}, "
+                f"got {actual}. The corrupted download was deleted and nothing was cached. Try again (a "
+                f"download cut short or altered by a proxy does this); if it keeps failing, the file at that "
+                f"address has changed: download it yourself and pass its path to load_model."
+            )
+        os.chmod(part, 0o644)  # mkstemp made it private; a cache is shareable
+        os.replace(part, target)
+    finally:
+        if os.path.exists(part):
+            os.remove(part)
+    return target
+
+
+def load_model(name_or_path: str | os.PathLike = "embedded", *, device: Any = "auto", half: Any = "auto",
+               progress: Any = True) -> LoadedModel:
+    """Load a SAM model by registry name (downloaded once, then cached) or from a checkpoint path.
+
+    Names: embedded (default), vit_b, vit_l, vit_h, vit_b_lm, vit_b_em_organelles.
+    A path may be any SAM-format checkpoint (its ViT size is read from the
+    weights' shapes) or a napari-sam embedded checkpoint.
+    """
+    torch_device = resolve_device(device)
+    dtype = choose_dtype(torch_device, half)
+    key = os.fspath(name_or_path)
+    if key in REGISTRY:
+        name = key
+        path = fetch_checkpoint(name, progress=progress)
+    else:
+        path = Path(key).expanduser()
+        if not path.exists():
+            looks_like_path = os.sep in key or "/" in key or path.suffix in (".pt", ".pth", ".bin", ".ckpt")
+            if looks_like_path:
+                raise ModelError(f"checkpoint file not found: {path}")
+            raise ModelError(
+                f"unknown model {key!r}: known names are {_known()}; or give a path to a .pth/.pt checkpoint"
+            )
+        if path.is_dir():
+            raise ModelError(f"{path} is a folder; give the path of a .pth/.pt checkpoint file inside it")
+        name = path.name
+    path = path.resolve()
+    checksum = sha256_file(path)
+    sam, arch = build_sam(read_checkpoint(path), path)
+    return LoadedModel(
+        sam=sam.to(torch_device),
+        name=name,
+        arch=arch,
+        checksum=checksum,
+        path=path,
+        device=torch_device,
+        dtype=dtype,
+        native_resolution=bool(getattr(sam.image_encoder, "native_resolution", False)),
+    )

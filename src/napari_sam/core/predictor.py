@@ -1,0 +1,255 @@
+"""Encode a slice once, prompt it many times.
+
+Follows segment-anything's ``SamPredictor`` step for step (same resize, same
+preprocessing, same prompt encoder and mask decoder calls, same
+postprocessing), so on an official checkpoint our masks equal
+``SamPredictor``'s. Two additions:
+
+* native-resolution encoders (the embedded CNN model) run at the slice's own
+  pixel size, padded to a multiple of 16, instead of SAM's fixed 1024 canvas;
+* many objects (several boxes, or per-object prompt sets) are decoded in one
+  batched decoder call on the cached embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .image import to_sam_rgb
+from .prompts import ObjectPrompt, check_inside, to_sam
+
+PAD_MULTIPLE = 16
+
+
+@dataclass
+class Embedding:
+    """One slice's image embedding and the geometry needed to use it.
+
+    features: torch tensor (1, C, h, w) on the model's device.
+    original_size: (H, W) of the slice. input_size: (h, w) after resizing,
+    before padding. padded_size: (Hp, Wp) the encoder saw.
+    """
+
+    features: "object"
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    padded_size: tuple[int, int]
+    gray: np.ndarray | None = None  # normalised slice (H, W) uint8, for boundary refinement
+
+    @property
+    def nbytes(self) -> int:
+        extra = 0 if self.gray is None else self.gray.nbytes
+        return int(self.features.element_size() * self.features.nelement()) + extra
+
+
+@dataclass
+class Prediction:
+    """SAM's answer for n objects with c candidates each.
+
+    masks: (n, c, H, W) bool at the slice's full size.
+    scores: (n, c) float, SAM's predicted IoU.
+    low_res_logits: (n, c, h, w) float, to feed back as a mask prompt.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+
+    def best(self) -> np.ndarray:
+        """(n, H, W) bool: each object's candidate with the highest score."""
+        idx = self.scores.argmax(1)
+        return self.masks[np.arange(len(idx)), idx]
+
+
+class SlicePredictor:
+    """SAM on one 2D slice: ``set_image`` once, ``predict`` many times."""
+
+    def __init__(self, model, normalize: str = "percentile", refine: bool = False):
+        """model: a ``core.models.LoadedModel``. normalize: see ``core.image``.
+        refine: boundary snapping + fragment removal (``core.refine``) on every mask."""
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        self.model = model
+        self.sam = model.sam
+        self.normalize = normalize
+        self.refine = refine
+        enc = self.sam.image_encoder
+        self.native = bool(getattr(enc, "native_resolution", False))
+        self._resize = ResizeLongestSide(enc.max_size if self.native else enc.img_size)
+        self.embedding: Embedding | None = None
+
+    # ------------------------------------------------------------ encoding --
+    def _prepare(self, slice2d, channel_axis=None, channel=None):
+        """slice -> (uint8 RGB resized (h, w, 3), original (H, W), gray (H, W))."""
+        rgb = to_sam_rgb(slice2d, channel_axis=channel_axis, channel=channel, normalize=self.normalize)
+        original = rgb.shape[:2]
+        img8 = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+        if self.native and max(original) <= self._resize.target_length:
+            resized = img8
+        else:
+            resized = self._resize.apply_image(img8)
+        return resized, original, np.clip(np.rint(rgb.mean(-1)), 0, 255).astype(np.uint8)
+
+    def embed(self, slice2d, *, channel_axis=None, channel=None) -> Embedding:
+        """Run the image encoder on one slice (the expensive step)."""
+        import torch
+
+        resized, original, gray = self._prepare(slice2d, channel_axis, channel)
+        dev = self.model.device
+        x = torch.as_tensor(resized, device=dev).permute(2, 0, 1).contiguous()[None]
+        h, w = x.shape[-2:]
+        x = (x - self.sam.pixel_mean) / self.sam.pixel_std
+        if self.native:
+            hp, wp = (-(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE)
+        else:
+            hp = wp = self.sam.image_encoder.img_size
+        x = torch.nn.functional.pad(x, (0, wp - w, 0, hp - h))
+        with torch.inference_mode(), self._autocast():
+            feats = self.sam.image_encoder(x).float()
+        return Embedding(feats, tuple(original), (int(h), int(w)), (int(hp), int(wp)), gray)
+
+    def set_image(self, slice2d, *, channel_axis=None, channel=None) -> None:
+        self.embedding = self.embed(slice2d, channel_axis=channel_axis, channel=channel)
+
+    def set_embedding(self, embedding: Embedding) -> None:
+        self.embedding = embedding
+
+    def reset_image(self) -> None:
+        self.embedding = None
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.model.dtype != torch.float32 and self.model.device.type == "cuda":
+            return torch.autocast("cuda", dtype=self.model.dtype)
+        return contextlib.nullcontext()
+
+    # ----------------------------------------------------------- prompting --
+    def predict(self, points=None, point_labels=None, boxes=None, mask=None, *, multimask: bool = True) -> Prediction:
+        """Prompts in napari's (row, col) convention.
+
+        points: (N, 2) (row, col); point_labels: (N,) 1/0 (default all 1).
+        boxes: (4,) or (M, 4) (row0, col0, row1, col1); M boxes are M objects.
+        mask: (H, W) bool previous mask or (h, w) low-res logits.
+        With several boxes, points and mask are not allowed (use
+        ``predict_objects`` to give each object its own prompts).
+        """
+        b = None if boxes is None else np.asarray(boxes, np.float32).reshape(-1, 4)
+        if b is not None and len(b) > 1:
+            if points is not None and len(points) or mask is not None:
+                raise ValueError("with several boxes each box is one object: give per-object points with predict_objects")
+            objs = [ObjectPrompt(box=bb) for bb in b]
+        else:
+            pts = np.zeros((0, 2)) if points is None else points
+            objs = [ObjectPrompt(pts, point_labels, None if b is None or not len(b) else b[0], mask)]
+        return self.predict_objects(objs, multimask=multimask)
+
+    def predict_objects(self, objects: list[ObjectPrompt], *, multimask: bool = True) -> Prediction:
+        """Decode many objects on the current embedding, batched by prompt kind."""
+        if self.embedding is None:
+            raise RuntimeError("no image set: call set_image(slice) or set_embedding(...) first")
+        emb = self.embedding
+        for o in objects:
+            if o.empty:
+                raise ValueError("an object has no prompt: give at least one point, a box or a mask")
+            check_inside(o.points, None if o.box is None else o.box[None], emb.original_size)
+        groups: dict[tuple, list[int]] = {}
+        for i, o in enumerate(objects):
+            groups.setdefault((len(o.points), o.box is not None, o.mask is not None), []).append(i)
+        out: list = [None] * len(objects)
+        for idx in groups.values():
+            m, s, lr = self._decode([objects[i] for i in idx], multimask)
+            for j, i in enumerate(idx):
+                out[i] = (m[j], s[j], lr[j])
+        return Prediction(
+            np.stack([o[0] for o in out]), np.stack([o[1] for o in out]), np.stack([o[2] for o in out])
+        )
+
+    def _scale(self):
+        emb = self.embedding
+        return (emb.input_size[0] / emb.original_size[0], emb.input_size[1] / emb.original_size[1])
+
+    def _decode(self, objs: list[ObjectPrompt], multimask: bool):
+        import torch
+
+        emb, dev = self.embedding, self.model.device
+        pe = self.sam.prompt_encoder
+        if self.native:
+            from .embedded import set_grid
+
+            set_grid(self.sam, emb.padded_size)
+        scale = self._scale()
+        points = None
+        if len(objs[0].points):
+            xy, _ = to_sam(np.stack([o.points for o in objs]), None, scale)
+            lab = np.stack([o.labels for o in objs])
+            points = (torch.as_tensor(xy, dtype=torch.float, device=dev), torch.as_tensor(lab, dtype=torch.int, device=dev))
+        boxes = None
+        if objs[0].box is not None:
+            _, bx = to_sam(None, np.stack([o.box for o in objs]), scale)
+            boxes = torch.as_tensor(bx, dtype=torch.float, device=dev)
+        masks = None
+        if objs[0].mask is not None:
+            masks = torch.stack([self._mask_input(o.mask) for o in objs])
+        with torch.inference_mode():
+            sparse, dense = pe(points=points, boxes=boxes, masks=masks)
+            low, iou = self.sam.mask_decoder(
+                image_embeddings=emb.features,
+                image_pe=pe.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+            full = self._postprocess(low)
+        masks = (full > self.sam.mask_threshold).cpu().numpy()
+        if self.refine:
+            from .refine import refine_mask
+
+            for j, o in enumerate(objs):
+                for k in range(masks.shape[1]):
+                    masks[j, k] = refine_mask(masks[j, k], emb.gray, o.points, o.labels, o.box)
+        return masks, iou.float().cpu().numpy(), low.float().cpu().numpy()
+
+    def _postprocess(self, low):
+        import torch.nn.functional as F
+
+        emb = self.embedding
+        if not self.native:
+            return self.sam.postprocess_masks(low, emb.input_size, emb.original_size)
+        m = F.interpolate(low, emb.padded_size, mode="bilinear", align_corners=False)
+        m = m[..., : emb.input_size[0], : emb.input_size[1]]
+        if tuple(emb.input_size) != tuple(emb.original_size):
+            m = F.interpolate(m, emb.original_size, mode="bilinear", align_corners=False)
+        return m
+
+    def _mask_input(self, mask):
+        """A previous mask -> SAM's mask prompt (1, h, w) low-res logits.
+
+        Low-res logits (as returned in ``Prediction.low_res_logits``) pass
+        through; a full-size boolean mask is resized like the image, padded,
+        averaged down to SAM's mask-input grid and mapped to logits of +-8.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        emb, dev = self.embedding, self.model.device
+        grid = self.sam.prompt_encoder.mask_input_size
+        m = np.asarray(mask)
+        if m.ndim == 3 and m.shape[0] == 1:
+            m = m[0]
+        if m.dtype != bool and m.shape == tuple(grid):
+            return torch.as_tensor(m, dtype=torch.float, device=dev)[None]
+        if m.shape != tuple(emb.original_size):
+            raise ValueError(
+                f"mask prompt has shape {m.shape}; expected the slice's shape {tuple(emb.original_size)} "
+                f"(a boolean mask) or SAM's low-res logits {tuple(grid)}"
+            )
+        t = torch.as_tensor(m.astype(np.float32), device=dev)[None, None]
+        t = F.interpolate(t, emb.input_size, mode="bilinear", align_corners=False)
+        t = F.pad(t, (0, emb.padded_size[1] - emb.input_size[1], 0, emb.padded_size[0] - emb.input_size[0]))
+        t = F.adaptive_avg_pool2d(t, grid)
+        return (16.0 * (t[0] - 0.5)).clamp(-8, 8)

@@ -1,0 +1,94 @@
+"""THE one place where napari's (row, col) becomes SAM's (x, y) / XYXY.
+
+napari (and numpy) index a 2D slice as (row, col) = (y, x), with pixel centres
+at integer coordinates. SAM's prompt encoder takes points as (x, y) and boxes
+as (x0, y0, x1, y1) in the coordinates of the *resized* image it encoded (it
+adds the 0.5 pixel-centre shift itself). Everything that turns user prompts
+into SAM prompts goes through :func:`to_sam` and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ObjectPrompt:
+    """The prompts of one object on one slice, in napari's convention.
+
+    points: (N, 2) float, (row, col). labels: (N,) int, 1 positive, 0 negative.
+    box: (4,) float, (row0, col0, row1, col1), or None.
+    mask: (H, W) bool full-size mask, or (h, w) float low-res SAM logits, or None.
+    """
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    box: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.points = np.asarray(self.points, np.float32).reshape(-1, 2)
+        if self.labels is None or len(np.atleast_1d(self.labels)) == 0:
+            self.labels = np.ones(len(self.points), np.int64) if len(self.points) else np.zeros(0, np.int64)
+        self.labels = np.asarray(self.labels, np.int64).reshape(-1)
+        if self.box is not None:
+            self.box = np.asarray(self.box, np.float32).reshape(4)
+
+    @property
+    def empty(self) -> bool:
+        return len(self.points) == 0 and self.box is None and self.mask is None
+
+
+def box_from_corners(vertices: np.ndarray) -> np.ndarray:
+    """A napari Shapes rectangle's vertices (4, 2) (row, col) -> (row0, col0, row1, col1)."""
+    v = np.asarray(vertices, np.float32).reshape(-1, 2)
+    return np.array([v[:, 0].min(), v[:, 1].min(), v[:, 0].max(), v[:, 1].max()], np.float32)
+
+
+def to_sam(
+    points_rc: np.ndarray | None,
+    boxes_rc: np.ndarray | None,
+    scale_rc: tuple[float, float] = (1.0, 1.0),
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """napari -> SAM coordinates.
+
+    points_rc: (..., 2) float (row, col) in slice pixels, or None.
+    boxes_rc: (..., 4) float (row0, col0, row1, col1), or None; corners may
+        come in any order.
+    scale_rc: (row_scale, col_scale) from the slice to SAM's resized input
+        (``new_h / old_h``, ``new_w / old_w``, as segment-anything's
+        ``ResizeLongestSide.apply_coords``).
+    Returns (points_xy (..., 2) float32 as (x, y), boxes_xyxy (..., 4) float32).
+    """
+    sr, sc = float(scale_rc[0]), float(scale_rc[1])
+    pts = None
+    if points_rc is not None:
+        p = np.asarray(points_rc, np.float64)  # float64 math, as segment-anything's apply_coords
+        pts = np.stack([p[..., 1] * sc, p[..., 0] * sr], -1).astype(np.float32)
+    bxs = None
+    if boxes_rc is not None:
+        b = np.asarray(boxes_rc, np.float64)
+        r0, r1 = np.minimum(b[..., 0], b[..., 2]), np.maximum(b[..., 0], b[..., 2])
+        c0, c1 = np.minimum(b[..., 1], b[..., 3]), np.maximum(b[..., 1], b[..., 3])
+        bxs = np.stack([c0 * sc, r0 * sr, c1 * sc, r1 * sr], -1).astype(np.float32)
+    return pts, bxs
+
+
+def check_inside(points_rc: np.ndarray | None, boxes_rc: np.ndarray | None, shape: tuple[int, int]) -> None:
+    """Refuse prompts outside a slice of ``shape`` (H, W) with a message that says where."""
+    h, w = shape
+    if points_rc is not None and len(points_rc):
+        p = np.asarray(points_rc, float).reshape(-1, 2)
+        bad = (p[:, 0] < -0.5) | (p[:, 0] > h - 0.5) | (p[:, 1] < -0.5) | (p[:, 1] > w - 0.5)
+        if bad.any():
+            r, c = p[np.argmax(bad)]
+            raise ValueError(
+                f"point (row={r:g}, col={c:g}) is outside the slice of {h}x{w} pixels (rows 0..{h - 1}, cols 0..{w - 1})"
+            )
+    if boxes_rc is not None and len(boxes_rc):
+        b = np.asarray(boxes_rc, float).reshape(-1, 4)
+        for r0, c0, r1, c1 in b:
+            if max(r0, r1) < -0.5 or min(r0, r1) > h - 0.5 or max(c0, c1) < -0.5 or min(c0, c1) > w - 0.5:
+                raise ValueError(f"box (row0={r0:g}, col0={c0:g}, row1={r1:g}, col1={c1:g}) lies outside the slice of {h}x{w} pixels")

@@ -1,0 +1,80 @@
+"""The one coordinate converter and the one normalisation."""
+
+import numpy as np
+import pytest
+
+from napari_sam.core.image import to_sam_rgb
+from napari_sam.core.prompts import box_from_corners, check_inside, to_sam
+
+
+def test_points_row_col_become_x_y_scaled_per_axis():
+    pts, _ = to_sam(np.array([[10.0, 20.0], [0.0, 5.0]]), None, scale_rc=(2.0, 0.5))
+    np.testing.assert_allclose(pts, [[10.0, 20.0], [2.5, 0.0]])  # (x=col*0.5, y=row*2)
+
+
+def test_boxes_become_xyxy_with_corners_in_any_order():
+    _, b = to_sam(None, np.array([[30.0, 40.0, 10.0, 5.0]]))
+    np.testing.assert_allclose(b, [[5.0, 10.0, 40.0, 30.0]])
+
+
+def test_napari_rectangle_vertices_to_box():
+    verts = np.array([[10, 5], [10, 40], [30, 40], [30, 5]], float)
+    np.testing.assert_allclose(box_from_corners(verts), [10, 5, 30, 40])
+
+
+def test_points_outside_are_refused_with_the_slice_size():
+    check_inside(np.array([[0.0, 0.0], [99.0, 49.0]]), None, (100, 50))
+    with pytest.raises(ValueError, match=r"point \(row=100, col=3\) is outside the slice of 100x50"):
+        check_inside(np.array([[100.0, 3.0]]), None, (100, 50))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64, np.int32])
+def test_normalisation_is_robust_and_in_range(dtype):
+    rng = np.random.default_rng(0)
+    a = (rng.random((64, 64)) * 100).astype(dtype)
+    a[0, 0] = 100 if np.issubdtype(dtype, np.integer) and np.iinfo(dtype).max < 1000 else 60000  # a hot pixel
+    out = to_sam_rgb(a)
+    assert out.shape == (64, 64, 3) and out.dtype == np.float32
+    assert out.min() >= 0 and out.max() <= 255
+    # the hot pixel does not set the contrast: the bulk still spans the range
+    assert np.percentile(out[..., 0], 98) > 200
+
+
+def test_nan_and_inf_are_handled():
+    a = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    a[0, :5] = np.nan
+    a[1, :5] = np.inf
+    a[2, :5] = -np.inf
+    out = to_sam_rgb(a)[..., 0]
+    assert np.isfinite(out).all()
+    assert (out[0, :5] == 0).all() and (out[1, :5] == 255).all() and (out[2, :5] == 0).all()
+
+
+def test_bool_is_black_and_white():
+    a = np.zeros((8, 8), bool)
+    a[2:4] = True
+    out = to_sam_rgb(a)
+    assert set(np.unique(out)) == {0.0, 255.0}
+
+
+def test_channels_one_or_composite():
+    a = np.zeros((2, 16, 16), np.uint16)
+    a[0, :8] = 1000
+    a[1, 8:] = 50
+    one = to_sam_rgb(a, channel_axis=0, channel=1)
+    assert (one[8:, :, 0] > 200).all() and (one[:8, :, 0] < 1).all()
+    comp = to_sam_rgb(a, channel_axis=0)  # 2 channels: composite of normalised channels
+    assert np.allclose(comp[:8, :, 0], comp[8:, :, 0])
+    with pytest.raises(ValueError, match="channel 5 does not exist: the image has 2 channels"):
+        to_sam_rgb(a, channel_axis=0, channel=5)
+
+
+def test_rgb_uint8_passes_through_unchanged_without_normalisation():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(to_sam_rgb(a, channel_axis=-1, normalize="none"), a.astype(np.float32))
+
+
+def test_stack_instead_of_slice_is_explained():
+    with pytest.raises(ValueError, match="pick a slice of a stack first"):
+        to_sam_rgb(np.zeros((3, 4, 5, 6)))
