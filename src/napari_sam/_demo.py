@@ -137,9 +137,13 @@ def _has_display() -> bool:
 
 
 def _open_viewer(st, labels, prompts):
-    import napari
+    try:
+        import napari
 
-    v = napari.Viewer(title="napari-sam demo")
+        v = napari.Viewer(title="napari-sam demo")
+    except Exception as e:  # no Qt binding, no usable display
+        print(f"(not opening napari: {e}; install a Qt binding, e.g. pip install 'napari-sam[qt]')", file=sys.stderr)
+        return
     v.add_image(st.image, name="nuclei", scale=st.voxel_size)
     v.add_labels(labels, name="napari-sam result", scale=st.voxel_size)
     try:

@@ -1,0 +1,165 @@
+"""`napari-sam segment` and `napari-sam demo` as a user runs them."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_sam.cli import main
+from napari_sam.synthetic import interior_point, make_stack
+
+from .conftest import needs_embedded
+
+
+@pytest.fixture(scope="module")
+def stack_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    st = make_stack((12, 128, 128), seed=900_500, radius_range=(10, 22), density=0.35)
+    tifffile.imwrite(d / "stack.tif", st.image)
+    tifffile.imwrite(d / "slice.tif", st.image[6])
+    return d, st
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def _run(argv, capsys):
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _objects_on(labels, z, n=3, min_area=150):
+    ids, counts = np.unique(labels[z][labels[z] > 0], return_counts=True)
+    return [int(i) for i in ids[counts >= min_area][:n]]
+
+
+BAD = [
+    ("image.txt", "points.csv", "cannot read .* as a TIFF image"),
+    ("stack.tif", "no_header.csv", "is empty"),
+    ("stack.tif", "bad_cols.csv", "lacks the columns z,y,x"),
+    ("stack.tif", "not_number.csv", "line 2: column 'y' has 'abc', which is not a number"),
+    ("stack.tif", "outside.csv", r"line 2: point \(y=500, x=3\) is outside the image of 128x128 pixels"),
+    ("stack.tif", "bad_z.csv", "point on z=40, but the image has slices 0..11"),
+    ("stack.tif", "only_negative.csv", "negative point on z=3 but no object has a positive prompt there"),
+    ("missing.tif", "points.csv", "image not found"),
+]
+
+
+@pytest.mark.parametrize("image,points,message", BAD)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(stack_files, tmp_path, capsys, image, points, message):
+    d, _ = stack_files
+    _write(d / "image.txt", "this is not an image")
+    _write(d / "points.csv", "z,y,x\n6,40,40\n")
+    _write(d / "no_header.csv", "")
+    _write(d / "bad_cols.csv", "row,col\n1,2\n")
+    _write(d / "not_number.csv", "z,y,x\n1,abc,3\n")
+    _write(d / "outside.csv", "z,y,x\n1,500,3\n")
+    _write(d / "bad_z.csv", "z,y,x\n40,5,3\n")
+    _write(d / "only_negative.csv", "z,y,x,positive\n3,5,3,0\n")
+    out = tmp_path / "labels.tif"
+    code, err = _run(["segment", d / image, "--points", d / points, "--out", out], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("napari-sam: error:")
+    assert pytest.importorskip("re").search(message, err), err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_unknown_model_lists_names(stack_files, tmp_path, capsys):
+    d, _ = stack_files
+    _write(d / "points.csv", "z,y,x\n6,40,40\n")
+    code, err = _run(["segment", d / "stack.tif", "--points", d / "points.csv", "--out", tmp_path / "o.tif", "--model", "vit_q"], capsys)
+    assert code == 2 and "unknown model 'vit_q'" in err and "vit_b" in err and "embedded" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_existing_output_is_not_clobbered(stack_files, tmp_path, capsys):
+    d, _ = stack_files
+    _write(d / "points.csv", "z,y,x\n6,40,40\n")
+    out = tmp_path / "labels.tif"
+    out.write_bytes(b"precious")
+    code, err = _run(["segment", d / "stack.tif", "--points", d / "points.csv", "--out", out], capsys)
+    assert code == 2 and "--overwrite" in err
+    assert out.read_bytes() == b"precious"
+
+
+@needs_embedded
+def test_segment_stack_writes_ids_on_prompted_slices_only(stack_files, tmp_path, capsys):
+    d, st = stack_files
+    z = 6
+    ids = _objects_on(st.labels, z)
+    rows = ["z,y,x,positive,object"]
+    for k, oid in enumerate(ids):
+        r, c = interior_point(st.labels[z] == oid)
+        rows.append(f"{z},{r},{c},1,{10 + k}")
+    _write(tmp_path / "p.csv", "\n".join(rows) + "\n")
+    out = tmp_path / "labels.tif"
+    code, err = _run(["segment", d / "stack.tif", "--points", tmp_path / "p.csv", "--out", out], capsys)
+    assert code == 0, err
+    lab = tifffile.imread(out)
+    assert lab.shape == st.image.shape and lab.dtype == np.uint16
+    assert set(np.unique(lab)) == {0} | {10 + k for k in range(len(ids))}
+    assert not lab[np.arange(12) != z].any()  # nothing written on other slices
+    for k, oid in enumerate(ids):
+        gt, got = st.labels[z] == oid, lab[z] == 10 + k
+        assert (gt & got).sum() / (gt | got).sum() >= 0.8
+    rec = json.loads((tmp_path / "labels.prompts.json").read_text())
+    assert rec["model"] == "embedded" and len(rec["model_sha256"]) == 64
+    assert set(rec["prompts"]) == {str(10 + k) for k in range(len(ids))}
+
+
+@needs_embedded
+def test_segment_2d_with_napari_columns_boxes_and_shared_negative(stack_files, tmp_path, capsys):
+    d, st = stack_files
+    lab2 = st.labels[6]
+    a, b = _objects_on(st.labels, 6, 2)
+    rr, cc = np.nonzero(lab2 == b)
+    pa = interior_point(lab2 == a)
+    _write(tmp_path / "p.csv", f"index,axis-0,axis-1,positive\n0,{pa[0]},{pa[1]},True\n")
+    _write(tmp_path / "b.csv", f"y0,x0,y1,x1\n{rr.min()},{cc.min()},{rr.max()},{cc.max()}\n")
+    out = tmp_path / "l.tif"
+    code, err = _run(["segment", d / "slice.tif", "--points", tmp_path / "p.csv", "--boxes", tmp_path / "b.csv", "--out", out], capsys)
+    assert code == 0, err
+    lab = tifffile.imread(out)
+    assert lab.shape == (128, 128)
+    for oid, gt in ((1, lab2 == a), (2, lab2 == b)):  # point -> 1, box -> next id
+        got = lab == oid
+        assert (gt & got).sum() / (gt | got).sum() >= 0.8
+
+
+@needs_embedded
+def test_console_script_runs_as_a_process(stack_files, tmp_path):
+    d, st = stack_files
+    oid = _objects_on(st.labels, 6, 1)[0]
+    r, c = interior_point(st.labels[6] == oid)
+    _write(tmp_path / "p.csv", f"y,x\n{r},{c}\n")
+    out = tmp_path / "o.tif"
+    res = subprocess.run(
+        [sys.executable, "-m", "napari_sam.cli", "segment", str(d / "slice.tif"), "--points", str(tmp_path / "p.csv"), "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    got = tifffile.imread(out) == 1
+    gt = st.labels[6] == oid
+    assert (gt & got).sum() / (gt | got).sum() >= 0.8
+
+
+@needs_embedded
+def test_demo_writes_results_and_never_clobbers(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--no-viewer"]) == 0
+    err = capsys.readouterr().err
+    for f in ("stack.tif", "points.csv", "labels.tif", "labels.prompts.json", "overlay.png"):
+        assert (out / f).stat().st_size > 0
+    lab = tifffile.imread(out / "labels.tif")
+    assert lab.shape == tifffile.imread(out / "stack.tif").shape and lab.max() > 5
+    median = float(err.split("IoU vs ground truth: median ")[1].split(",")[0])
+    assert median >= 0.8, err
+    before = (out / "labels.tif").read_bytes()
+    assert main(["demo", "--out", str(out), "--no-viewer"]) == 0
+    assert (out / "labels.tif").read_bytes() == before and (tmp_path / "demo-2" / "labels.tif").exists()
