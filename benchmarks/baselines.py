@@ -2,49 +2,48 @@
 
 Baseline (per slice, from the same prompt points): Gaussian smoothing
 (sigma 1.5), Otsu threshold, distance transform of the foreground, watershed
-from its local maxima (min distance 4 px) plus the prompt points; the object is
-the watershed region holding the prompt. Boxes give their centre as the seed,
-and the result is clipped to the box.
+on it seeded with the prompt points of all objects of the slice (one seed per
+object, as a user seeds a watershed); an object is its seed's region. Boxes
+give their centre as the seed, and each result is clipped to its box.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.feature import peak_local_max
 from skimage.filters import gaussian, threshold_otsu
 from skimage.segmentation import find_boundaries, watershed
 
 
 class ClassicalSlice:
-    """Precomputes the per-slice part (smoothing, Otsu, distance, markers) once."""
+    """Smoothing + Otsu + distance transform once per slice; then a seeded
+    watershed from the prompt points of *all* objects of the slice, as a user
+    would seed it (each seed one object; seeds in background give nothing)."""
 
     def __init__(self, image2d: np.ndarray):
         g = gaussian(image2d.astype(np.float32), 1.5, preserve_range=True)
         self.fg = g > threshold_otsu(g)
         self.dist = ndi.distance_transform_edt(self.fg)
-        peaks = peak_local_max(self.dist, min_distance=4, labels=self.fg.astype(int), exclude_border=False)
-        self.markers = np.zeros(image2d.shape, np.int32)
-        self.markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
 
-    def segment(self, point_rc=None, box=None) -> np.ndarray:
-        if box is not None:
-            point_rc = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
-        r, c = int(round(point_rc[0])), int(round(point_rc[1]))
-        if not self.fg[r, c]:
-            return np.zeros_like(self.fg)
-        markers = self.markers.copy()
-        seed = markers.max() + 1
-        # the prompt replaces the nearest automatic marker of its basin
-        markers[max(r - 3, 0) : r + 4, max(c - 3, 0) : c + 4] = 0
-        markers[r, c] = seed
+    def segment_all(self, seeds_rc: np.ndarray, boxes=None) -> np.ndarray:
+        """seeds_rc: (n, 2) (row, col), one per object; boxes: optional (n, 4),
+        whose centres replace the seeds and which clip each object.
+        Returns (H, W) int labels, object k = k + 1."""
+        if boxes is not None:
+            b = np.asarray(boxes, float)
+            seeds_rc = np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2], 1)
+        markers = np.zeros(self.fg.shape, np.int32)
+        for k, (r, c) in enumerate(np.round(np.asarray(seeds_rc)).astype(int)):
+            if self.fg[r, c]:
+                markers[r, c] = k + 1
         ws = watershed(-self.dist, markers, mask=self.fg)
-        out = ws == seed
-        if box is not None:
-            clip = np.zeros_like(out)
-            clip[int(box[0]) : int(box[2]) + 1, int(box[1]) : int(box[3]) + 1] = True
-            out &= clip
-        return out
+        if boxes is not None:
+            out = np.zeros_like(ws)
+            for k, (r0, c0, r1, c1) in enumerate(np.round(b).astype(int)):
+                sub = ws[r0 : r1 + 1, c0 : c1 + 1]
+                out[r0 : r1 + 1, c0 : c1 + 1][sub == k + 1] = k + 1
+            ws = out
+        return ws
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,0 +1,338 @@
+"""Speed and memory of napari-sam against official segment-anything, in one run.
+
+    python benchmarks/bench_speed.py [--checkpoint sam_vit_b.pth] [--size 512] [--repeats 3]
+
+Prints, for the same slice and the same checkpoint in the same process:
+
+1. ViT-B slice embedding: official ``SamPredictor.set_image`` vs ours
+   (``SlicePredictor.embed`` through ``core.fast_vit``), ratio, and how far
+   apart the embeddings are. Without ``--checkpoint`` the ViT-B is randomly
+   initialised and saved to a file first: weights do not change the
+   arithmetic, so they do not change the time.
+2. A click on a cached slice: official ``SamPredictor.predict`` vs ours
+   (``SlicePredictor.predict`` on a cached embedding, masks upsampled by
+   ``core.fast_post``), median of many, ratio; and the upsampling alone for
+   objects of a few sizes (masks checked identical).
+3. Propagation of 1 vs 8 objects through 32 cached slices (embedded model on
+   a synthetic nuclei stack, where objects really continue through z).
+4. Memory per cached slice (in-memory fp16, and on disk as zarr).
+5. The embedded model's embedding time for a 512 x 512 slice (median of 10).
+
+The machine (CPU model, cores, torch threads) and the load average are printed
+with the figures: on a busy machine, the times are not worth recording.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import torch  # noqa: E402
+
+
+def machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name"))
+    except Exception:
+        model = platform.processor() or "unknown CPU"
+    return f"{model}, {os.cpu_count()} logical cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def load() -> str:
+    return "load average %.2f %.2f %.2f" % os.getloadavg()
+
+
+def timed(fn, n=1):
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def slice_image(size: int, seed=3):
+    from napari_sam.synthetic import make_stack
+
+    st = make_stack((1, size, size), seed=seed, radius_range=(12, 30), density=0.3)
+    return st.image[0], st.labels[0]
+
+
+def _fast_predictor(model, **kw):
+    """Our predictor with the fast encoder and the cropped upsampling, however far they are integrated."""
+    from napari_sam.core.fast_post import masks_from_low_res
+    from napari_sam.core.fast_vit import encode
+    from napari_sam.core.predictor import SlicePredictor
+
+    pred = SlicePredictor(model, **kw)
+    pred.fast_encoder = True
+    src = Path(sys.modules[SlicePredictor.__module__].__file__).read_text()
+    patches = []
+    if "run_encoder" not in src:  # not integrated yet: route the encoder call through the fast path
+        enc = pred.sam.image_encoder
+        patches.append(("encoder", enc))
+    if "masks_from_low_res" not in src:
+        def post(low, pred=pred):
+            e = pred.embedding
+            canvas = e.padded_size if pred.native else (pred.sam.image_encoder.img_size,) * 2
+            return torch.from_numpy(masks_from_low_res(low, canvas, e.input_size, e.original_size,
+                                                       pred.sam.mask_threshold))
+        pred._postprocess = post
+        patches.append(("post", None))
+
+    def embed(*a, **k):
+        if not any(p[0] == "encoder" for p in patches):
+            return SlicePredictor.embed(pred, *a, **k)
+        enc = pred.sam.image_encoder
+        enc.forward = lambda x: encode(enc, x)
+        try:
+            return SlicePredictor.embed(pred, *a, **k)
+        finally:
+            del enc.forward
+
+    pred.embed = embed
+    return pred, [p[0] for p in patches]
+
+
+def bench_encoder(model, img, repeats):
+    from segment_anything import SamPredictor
+
+    from napari_sam.core.image import to_sam_rgb
+
+    rgb8 = np.clip(np.rint(to_sam_rgb(img)), 0, 255).astype(np.uint8)
+    official = SamPredictor(model.sam)
+    ours, patched = _fast_predictor(model)
+    t_off, t_ours = [], []
+    emb = None
+    for _ in range(repeats):  # interleaved, so drifting load hits both alike
+        t_off += timed(lambda: official.set_image(rgb8))
+        t_ours += timed(lambda: ours.set_image(img))
+        emb = ours.embedding
+    ref = official.features
+    rel = float((emb.features - ref).abs().max() / ref.abs().max())
+    mo, mu = statistics.median(t_off), statistics.median(t_ours)
+    print(f"\n[1] ViT-B slice embedding ({img.shape[0]}x{img.shape[1]} slice, {repeats} runs each, interleaved)")
+    print(f"    official SamPredictor.set_image  median {mo:6.2f} s   runs {fmt(t_off)}")
+    print(f"    ours SlicePredictor.embed        median {mu:6.2f} s   runs {fmt(t_ours)}")
+    print(f"    ratio ours/official {mu / mo:.3f}   embeddings max |diff| / max |official| = {rel:.1e}"
+          + (f"   (patched in: {', '.join(patched)})" if patched else ""))
+    return official, ours, {"official_s": mo, "ours_s": mu, "ratio": mu / mo, "rel_diff": rel}
+
+
+def fmt(ts):
+    return "[" + ", ".join(f"{t:.2f}" for t in ts) + "]"
+
+
+def bench_click(official, ours, img, labels, n=40):
+    from napari_sam.core.cache import EmbeddingCache
+
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    oid = int(ids[np.argmax(counts)])
+    from napari_sam.synthetic import interior_point
+
+    r, c = interior_point(labels == oid)
+    cache = EmbeddingCache()
+    cache.put("k", ours.embedding)
+    ours.set_embedding(cache.get("k"))  # what a cached slice looks like: fp16 round trip
+    pt = np.array([[c, r]], np.float32)
+    official.predict(pt, np.array([1]), multimask_output=True)
+    ours.predict(points=[[r, c]])
+    t_off = timed(lambda: official.predict(pt, np.array([1]), multimask_output=True), n)
+    t_ours = timed(lambda: ours.predict(points=[[r, c]]), n)
+    frac = float(ours.predict(points=[[r, c]]).masks.mean())
+    mo, mu = statistics.median(t_off), statistics.median(t_ours)
+    print(f"\n[2] Click on a cached slice (1 point, 3 candidate masks at {img.shape[0]}x{img.shape[1]}, median of {n})")
+    print(f"    official SamPredictor.predict    {mo * 1e3:6.1f} ms")
+    print(f"    ours SlicePredictor.predict      {mu * 1e3:6.1f} ms   ratio {mu / mo:.3f}"
+          f"   (masks cover {100 * frac:.1f} % of the slice)")
+    return {"official_ms": mo * 1e3, "ours_ms": mu * 1e3, "ratio": mu / mo, "mask_fraction": frac}
+
+
+def bench_upsampling(size, n=30):
+    """Official postprocess_masks + threshold vs core.fast_post, for objects of a few sizes."""
+    import torch.nn.functional as F
+
+    from napari_sam.core.fast_post import masks_from_low_res
+
+    s = 1024 / size
+    inp = (int(size * s + 0.5),) * 2
+    out = {}
+    print(f"\n[2b] Upsampling 3 candidate masks to {size}x{size} (official: 1024 canvas, crop, resize; ours: cropped)")
+    for frac in (0.002, 0.02, 0.1, 0.5):
+        side = max(2, int(256 * frac**0.5))
+        low = torch.full((1, 3, 256, 256), -8.0)
+        low[..., 100 : 100 + side, 90 : 90 + side] = 5.0
+
+        def official():
+            m = F.interpolate(low, (1024, 1024), mode="bilinear", align_corners=False)[..., : inp[0], : inp[1]]
+            return (F.interpolate(m, (size, size), mode="bilinear", align_corners=False) > 0).numpy()
+
+        same = np.array_equal(official(), masks_from_low_res(low, (1024, 1024), inp, (size, size)))
+        to = statistics.median(timed(official, n))
+        tf = statistics.median(timed(lambda: masks_from_low_res(low, (1024, 1024), inp, (size, size)), n))
+        print(f"    object {100 * frac:5.1f} % of slice: official {to * 1e3:6.2f} ms  ours {tf * 1e3:6.2f} ms"
+              f"  identical masks: {same}")
+        out[frac] = (to * 1e3, tf * 1e3, same)
+    return out
+
+
+def bench_propagation(model, n_slices=32, size=256):
+    from napari_sam.core.cache import EmbeddingCache
+    from napari_sam.core.precompute import precompute
+    from napari_sam.core.predictor import SlicePredictor
+    from napari_sam.synthetic import interior_point, make_stack
+
+    try:
+        from napari_sam.core.propagate import propagate_labels
+    except ImportError as e:
+        print(f"\n[3] Propagation: pending (napari_sam.core.propagate not importable: {e})")
+        return None
+    st = make_stack((n_slices, size, size), seed=11, radius_range=(14, 26), density=0.35)
+    mid = n_slices // 2
+    ids, counts = np.unique(st.labels[mid][st.labels[mid] > 0], return_counts=True)
+    chosen = [int(i) for i in ids[np.argsort(-counts)][:8]]
+    prompts = {k + 1: {mid: {"points": [interior_point(st.labels[mid] == o)], "labels": [1]}}
+               for k, o in enumerate(chosen)}
+    cache = EmbeddingCache(1 << 62)
+    pred = SlicePredictor(model)
+    list(precompute(pred, st.image, start=mid, cache=cache))
+    res = {}
+    print(f"\n[3] Propagation through {n_slices} cached slices ({size}x{size}, model {model.name}, from slice {mid})")
+    for k in (1, 8):
+        sub = {o: prompts[o] for o in list(prompts)[:k]}
+        propagate_labels(st.image, sub, model=model, cache=cache)  # warm
+        t = statistics.median(timed(lambda: propagate_labels(st.image, sub, model=model, cache=cache), 3))
+        res[k] = t
+        print(f"    {k} object{'s' if k > 1 else ' '}: {t:6.2f} s  ({t / n_slices * 1e3:5.1f} ms a slice)")
+    print(f"    8 objects cost {res[8] / res[1]:.2f}x one object (decoded in one batch per slice)")
+    return res
+
+
+def bench_memory(n=32):
+    import resource
+
+    from napari_sam.core.cache import EmbeddingCache
+    from napari_sam.core.disk_cache import DiskCache, Geometry
+    from napari_sam.core.predictor import Embedding
+
+    cache = EmbeddingCache(1 << 62)
+    rss0 = _rss()
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        f = torch.randn(1, 256, 64, 64, generator=g)
+        cache.put(i, Embedding(f, (512, 512), (1024, 1024), (1024, 1024), np.zeros((512, 512), np.uint8)))
+    rss1 = _rss()
+    with tempfile.TemporaryDirectory() as d:
+        e = cache.get(0)
+        settings = {"model_sha256": "x", "stack_shape": [n, 512, 512], "channel_axis": None}
+        disk = DiskCache.create(Path(d) / "c.zarr", settings, Geometry.of(e))
+        for i in range(4):
+            disk.put(i, f"{i + 1:032x}", cache.get(i))
+        on_disk = disk.nbytes_on_disk() / 4
+    print(f"\n[4] Memory per cached ViT-B slice (512x512 slice, {n} slices)")
+    print(f"    in memory: {cache.nbytes / n / 2**20:.2f} MiB (fp16 features 2.00 MiB + normalised slice "
+          f"{512 * 512 / 2**20:.2f} MiB); process RSS grew {(rss1 - rss0) / n / 2**20:.2f} MiB a slice")
+    print(f"    on disk (zarr, default compression): {on_disk / 2**20:.2f} MiB a slice")
+    print(f"    peak RSS of this process so far: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    return {"memory_mib": cache.nbytes / n / 2**20, "rss_mib": (rss1 - rss0) / n / 2**20, "disk_mib": on_disk / 2**20}
+
+
+def _rss() -> int:
+    """Resident memory now, after handing freed heap back to the OS (glibc)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def bench_embedded(size=512, n=10):
+    from napari_sam.core.models import load_model
+    from napari_sam.core.predictor import SlicePredictor
+
+    shipped = ROOT / "src/napari_sam/weights/embedded.pt"
+    path = shipped if shipped.exists() else Path("/work/train/embedded.pt.partial")
+    if not path.exists():
+        print("\n[5] Embedded model: weights not found")
+        return None, None
+    model = load_model("embedded" if path == shipped else str(path), device="cpu")
+    img, _ = slice_image(size, seed=5)
+    pred = SlicePredictor(model)
+    pred.embed(img)
+    t = timed(lambda: pred.embed(img), n)
+    print(f"\n[5] Embedded model ({path.name}): {size}x{size} slice embedding median {statistics.median(t) * 1e3:.0f} ms"
+          f" (min {min(t) * 1e3:.0f}, max {max(t) * 1e3:.0f}, {n} runs)")
+    return model, statistics.median(t)
+
+
+def vit_b_model(checkpoint: str | None, tmp: Path):
+    from napari_sam.core.models import load_model
+
+    if checkpoint:
+        return load_model(checkpoint, device="cpu"), f"checkpoint {checkpoint}"
+    from segment_anything import sam_model_registry
+
+    torch.manual_seed(0)
+    sam = sam_model_registry["vit_b"](checkpoint=None)
+    path = tmp / "vit_b_random.pth"
+    torch.save(sam.state_dict(), path)
+    del sam
+    return load_model(str(path), device="cpu"), "randomly initialised ViT-B (weights do not change the time)"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", help="an official-format ViT-B checkpoint (default: random ViT-B)")
+    ap.add_argument("--size", type=int, default=512, help="slice size for the ViT-B runs")
+    ap.add_argument("--repeats", type=int, default=3, help="embedding runs each for official and ours")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: encoder,click,propagation,memory,embedded")
+    args = ap.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    print(f"machine: {machine()}")
+    print(f"start: {load()}")
+    with tempfile.TemporaryDirectory() as d:
+        emb_model = None
+        if "embedded" not in skip or "propagation" not in skip:
+            emb_model, _ = bench_embedded() if "embedded" not in skip else (None, None)
+        if not {"encoder", "click"} <= skip:
+            model, what = vit_b_model(args.checkpoint, Path(d))
+            print(f"\nViT-B: {what}")
+            img, labels = slice_image(args.size)
+            official, ours, _ = bench_encoder(model, img, args.repeats)
+            if "click" not in skip:
+                bench_click(official, ours, img, labels)
+                bench_upsampling(args.size)
+            del official, ours, model
+        if "propagation" not in skip:
+            if emb_model is None:
+                from napari_sam.core.models import load_model
+
+                shipped = ROOT / "src/napari_sam/weights/embedded.pt"
+                emb_model = load_model("embedded" if shipped.exists() else "/work/train/embedded.pt.partial", device="cpu")
+            bench_propagation(emb_model)
+        if "memory" not in skip:
+            bench_memory()
+    print(f"\nend: {load()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

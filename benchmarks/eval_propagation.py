@@ -1,0 +1,274 @@
+"""Evaluate z-propagation on held-out synthetic stacks, against two baselines.
+
+    python benchmarks/eval_propagation.py [--model embedded] [--write docs/propagation.md]
+
+Stacks: ``napari_sam.synthetic.make_stack`` seeds 950000..950005, shape
+(32, 256, 256), four of nuclei and two of cells (seeds never used for
+training, which uses 100000+, nor for tuning the rules, 940000+). Each
+object gets one positive point on its middle slice (the middle of its true
+z extent), at its deepest pixel (``interior_point``); objects whose middle
+slice holds fewer than ``MIN_AREA`` px are skipped. All objects of a stack
+are propagated together.
+
+Metrics per object: 3D IoU of its predicted and true voxels; it "bleeds"
+when its prediction reaches more than one slice beyond its true z extent.
+
+Methods, on the same stacks and seed points:
+* propagation: ``napari_sam.core.propagate.propagate_objects`` (defaults);
+* naive: SAM prompted with the seed point on every slice of the stack
+  (``batch_prompts_through_z``); "naive+score" drops slices whose predicted
+  IoU is below the stop rule's ``min_score``;
+* classical: per slice, Otsu threshold + watershed on the distance transform
+  seeded at each object's point, following the object from its previous
+  centroid while the overlap (IoU) with its previous slice stays >= 0.5.
+
+Timing: the 8 largest objects of stack 950000 propagated together through
+its 32 cached slices, against each of them alone (stop rule off, so every
+object is decoded on every slice); best of 3 runs each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+STACKS = [(950000 + i, "cells" if i >= 4 else "nuclei") for i in range(6)]
+SHAPE = (32, 256, 256)
+MIN_AREA = 10
+
+
+def seed_points(gt: np.ndarray) -> dict[int, tuple[int, np.ndarray]]:
+    """{object id: (middle slice, (row, col) deepest point)} for objects big enough to click."""
+    from napari_sam.synthetic import interior_point
+
+    out = {}
+    for i, sl in enumerate(ndi.find_objects(gt), start=1):
+        if sl is None:
+            continue
+        zs = np.flatnonzero((gt[sl[0]] == i).any((1, 2))) + sl[0].start
+        zm = int(zs[0] + zs[-1]) // 2
+        m = gt[zm] == i
+        if m.sum() >= MIN_AREA:
+            out[i] = (zm, interior_point(m))
+    return out
+
+
+def score_objects(pred: np.ndarray, gt: np.ndarray, seeds) -> tuple[np.ndarray, np.ndarray]:
+    """Per seeded object: (3D IoU, slices beyond the true z extent)."""
+    ious, bleed = [], []
+    gsl, psl = ndi.find_objects(gt), ndi.find_objects(pred.astype(np.int64), max_label=int(gt.max()))
+    for i in seeds:
+        g = gt == i
+        p = pred == i
+        inter = np.count_nonzero(g & p)
+        ious.append(inter / max(np.count_nonzero(g | p), 1))
+        if psl[i - 1] is None:
+            bleed.append(0)
+            continue
+        gz, pz = gsl[i - 1][0], psl[i - 1][0]
+        bleed.append(max(gz.start - pz.start, 0, pz.stop - gz.stop))
+    return np.array(ious), np.array(bleed)
+
+
+def run_propagation(predictor, image, seeds, cache=None, **kw) -> np.ndarray:
+    from napari_sam.core.propagate import propagate_objects
+
+    prompts = {i: {z: {"points": pt[None]}} for i, (z, pt) in seeds.items()}
+    gen = propagate_objects(predictor, image, prompts, cache=cache, **kw)
+    return _drain(gen)
+
+
+def run_naive(predictor, image, seeds, cache=None, min_score=0.0) -> np.ndarray:
+    from napari_sam.core.propagate import batch_prompts_through_z
+
+    prompts = {i: {"points": pt[None]} for i, (z, pt) in seeds.items()}
+    return _drain(batch_prompts_through_z(predictor, image, prompts, cache=cache, min_score=min_score))
+
+
+def _drain(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as fin:
+            return fin.value
+
+
+def run_classical(image, seeds, min_overlap=0.5) -> np.ndarray:
+    """Otsu + seeded watershed per slice, following each object from its previous centroid."""
+    from skimage.filters import threshold_otsu
+    from skimage.segmentation import watershed
+
+    nz = image.shape[0]
+    out = np.zeros(image.shape, np.uint16)
+    fg, dist = [], []
+    for z in range(nz):
+        sm = ndi.gaussian_filter(image[z].astype(np.float32), 1.0)
+        f = sm > threshold_otsu(sm)
+        fg.append(f)
+        dist.append(ndi.distance_transform_edt(f))
+    start = {}
+    for i, (z, pt) in seeds.items():
+        start.setdefault(z, []).append((i, pt))
+    for direction in (1, -1):
+        order = range(nz) if direction == 1 else range(nz - 1, -1, -1)
+        alive: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id -> (point, previous mask)
+        for z in order:
+            todo = dict(alive)
+            for i, pt in start.get(z, []):
+                todo[i] = (pt, None)
+            if not todo:
+                continue
+            markers = np.zeros(image.shape[1:], np.int32)
+            for i, (pt, _) in todo.items():
+                r, c = np.clip(np.round(pt).astype(int), 0, np.array(image.shape[1:]) - 1)
+                markers[r, c] = i
+            ws = watershed(-dist[z], markers, mask=fg[z])
+            alive = {}
+            for i, (pt, prev) in todo.items():
+                m = ws == i
+                if not m.any():
+                    continue
+                if prev is not None:
+                    iou = np.count_nonzero(m & prev) / max(np.count_nonzero(m | prev), 1)
+                    if iou < min_overlap:
+                        continue
+                free = m & (out[z] == 0)
+                out[z][free] = i
+                alive[i] = (np.array(ndi.center_of_mass(m)), m)
+    return out
+
+
+def summarise(ious, bleed) -> dict:
+    return {
+        "n": len(ious),
+        "median": float(np.median(ious)) if len(ious) else float("nan"),
+        "p10": float(np.percentile(ious, 10)) if len(ious) else float("nan"),
+        "within1": float(np.mean(bleed <= 1)) if len(ious) else float("nan"),
+    }
+
+
+def evaluate(model, stacks=STACKS, shape=SHAPE, methods=("propagation", "naive", "naive+score", "classical"),
+             refine=None, log=print, **prop_kw) -> dict:
+    """{method: {"ious": array, "bleed": array, "seconds": float, "per_stack": [...]}}."""
+    from napari_sam.core.cache import EmbeddingCache
+    from napari_sam.core.predictor import SlicePredictor
+    from napari_sam.core.propagate_rules import StopRule
+    from napari_sam.synthetic import make_stack
+
+    refine = bool(getattr(model, "native_resolution", False)) if refine is None else refine
+    res = {m: {"ious": [], "bleed": [], "seconds": 0.0, "per_stack": []} for m in methods}
+    for seed, kind in stacks:
+        st = make_stack(shape, seed=seed, kind=kind)
+        seeds = seed_points(st.labels)
+        cache = EmbeddingCache(max_bytes=1 << 40)
+        predictor = SlicePredictor(model, refine=refine)
+        for m in methods:
+            t = time.perf_counter()
+            if m == "propagation":
+                pred = run_propagation(predictor, st.image, seeds, cache, **prop_kw)
+            elif m == "naive":
+                pred = run_naive(predictor, st.image, seeds, cache)
+            elif m == "naive+score":
+                pred = run_naive(predictor, st.image, seeds, cache, prop_kw.get("stop", StopRule()).min_score)
+            else:
+                pred = run_classical(st.image, seeds)
+            dt = time.perf_counter() - t
+            ious, bleed = score_objects(pred, st.labels, seeds)
+            r = res[m]
+            r["ious"].append(ious)
+            r["bleed"].append(bleed)
+            r["seconds"] += dt
+            r["per_stack"].append((seed, kind, summarise(ious, bleed)))
+            s = summarise(ious, bleed)
+            log(f"  {seed} {kind:6s} {m:12s} n={s['n']:3d} median={s['median']:.3f} p10={s['p10']:.3f} "
+                f"within1={s['within1']:.2f} ({dt:.1f}s)")
+    for r in res.values():
+        r["ious"], r["bleed"] = np.concatenate(r["ious"]), np.concatenate(r["bleed"])
+    return res
+
+
+def time_objects(model, seed=950000, kind="nuclei", n=8, repeats=3, refine=None) -> dict:
+    """Seconds to propagate the stack's n largest objects together through all
+    32 cached slices, and each of them alone (stop rule off, so every object
+    is decoded on every slice). Returns {"together": s, "alone": [s, ...]}."""
+    from napari_sam.core.cache import EmbeddingCache, embed_cached
+    from napari_sam.core.predictor import SlicePredictor
+    from napari_sam.core.propagate_rules import StopRule
+    from napari_sam.synthetic import make_stack
+
+    refine = bool(getattr(model, "native_resolution", False)) if refine is None else refine
+    st = make_stack(SHAPE, seed=seed, kind=kind)
+    predictor = SlicePredictor(model, refine=refine)
+    cache = EmbeddingCache(max_bytes=1 << 40)
+    for z in range(SHAPE[0]):
+        embed_cached(predictor, cache, st.image[z])
+    seeds = seed_points(st.labels)
+    big = sorted(seeds, key=lambda i: -np.count_nonzero(st.labels == i))[:n]
+    never = StopRule(min_score=-1e9, min_overlap=-1.0, max_growth=1e9, min_area=0, min_kept=0.0)
+
+    def best_of(ids):
+        t_best = np.inf
+        for _ in range(repeats):
+            t = time.perf_counter()
+            run_propagation(predictor, st.image, {i: seeds[i] for i in ids}, cache, stop=never)
+            t_best = min(t_best, time.perf_counter() - t)
+        return t_best
+
+    return {"together": best_of(big), "alone": [best_of([i]) for i in big]}
+
+
+def table(res) -> str:
+    lines = ["| method | objects | median 3D IoU | p10 3D IoU | within 1 slice of true extent | time (s) |",
+             "|---|---|---|---|---|---|"]
+    for m, r in res.items():
+        s = summarise(r["ious"], r["bleed"])
+        lines.append(f"| {m} | {s['n']} | {s['median']:.3f} | {s['p10']:.3f} | {100 * s['within1']:.1f}% | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="embedded", help="registry name or checkpoint path")
+    ap.add_argument("--write", type=Path, help="replace the results section of this markdown file")
+    ap.add_argument("--no-timing", action="store_true")
+    args = ap.parse_args(argv)
+    from napari_sam.core.models import load_model
+
+    model = load_model(args.model, device="cpu")
+    res = evaluate(model)
+    tab = table(res)
+    print(tab)
+    timing = ""
+    if not args.no_timing:
+        t = time_objects(model)
+        one = float(np.mean(t["alone"]))
+        timing = (f"8 objects together vs 1 object alone (mean of the 8), each decoded on all 32 cached slices: "
+                  f"{t['together']:.3f} s vs {one:.3f} s, ratio {t['together'] / one:.2f}x")
+        print(timing)
+    if args.write:
+        _write(args.write, tab, timing, res, " ".join(["python", "benchmarks/eval_propagation.py", *(argv or sys.argv[1:])]))
+
+
+def _write(path: Path, tab: str, timing: str, res, command: str):
+    per = ["| stack | method | objects | median | p10 | within 1 slice |", "|---|---|---|---|---|---|"]
+    for m, r in res.items():
+        for seed, kind, s in r["per_stack"]:
+            per.append(f"| {seed} {kind} | {m} | {s['n']} | {s['median']:.3f} | {s['p10']:.3f} | {100 * s['within1']:.0f}% |")
+    body = (f"<!-- results:start -->\nCommand: `{command}`\n\n{tab}\n\n{timing}\n\n"
+            f"<details><summary>per stack</summary>\n\n" + "\n".join(per) + "\n\n</details>\n<!-- results:end -->")
+    text = path.read_text() if path.exists() else ""
+    if "<!-- results:start -->" in text:
+        a, rest = text.split("<!-- results:start -->", 1)
+        text = a + body + rest.split("<!-- results:end -->", 1)[1]
+    else:
+        text = text + "\n" + body + "\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
