@@ -36,7 +36,7 @@ def segment(
     channel_axis: int | None = None,
     channel: int | None = None,
     normalize: str = "percentile",
-    refine: bool | None = None,
+    refine: bool = False,
 ):
     """SAM on one 2D slice.
 
@@ -45,8 +45,10 @@ def segment(
     (default all positive). boxes: (4,) or (M, 4) (row0, col0, row1, col1);
     M boxes are M objects. mask: a previous (H, W) bool mask or SAM low-res
     logits. model: a ``LoadedModel``, a registry name or checkpoint path
-    (default: the embedded model). refine: boundary refinement and removal of
-    fragments not connected to the prompt (default: on for the embedded model).
+    (default: the embedded model). refine: boundary snapping and removal of
+    fragments not connected to the prompt (``core.refine``; off by default:
+    it removes every stray fragment but does not raise the IoU on average,
+    see docs/embedded-model.md).
 
     Returns a :class:`napari_sam.core.predictor.Prediction`: ``masks``
     (n_objects, n_candidates, H, W) bool, ``scores`` (n, c) SAM's predicted
@@ -67,8 +69,6 @@ def segment(
         raise ValueError("segment() needs a prompt: points, boxes or mask")
     pred = SlicePredictor(m, normalize=normalize)
     pred.set_image(a, channel_axis=channel_axis, channel=channel)
-    if refine is None:
-        refine = bool(getattr(m, "native_resolution", False))
     pred.refine = refine
     return pred.predict(points=points, point_labels=point_labels, boxes=boxes, mask=mask, multimask=multimask)
 

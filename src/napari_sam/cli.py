@@ -2,7 +2,7 @@
 
     napari-sam segment IMAGE --points P.csv [--boxes B.csv] --out LABELS.tif
                        [--model NAME_OR_PATH] [--device auto] [--overwrite]
-                       [--propagate [--z-range A:B]] [--no-refine]
+                       [--propagate [--z-range A:B]] [--refine]
     napari-sam demo [--out DIR] [--no-viewer]
 
 Exit status: 0 on success; 2 with a one-line reason on stderr for bad input,
@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     s.add_argument("--propagate", action="store_true", help="propagate each object through z from its prompted slices")
     s.add_argument("--z-range", help="A:B, slices A..B-1 (with --propagate)")
-    s.add_argument("--no-refine", action="store_true", help="keep SAM's raw masks (no boundary snapping / fragment removal)")
+    s.add_argument("--refine", action="store_true", help="snap boundaries to the image and drop fragments not connected to the prompt")
     d = sub.add_parser("demo", help="synthetic nuclei stack -> prompts -> labels + overlay, then open napari")
     d.add_argument("--out", default="napari-sam-demo", help="folder for stack.tif, points.csv, labels.tif, overlay.png")
     d.add_argument("--no-viewer", action="store_true", help="do not open napari even when a display exists")
@@ -97,10 +97,10 @@ def _segment(args) -> int:
         from .core.propagate import propagate_labels
 
         labels = propagate_labels(
-            vol.data, prompts, model=model, z_range=z_range, refine=not args.no_refine, channel_axis=channel_axis
+            vol.data, prompts, model=model, z_range=z_range, refine=args.refine, channel_axis=channel_axis
         )
     else:
-        labels = segment_prompted_slices(vol.data, prompts, model, refine=not args.no_refine, channel_axis=channel_axis)
+        labels = segment_prompted_slices(vol.data, prompts, model, refine=args.refine, channel_axis=channel_axis)
     max_id = max(prompts)
     labels = labels.astype(label_dtype(max_id))
     if vol.is_2d:
@@ -112,7 +112,7 @@ def _segment(args) -> int:
         "device": str(model.device),
         "mode": "propagate" if args.propagate else "per-slice",
         "z_range": z_range,
-        "refine": not args.no_refine,
+        "refine": args.refine,
         "prompts": {str(o): {str(z): s for z, s in zs.items()} for o, zs in prompts.items()},
         "napari_sam_version": _version(),
     }
@@ -137,7 +137,7 @@ def _version() -> str:
     return __version__
 
 
-def segment_prompted_slices(stack, prompts, model, *, refine=True, channel_axis=None) -> np.ndarray:
+def segment_prompted_slices(stack, prompts, model, *, refine=False, channel_axis=None) -> np.ndarray:
     """Each object on each slice it was prompted on; (z, y, x) labels.
 
     All objects of a slice are decoded on one embedding; a single positive

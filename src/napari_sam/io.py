@@ -225,13 +225,13 @@ def write_labels_atomic(path, labels: np.ndarray, record: dict) -> None:
 
     p = Path(path)
     for target, writer in (
-        (p, lambda f: tifffile.imwrite(f, labels, compression="zlib")),
-        (sidecar_path(p), lambda f: f.write(json.dumps(record, indent=1, default=_jsonable).encode())),
+        (p, lambda tmp: tifffile.imwrite(tmp, labels, compression="zlib")),
+        (sidecar_path(p), lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1, default=_jsonable))),
     ):
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".napari-sam-", suffix=target.suffix)
+        os.close(fd)
         try:
-            with os.fdopen(fd, "wb") as f:
-                writer(f)
+            writer(tmp)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -113,12 +113,47 @@ class TinyCNNEncoder(nn.Module):
         return self.neck(x)
 
 
+PE_REFERENCE = 256  # the training slices' size, in pixels
+
+
+def _native_prompt_encoder_cls():
+    from segment_anything.modeling import PromptEncoder
+
+    class NativePromptEncoder(PromptEncoder):
+        """SAM's PromptEncoder, with coordinates in pixels / ``PE_REFERENCE``.
+
+        SAM normalises prompt coordinates and its dense positional encoding by
+        the size of its (fixed, 1024 px) input. The embedded model runs at the
+        slice's own size, so normalising by the slice size would change the
+        scale of the positional code with every slice size (a 20 px nucleus
+        would look twice as big, in the decoder's coordinates, on a 128 px
+        slice as on the 256 px slices it was trained on). Here both points and
+        the dense grid are normalised by the fixed training size instead:
+        identical to training on 256 px slices, consistent at any other size
+        (SAM's random Fourier features depend on coordinate differences).
+        Same parameters and state-dict keys as PromptEncoder.
+        """
+
+        stride = 8
+
+        def get_dense_pe(self):
+            gh, gw = self.image_embedding_size
+            dev = self.pe_layer.positional_encoding_gaussian_matrix.device
+            y = (torch.arange(gh, device=dev, dtype=torch.float32) + 0.5) * (self.stride / PE_REFERENCE)
+            x = (torch.arange(gw, device=dev, dtype=torch.float32) + 0.5) * (self.stride / PE_REFERENCE)
+            yy, xx = torch.meshgrid(y, x, indexing="ij")
+            pe = self.pe_layer._pe_encoding(torch.stack([xx, yy], dim=-1))
+            return pe.permute(2, 0, 1).unsqueeze(0)
+
+    return NativePromptEncoder
+
+
 def build_embedded_sam(cfg: dict | None = None):
     """A ``segment_anything.modeling.Sam`` with the tiny CNN encoder.
 
     ``cfg`` is the configuration stored in the checkpoint (defaults above).
     """
-    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything.modeling import MaskDecoder, Sam, TwoWayTransformer
 
     cfg = {**EMBEDDED_DEFAULT_CONFIG, **(cfg or {})}
     d = cfg["embed_dim"]
@@ -126,8 +161,8 @@ def build_embedded_sam(cfg: dict | None = None):
     grid = size // cfg["stride"]
     sam = Sam(
         image_encoder=TinyCNNEncoder(cfg),
-        prompt_encoder=PromptEncoder(
-            embed_dim=d, image_embedding_size=(grid, grid), input_image_size=(size, size), mask_in_chans=16
+        prompt_encoder=_native_prompt_encoder_cls()(
+            embed_dim=d, image_embedding_size=(grid, grid), input_image_size=(PE_REFERENCE, PE_REFERENCE), mask_in_chans=16
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
@@ -147,14 +182,14 @@ def build_embedded_sam(cfg: dict | None = None):
 def set_grid(sam, input_hw: tuple[int, int]) -> None:
     """Point SAM's prompt encoder at a padded input of ``input_hw`` (H, W).
 
-    SAM's PromptEncoder normalises prompt coordinates by ``input_image_size``
-    and builds its dense positional encoding on ``image_embedding_size``. For a
-    native-resolution encoder both follow the slice; official ViT models keep
-    their fixed 1024 canvas and never call this.
+    The embedding grid follows the slice; prompt coordinates keep being
+    normalised by ``PE_REFERENCE`` (see ``NativePromptEncoder``). Official ViT
+    models keep their fixed 1024 canvas and never call this.
     """
     pe = sam.prompt_encoder
     stride = sam.image_encoder.stride
     h, w = int(input_hw[0]), int(input_hw[1])
-    pe.input_image_size = (h, w)
+    pe.stride = stride
+    pe.input_image_size = (PE_REFERENCE, PE_REFERENCE)
     pe.image_embedding_size = (h // stride, w // stride)
     pe.mask_input_size = (4 * (h // stride), 4 * (w // stride))
