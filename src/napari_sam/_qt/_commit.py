@@ -1,0 +1,119 @@
+"""Write chosen masks into a Labels layer on one slice, through napari's history.
+
+Every change goes through ``Labels.data_setitem`` inside one
+``block_history`` so a whole commit is one Ctrl-Z / Shift-Ctrl-Z step. The
+prompts that made each object are recorded in ``labels.metadata["napari_sam"]``
+(the writer saves them beside the TIFF).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_sam.core.commit import next_label_id, plan_commit
+
+from ._plane import Plane
+
+META = "napari_sam"
+
+
+class CommitError(ValueError):
+    """The commit cannot be done; the message says why and what to do."""
+
+
+@dataclass
+class CommitReport:
+    ids: list[int]
+    pixels: int
+    kept: int = 0  # mask pixels not written because they belong to another label
+    cleared: int = 0  # pixels of a refined label set back to 0
+
+
+def check_target(labels, shape: tuple[int, ...]) -> None:
+    """Refuse a Labels layer whose data does not match the image's (spatial) shape."""
+    got = tuple(np.shape(labels.data[0] if labels.multiscale else labels.data))
+    if got != tuple(shape):
+        raise CommitError(
+            f"labels layer {labels.name!r} has shape {got} but the image has {tuple(shape)}: "
+            f"choose a matching Labels layer or '(new layer)'"
+        )
+    if labels.multiscale:
+        raise CommitError(f"labels layer {labels.name!r} is multiscale: SAM commits into single-scale labels only")
+
+
+def commit_masks(
+    labels,
+    plane: Plane,
+    masks: list[np.ndarray],
+    *,
+    label: int | None = None,
+    overwrite: bool = False,
+    replace: int | None = None,
+) -> CommitReport:
+    """Write ``masks`` ((H, W) bool each) into ``labels`` on ``plane`` only.
+
+    label None: each mask becomes a new object (largest id + 1, + 2, ...);
+    an int: every mask goes into that label. replace: a label being refined
+    (its pixels this mask no longer covers are cleared).
+    """
+    existing = np.asarray(labels.data[plane.index])
+    if label is None:
+        first = next_label_id(np.asarray(labels.data))
+        ids = list(range(first, first + len(masks)))
+    else:
+        ids = [int(label)] * len(masks)
+    info = np.iinfo(labels.data.dtype) if np.issubdtype(labels.data.dtype, np.integer) else None
+    if info is not None and max(ids) > info.max:
+        raise CommitError(
+            f"label {max(ids)} does not fit into {labels.name!r} ({labels.data.dtype}, at most {info.max}); "
+            f"convert the layer to a larger integer type"
+        )
+    writes = plan_commit(existing, masks, ids, overwrite=overwrite, replace=replace)
+    with labels.block_history():
+        for w in writes:
+            labels.data_setitem(plane.full_index(w.rows, w.cols), w.value)
+    written = sum(w.size for w in writes if w.value != 0)
+    cleared = sum(w.size for w in writes if w.value == 0)
+    wanted = int(sum(int(m.sum()) for m in masks))
+    already = sum(int((m & (existing == v)).sum()) for m, v in zip(masks, ids))
+    return CommitReport(ids=ids, pixels=written, kept=max(0, wanted - written - already), cleared=cleared)
+
+
+def record_objects(labels, records: list[dict]) -> None:
+    """Append what made each committed object to ``labels.metadata``."""
+    md = labels.metadata
+    entry = md.get(META)
+    if not isinstance(entry, dict):
+        entry = {"objects": []}
+    entry.setdefault("objects", []).extend(records)
+    md[META] = entry
+
+
+def object_record(label: int, plane: Plane, prompt, *, score: float, token: int, model) -> dict:
+    """One committed object's provenance, in the labels' data coordinates.
+
+    prompt: core.prompts.ObjectPrompt (row, col) on the plane; points and the box
+    are stored as full nD data coordinates of the labels array.
+    """
+
+    def full(rc):
+        rc = np.asarray(rc, float).reshape(-1, 2)
+        out = np.tile(plane.offset(), (len(rc), 1))
+        out[:, plane.axes[0]], out[:, plane.axes[1]] = rc[:, 0], rc[:, 1]
+        return out.round(3).tolist()
+
+    rec = {
+        "label": int(label),
+        "plane": {"axes": [a for a, _ in plane.fixed], "index": [i for _, i in plane.fixed]},
+        "points": full(prompt.points),
+        "point_labels": [int(v) for v in prompt.labels],
+        "box": None if prompt.box is None else full(prompt.box.reshape(2, 2)),
+        "mask_prompt": prompt.mask is not None,
+        "sam_output": int(token),
+        "predicted_iou": round(float(score), 4),
+    }
+    if model is not None:
+        rec["model"] = {"name": model.name, "sha256": model.checksum}
+    return rec

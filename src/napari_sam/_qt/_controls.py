@@ -1,0 +1,154 @@
+"""The widget's Qt controls: built here, wired in ``widget.py``."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+NEW_LAYER = "(new layer)"
+FROM_FILE = "from file…"
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+
+
+def _combo(tip: str) -> QComboBox:
+    c = QComboBox()
+    c.setToolTip(tip)
+    c.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    c.setMinimumContentsLength(12)
+    c.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+    return c
+
+
+class Controls:
+    """Every control of the SAM widget, laid out in ``parent``."""
+
+    def __init__(self, parent: QWidget, model_names: list[str]):
+        root = QVBoxLayout(parent)
+        root.setContentsMargins(6, 6, 6, 6)
+
+        setup = QGroupBox("Image and model")
+        form = QFormLayout(setup)
+        self.image = _combo("The image layer SAM segments (2D, z-stack, t/z, RGB)")
+        self.model = _combo("SAM model: 'embedded' ships with napari-sam; others download once")
+        for name in model_names:
+            self.model.addItem(name, name)
+        self.model.addItem(FROM_FILE, FROM_FILE)
+        self.device = _combo("Where SAM runs: auto = CUDA, then Apple MPS, then CPU")
+        self.device.addItems(DEVICES)
+        form.addRow("Image", self.image)
+        form.addRow("Model", self.model)
+        form.addRow("Device", self.device)
+        root.addWidget(setup)
+
+        layers = QGroupBox("Layers")
+        form = QFormLayout(layers)
+        self.points = _combo("Points layer with the clicks (feature 'positive': green yes, magenta no)")
+        self.boxes = _combo("Shapes layer whose rectangles are boxes (each box one object)")
+        self.labels = _combo("Labels layer that commits write into")
+        form.addRow("Points", self.points)
+        form.addRow("Boxes", self.boxes)
+        form.addRow("Labels", self.labels)
+        root.addWidget(layers)
+
+        prompts = QGroupBox("Prompts on this slice")
+        box = QVBoxLayout(prompts)
+        row = QHBoxLayout()
+        self.positive = QRadioButton("positive")
+        self.negative = QRadioButton("negative")
+        self.positive.setChecked(True)
+        self.polarity = QButtonGroup(parent)
+        self.polarity.addButton(self.positive)
+        self.polarity.addButton(self.negative)
+        self.positive.setToolTip("New points mark the object (N toggles)")
+        self.negative.setToolTip("New points mark what is not the object (N toggles)")
+        row.addWidget(QLabel("New points:"))
+        row.addWidget(self.positive)
+        row.addWidget(self.negative)
+        row.addStretch(1)
+        box.addLayout(row)
+        self.refine = QCheckBox("Refine the selected label (its mask on this slice is a prompt)")
+        self.refine.setToolTip("Use the labels layer's selected label on this slice, e.g. after a brush fix, as SAM's mask prompt")
+        box.addWidget(self.refine)
+        box.addWidget(QLabel("Candidates (best first; K / Shift-K or click):"))
+        self.candidates = QListWidget()
+        self.candidates.setMaximumHeight(92)
+        box.addWidget(self.candidates)
+        root.addWidget(prompts)
+
+        commit = QGroupBox("Commit")
+        box = QVBoxLayout(commit)
+        row = QHBoxLayout()
+        self.new_id = QRadioButton("new object id")
+        self.selected_id = QRadioButton("selected label")
+        self.new_id.setChecked(True)
+        self.target = QButtonGroup(parent)
+        self.target.addButton(self.new_id)
+        self.target.addButton(self.selected_id)
+        row.addWidget(self.new_id)
+        row.addWidget(self.selected_id)
+        row.addStretch(1)
+        box.addLayout(row)
+        self.overwrite = QCheckBox("overwrite existing labels")
+        self.overwrite.setToolTip("Off: pixels that already belong to another object are kept")
+        box.addWidget(self.overwrite)
+        row = QHBoxLayout()
+        self.commit = QPushButton("Commit (C)")
+        self.clear = QPushButton("Clear slice (Shift-C)")
+        self.commit.setToolTip("Write the shown candidate into the labels layer on this slice (Ctrl-Z undoes)")
+        self.clear.setToolTip("Remove this slice's points and boxes")
+        row.addWidget(self.commit)
+        row.addWidget(self.clear)
+        box.addLayout(row)
+        root.addWidget(commit)
+
+        row = QHBoxLayout()
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 0)
+        self.progress.setTextVisible(False)
+        self.progress.setMaximumHeight(12)
+        self.cancel = QPushButton("Cancel")
+        self.cancel.setToolTip("Stop waiting for the model or the slice's embedding")
+        row.addWidget(self.progress, 1)
+        row.addWidget(self.cancel)
+        root.addLayout(row)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status.setMinimumHeight(48)
+        self.status.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        root.addWidget(self.status)
+        root.addStretch(1)
+        self.set_busy(None)
+
+    def set_busy(self, description: str | None) -> None:
+        self.progress.setVisible(description is not None)
+        self.cancel.setVisible(description is not None)
+        if description is not None:
+            self.progress.setToolTip(description)
+
+    def fill_layers(self, combo: QComboBox, layers: list, current, *, new_item: bool) -> None:
+        """Refill ``combo`` with ``layers`` (item data = the layer), keeping ``current`` selected."""
+        combo.blockSignals(True)
+        combo.clear()
+        if new_item:
+            combo.addItem(NEW_LAYER, None)
+        for ly in layers:
+            combo.addItem(ly.name, ly)
+        i = next((k for k in range(combo.count()) if current is not None and combo.itemData(k) == current), 0)
+        combo.setCurrentIndex(i)
+        combo.blockSignals(False)

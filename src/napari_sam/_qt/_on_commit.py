@@ -1,0 +1,89 @@
+"""Commit, clear: the widget side of writing SAM's answer into the labels layer.
+
+A mixin of :class:`~napari_sam._qt.widget.SamWidget`; the writing itself is
+in ``_commit.py`` (pure writing into a Labels layer, no widget).
+"""
+
+from __future__ import annotations
+
+from . import _layers as L
+from ._commit import CommitError, check_target, commit_masks, object_record, record_objects
+from ._plane import PlaneError, current_plane, plane_indices, spatial_shape
+
+
+class Committing:
+    """Commit and clear handlers of the SAM widget."""
+
+    def _on_commit(self) -> None:
+        if self._timer.isActive():
+            self._update_preview()
+        try:
+            token = self._token(current_plane(self._viewer, self._image)) if self._image is not None else None
+        except PlaneError as e:
+            self._say(str(e), error=True)
+            return
+        if self._result is not None and self._result.token == token:
+            self._commit_result()
+        elif token is not None and self._jobs.busy:
+            self._pending_commit = token
+            self._say("SAM is still working: the result will be committed when it arrives (if the slice and prompts stay).")
+        else:
+            self._say("Nothing to commit on this slice: click an object or draw a box first.")
+
+    def _ensure_labels(self):
+        if self._labels is None:
+            self._watch("labels", L.add_labels_layer(self._viewer, self._image))
+            self._on_layers_renamed()
+        L.move_below(self._viewer, self._labels, [self._preview, self._boxes, self._points])
+        check_target(self._labels, spatial_shape(self._image))
+        return self._labels
+
+    def _commit_result(self) -> None:
+        res, self._pending_commit = self._result, None
+        try:
+            labels = self._ensure_labels()
+            refine = self._ui.refine.isChecked() and res.objects[0].mask is not None
+            label = None
+            if self._ui.selected_id.isChecked() or refine:
+                label = int(labels.selected_label)
+                if label == 0:
+                    raise CommitError("the selected label is 0 (background): select a label, or commit as a new object id")
+            picks = [c.pick(self._rank) for c in res.candidates]
+            report = commit_masks(labels, res.plane, [p[0] for p in picks], label=label,
+                                  overwrite=self._ui.overwrite.isChecked(), replace=label if refine else None)
+        except CommitError as e:
+            self._say(str(e), error=True)
+            return
+        if report.pixels == 0 and not report.cleared:
+            why = "every pixel of the mask already belongs to another object; tick 'overwrite' to replace them" \
+                if report.kept else "the labels already hold exactly this mask"
+            self._say(f"Nothing written on {res.plane.label}: {why}.", error=bool(report.kept))
+            return
+        model = self._session.model
+        record_objects(labels, [object_record(i, res.plane, o, score=p[1], token=p[2], model=model)
+                                for i, o, p in zip(report.ids, res.objects, picks)])
+        if label is None:
+            labels.selected_label = report.ids[-1]
+        kept = f" {report.kept} px kept their existing label (overwrite is off)." if report.kept else ""
+        ids = ", ".join(str(i) for i in dict.fromkeys(report.ids))
+        self._last_commit = (f"Committed label {ids} on {res.plane.label}: {report.pixels} px.{kept} "
+                             f"Undo: select {labels.name!r} and press Ctrl-Z.")
+        self._say(self._last_commit)
+        self._clear_prompts(res.plane)
+
+    def _clear_prompts(self, plane) -> None:
+        for layer in (self._points, self._boxes):
+            if layer is not None and layer in self._viewer.layers:
+                idx = plane_indices(layer, self._image, plane)
+                if idx:
+                    layer.remove(idx)
+
+    def _on_clear(self) -> None:
+        try:
+            plane = current_plane(self._viewer, self._image) if self._image is not None else None
+        except PlaneError as e:
+            self._say(str(e), error=True)
+            return
+        if plane is not None:
+            self._clear_prompts(plane)
+            self._say(f"Cleared the prompts on {plane.label}.")

@@ -1,0 +1,200 @@
+"""From the prompts on the current slice to SAM's candidates in the preview layer.
+
+A mixin of :class:`~napari_sam._qt.widget.SamWidget`. Every change (slice,
+prompts, image, model) bumps a version; a result carries the versions it was
+computed for (its token) and is only shown or committed while they are current.
+The slow encoder runs in a worker; decoding runs on the GUI thread with the
+prompts of *now*, so a late embedding never applies to stale prompts.
+"""
+
+from __future__ import annotations
+
+from napari_sam.core.objects import group_prompts, predict_candidates
+
+from . import _layers as L
+from ._commit import CommitError, check_target
+from ._plane import PlaneError, boxes_on_plane, current_plane, image_data, points_on_plane, spatial_shape
+from ._preview import Result
+from ._session import encode_slice
+
+
+class Prompting:
+    """Prompt events, SAM runs and the preview for the SAM widget."""
+
+    def _on_dims_change(self, event=None) -> None:
+        key = None
+        if self._image is not None:
+            try:
+                p = current_plane(self._viewer, self._image)
+                key = (p.fixed, p.axes)
+            except PlaneError:
+                pass
+        if key != self._plane_key:
+            self._plane_key, self._last_commit = key, ""
+            self._reset_result()
+            self._schedule()
+
+    def _on_image_data(self, event=None) -> None:
+        self._image_version += 1
+        self._reset_result()
+        self._schedule()
+
+    def _on_prompts_changed(self, event=None) -> None:
+        action = str(getattr(event, "action", "")) if event is not None else ""
+        if action.endswith("ing"):  # adding / removing / changing: wait for the -ed event
+            return
+        self._prompt_version += 1
+        self._schedule()
+
+    def _on_labels_changed(self, event=None) -> None:
+        if self._ui.refine.isChecked():
+            self._on_prompts_changed()
+
+    def _on_polarity_changed(self, positive: bool) -> None:
+        if self._points is not None:
+            L.set_new_point_polarity(self._points, positive)
+
+    def _on_toggle_polarity(self) -> None:
+        pts = self._points
+        if pts is not None and str(pts.mode) == "select" and pts.selected_data:
+            # in select mode, N flips the selected points instead
+            feats = pts.features.copy()
+            idx = sorted(pts.selected_data)
+            feats.loc[idx, "positive"] = ~feats.loc[idx, "positive"].astype(bool)
+            pts.features = feats
+            pts.refresh_colors()
+            self._on_prompts_changed()
+            self._say(f"Flipped {len(idx)} selected point(s) between positive and negative.")
+            return
+        (self._ui.negative if self._ui.positive.isChecked() else self._ui.positive).setChecked(True)
+        self._say(f"New points are {'positive' if self._ui.positive.isChecked() else 'negative'}.")
+
+    def _schedule(self) -> None:
+        if not self._closed:
+            self._timer.start()
+
+    def _reset_result(self) -> None:
+        self._result, self._pending_commit = None, None
+        L.clear_preview(self._preview)
+        self._ui.candidates.clear()
+
+    def _token(self, plane=None):
+        if self._image is None or plane is None:
+            return None
+        return (id(self._image), self._image_version, (plane.fixed, plane.axes), self._prompt_version, self._session.version)
+
+    def _gather(self):
+        """(plane, objects, notes) of the current slice; PlaneError/CommitError say what is wrong."""
+        if self._image is None:
+            raise PlaneError("no image layer: open an image first")
+        image, v = self._image, self._viewer
+        plane = current_plane(v, image)
+        pts = lab = boxes = mask = None
+        notes = []
+        if self._points is not None:
+            _, pts, lab = points_on_plane(self._points, image, plane)
+        if self._boxes is not None:
+            _, boxes, ignored = boxes_on_plane(self._boxes, image, plane)
+            if ignored:
+                notes.append(f"{ignored} shape(s) that are not rectangles were ignored")
+        if self._ui.refine.isChecked():
+            mask = self._refine_mask(plane, notes)
+        objects, more = group_prompts(pts, lab, boxes, mask)
+        return plane, objects, notes + more
+
+    def _refine_mask(self, plane, notes):
+        if self._labels is None:
+            raise CommitError("refining needs a labels layer: choose one, or commit an object first")
+        check_target(self._labels, spatial_shape(self._image))
+        label = int(self._labels.selected_label)
+        mask = self._labels.data[plane.index] == label
+        if label == 0 or not mask.any():
+            notes.append(f"label {label} is not on this slice, nothing to refine")
+            return None
+        return mask
+
+    def _update_preview(self) -> None:
+        self._timer.stop()
+        if self._closed:
+            return
+        try:
+            plane, objects, notes = self._gather()
+        except (PlaneError, CommitError) as e:
+            self._reset_result()
+            self._say(str(e), error=isinstance(e, CommitError))
+            return
+        token = self._token(plane)
+        if self._result is not None and self._result.token == token:
+            return
+        if not objects:
+            self._reset_result()
+            hint = "; ".join(notes) if notes else "click on an object, or draw a box around it."
+            self._say(f"{self._last_commit} Next: {hint}" if self._last_commit else f"{plane.label}: {hint}")
+            return
+        self._last_commit = ""
+        if self._session.model is None:
+            loading = "model" in self._jobs.kinds()
+            self._say("Waiting for the model to load…" if loading else "No model is loaded: choose a model above.")
+            return
+        emb_key = token[:3] + token[4:]
+        if self._session.embedding_key != emb_key:
+            if token != self._cancelled:
+                self._start_encode(emb_key, plane)
+            return
+        try:
+            cands = predict_candidates(self._session.predictor, objects)
+        except ValueError as e:
+            self._reset_result()
+            self._say(str(e), error=True)
+            return
+        self._result, self._rank = Result(token, plane, objects, cands, notes), 0
+        self._show_result()
+        if self._pending_commit == token:
+            self._commit_result()
+
+    def _start_encode(self, emb_key, plane) -> None:
+        key = ("encode", *emb_key)
+        if self._jobs.running(key):
+            return
+        self._jobs.cancel("encode")
+        desc = f"Computing the embedding of {plane.label} (once per slice)…"
+        self._say(desc)
+        self._jobs.start(key, desc, encode_slice, self._session.predictor, self._session.cache,
+                         image_data(self._image), plane.index, self._image.rgb,
+                         on_result=self._on_encoded, on_error=self._on_job_error)
+
+    def _on_encoded(self, key, embedding) -> None:
+        if self._closed or self._image is None:
+            return
+        try:
+            plane = current_plane(self._viewer, self._image)
+        except PlaneError:
+            return
+        token = self._token(plane)
+        if key[1:] == token[:3] + token[4:]:  # same image, slice and model as now: use it
+            self._session.set_embedding(key[1:], embedding)
+            self._update_preview()
+
+    def _show_result(self) -> None:
+        res, ui = self._result, self._ui
+        self._preview = L.show_preview(self._viewer, self._preview, self._image, res.plane, res.label_image(self._rank))
+        L.move_below(self._viewer, self._preview, [self._boxes, self._points])
+        ui.candidates.blockSignals(True)
+        ui.candidates.clear()
+        ui.candidates.addItems(res.rank_texts())
+        ui.candidates.setCurrentRow(min(self._rank, res.n_ranks - 1))
+        ui.candidates.blockSignals(False)
+        self._say(res.summary(self._rank))
+
+    def _on_candidate_row(self, row: int) -> None:
+        if self._result is not None and row >= 0 and row != self._rank:
+            self._rank = row
+            self._show_result()
+
+    def _on_next_candidate(self, step: int = 1) -> None:
+        if self._result is not None:
+            self._rank = (self._rank + step) % self._result.n_ranks
+            self._show_result()
+
+    def _on_previous_candidate(self) -> None:
+        self._on_next_candidate(-1)

@@ -1,0 +1,455 @@
+"""The SAM dock widget in a real napari viewer, driven by real layer events.
+
+Prompts are added the way napari adds them when the user clicks (``Points.add``,
+``Shapes.add_rectangles``), slices change through ``viewer.dims``, keys go
+through the viewer's key handler; the assertions are on what the user sees:
+the preview layer, the Labels data, undo/redo, the status text.
+Uses the embedded model (skipped until its weights are in the checkout).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+import napari_sam
+from napari_sam.synthetic import interior_point, make_stack
+
+from .conftest import EMBEDDED
+
+pytestmark = pytest.mark.gui
+
+Z = 4
+
+
+def _model_source() -> str:
+    if EMBEDDED.exists():
+        return "embedded"
+    alt = os.environ.get("NAPARI_SAM_WIDGET_TEST_MODEL")  # a checkpoint path, for development
+    if alt:
+        return alt
+    pytest.skip(f"embedded weights not in this checkout ({EMBEDDED})")
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return make_stack((8, 256, 256), seed=2, radius_range=(12, 30), density=0.3)
+
+
+def _objects_by_size(lab: np.ndarray) -> list[int]:
+    """Object ids on a slice, largest first, leaving out objects touching the border."""
+    border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    ids, counts = np.unique(lab[lab > 0], return_counts=True)
+    keep = [(c, i) for i, c in zip(ids, counts) if i not in border]
+    return [int(i) for c, i in sorted(keep, reverse=True)]
+
+
+def _iou(a, b) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+@pytest.fixture
+def sam(make_napari_viewer, qtbot, stack):
+    """(viewer, widget, image layer): the widget docked as napari docks plugin widgets (public-only proxy)."""
+    from napari.utils._proxies import PublicOnlyProxy
+
+    from napari_sam._qt.widget import SamWidget
+
+    source = _model_source()
+    viewer = make_napari_viewer()
+    image = viewer.add_image(stack.image, scale=stack.voxel_size, name="nuclei")
+    widget = SamWidget(PublicOnlyProxy(viewer), model=source)
+    viewer.window.add_dock_widget(widget, name="SAM")
+    qtbot.waitUntil(lambda: widget.model is not None and not widget.busy, timeout=60000)
+    viewer.dims.current_step = (Z, 0, 0)
+    yield viewer, widget, image
+    if not widget._closed:
+        qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+        viewer.window.remove_dock_widget(widget)
+
+
+def _preview(viewer) -> np.ndarray:
+    """The preview as (H, W) labels (0 where there is none)."""
+    if "SAM preview" not in viewer.layers:
+        return np.zeros((1, 1), np.uint8)
+    d = np.asarray(viewer.layers["SAM preview"].data)
+    return d.reshape(d.shape[-2:])
+
+
+def _wait_preview(qtbot, viewer, widget, n_objects: int = 1):
+    """Wait for SAM's answer; returns the preview (H, W) labels."""
+    status = widget._ui.status
+    qtbot.waitUntil(lambda: not widget.busy and "candidate" in status.text(), timeout=30000)
+    found = len(np.unique(_preview(viewer))) - 1
+    assert found == n_objects, f"preview shows {found} objects, expected {n_objects}; status: {status.text()}"
+    return _preview(viewer)
+
+
+def _press(viewer, key: str) -> None:
+    viewer.window._qt_viewer._key_map_handler.press_key(key)
+
+
+def _choose(combo, text: str) -> None:
+    """Pick an item of one of the widget's combo boxes as the user does."""
+    i = combo.findText(text)
+    assert i >= 0, f"{text!r} is not offered: {[combo.itemText(k) for k in range(combo.count())]}"
+    combo.setCurrentIndex(i)
+    combo.activated.emit(i)
+
+
+def test_click_previews_object_commit_writes_new_id_on_this_slice_only_and_undoes(sam, qtbot, stack):
+    viewer, widget, image = sam
+    lab = stack.labels[Z]
+    obj = _objects_by_size(lab)[0]
+    gt = lab == obj
+    # the user's curated labels: object 5 overlaps our object on this slice, 9 sits on the next slice
+    before = np.zeros(stack.labels.shape, np.uint16)
+    left = gt & (np.arange(gt.shape[1])[None, :] < np.nonzero(gt)[1].min() + 4)
+    before[Z][left] = 5
+    before[Z + 1][stack.labels[Z + 1] == obj] = 9
+    curated = viewer.add_labels(before.copy(), name="curated", scale=stack.voxel_size)
+    _choose(widget._ui.labels, "curated")
+    points = viewer.layers["nuclei SAM points"]
+    points.add([[1, 100, 100]])  # a prompt on another slice: not used, not cleared
+    points.add([[Z, *interior_point(gt)]])
+
+    preview = _wait_preview(qtbot, viewer, widget) > 0
+    assert _iou(preview, gt) >= 0.8
+    assert (curated.data == before).all(), "a preview never writes into the labels"
+
+    _press(viewer, "C")
+    after = np.asarray(curated.data).copy()
+    changed = after != before
+    assert changed[Z].sum() > 0.5 * gt.sum()
+    assert not np.delete(changed, Z, axis=0).any(), "only the current slice changes"
+    assert set(np.unique(after[changed])) == {10}, "a new object id: the largest label + 1"
+    assert (after[before == 5] == 5).all() and (after[before == 9] == 9).all(), "existing labels are kept"
+    np.testing.assert_array_equal(changed[Z], preview & (before[Z] == 0))
+    assert [p[0] for p in points.data] == [1], "the slice's prompts are cleared, others stay"
+    assert curated.selected_label == 10
+
+    curated.undo()
+    np.testing.assert_array_equal(curated.data, before)
+    curated.redo()
+    np.testing.assert_array_equal(curated.data, after)
+
+
+def test_saved_labels_carry_the_prompts_of_each_commit(sam, qtbot, stack, tmp_path):
+    import json
+
+    import tifffile
+
+    viewer, widget, image = sam
+    lab = stack.labels[Z]
+    obj = _objects_by_size(lab)[0]
+    click = interior_point(lab == obj)
+    viewer.layers["nuclei SAM points"].add([[Z, *click]])
+    _wait_preview(qtbot, viewer, widget)
+    _press(viewer, "C")
+    labels = viewer.layers["nuclei SAM labels"]
+    written = labels.save(str(tmp_path / "nuclei.tif"), plugin="napari-sam")
+    assert written == [str(tmp_path / "nuclei.tif"), str(tmp_path / "nuclei.prompts.json")]
+    np.testing.assert_array_equal(tifffile.imread(written[0]), labels.data)
+    (rec,) = json.loads((tmp_path / "nuclei.prompts.json").read_text())["objects"]
+    assert rec["label"] == 1 and rec["plane"] == {"axes": [0], "index": [Z]}
+    assert rec["points"] == [[Z, *np.round(click, 3).tolist()]] and rec["point_labels"] == [1]
+    assert rec["model"]["sha256"] == widget.model.checksum
+
+
+def test_boxes_are_objects_and_commit_with_button(sam, qtbot, stack):
+    from qtpy.QtCore import Qt
+
+    viewer, widget, image = sam
+    lab = stack.labels[Z]
+    a, b = _objects_by_size(lab)[:2]
+    boxes = viewer.layers["nuclei SAM boxes"]
+    for obj in (a, b):
+        rr, cc = np.nonzero(lab == obj)
+        r0, c0, r1, c1 = rr.min() - 2, cc.min() - 2, rr.max() + 2, cc.max() + 2
+        boxes.add_rectangles(np.array([[Z, r0, c0], [Z, r0, c1], [Z, r1, c1], [Z, r1, c0]], float))
+    preview = _wait_preview(qtbot, viewer, widget, n_objects=2)
+    assert _iou(preview == 1, lab == a) >= 0.8 and _iou(preview == 2, lab == b) >= 0.8
+
+    qtbot.mouseClick(widget._ui.commit, Qt.MouseButton.LeftButton)
+    labels = viewer.layers["nuclei SAM labels"]
+    assert set(np.unique(labels.data)) == {0, 1, 2}
+    assert not np.delete(np.asarray(labels.data), Z, axis=0).any()
+    assert _iou(labels.data[Z] == 1, lab == a) >= 0.8 and _iou(labels.data[Z] == 2, lab == b) >= 0.8
+    assert len(boxes.data) == 0
+    qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
+    assert "Committed label 1, 2" in widget._ui.status.text(), "the confirmation stays until the next prompt"
+
+
+def _touching_pair(lab):
+    for a in _objects_by_size(lab):
+        ring = ndi.binary_dilation(lab == a, iterations=2) & (lab != a) & (lab > 0)
+        for b in np.unique(lab[ring]):
+            if (lab == b).sum() > 300:
+                return a, int(b)
+    raise AssertionError("no touching objects on this slice")
+
+
+def test_negative_point_removes_a_neighbour(sam, qtbot, stack):
+    viewer, widget, image = sam
+    lab = stack.labels[Z]
+    a, b = _touching_pair(lab)
+    A, B = lab == a, lab == b
+    points = viewer.layers["nuclei SAM points"]
+    points.add([[Z, *interior_point(A)]])
+    points.add([[Z, *interior_point(B)]])
+    both = _wait_preview(qtbot, viewer, widget) > 0
+    assert (both & B).sum() > 0.5 * B.sum(), "two positive clicks: the neighbour is in the mask"
+
+    points.remove([1])  # the click on the neighbour becomes a negative one
+    _press(viewer, "N")
+    assert widget._ui.negative.isChecked()
+    points.add([[Z, *interior_point(B)]])
+    assert points.features["positive"].tolist() == [True, False]
+    qtbot.waitUntil(lambda: not widget.busy and (_preview(viewer) > 0).sum() < both.sum(), timeout=30000)
+    one = _preview(viewer) > 0
+    assert (one & B).sum() < 0.2 * B.sum(), "the negative point removed the neighbour"
+    assert (one & A).sum() > 0.6 * A.sum(), "the clicked object stays"
+
+
+def test_slice_or_prompt_change_during_computation_writes_nothing(sam, qtbot, stack):
+    viewer, widget, image = sam
+    lab = stack.labels[Z]
+    obj = _objects_by_size(lab)[0]
+    points = viewer.layers["nuclei SAM points"]
+    points.add([[Z, *interior_point(lab == obj)]])
+    _press(viewer, "C")  # before SAM answered: the commit waits for the answer...
+    assert widget.busy
+    viewer.dims.current_step = (Z + 2, 0, 0)  # ...but the user moves on
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    qtbot.wait(100)
+    assert "nuclei SAM labels" not in viewer.layers or not viewer.layers["nuclei SAM labels"].data.any()
+    assert not _preview(viewer).any(), "no preview of slice Z is shown on slice Z + 2"
+
+    viewer.dims.current_step = (Z, 0, 0)  # back: the preview comes (cached embedding), nothing written
+    _wait_preview(qtbot, viewer, widget)
+    assert "nuclei SAM labels" not in viewer.layers
+
+    # a commit queued while the embedding is computed is dropped when the prompts change meanwhile
+    viewer.dims.current_step = (Z + 1, 0, 0)
+    other = _objects_by_size(stack.labels[Z + 1])[0]
+    points.add([[Z + 1, *interior_point(stack.labels[Z + 1] == other)]])
+    _press(viewer, "C")
+    assert widget.busy
+    points.add([[Z + 1, 5, 5]])
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    qtbot.wait(100)
+    assert "nuclei SAM labels" not in viewer.layers
+
+
+def test_cancel_stops_waiting_and_new_prompts_run_again(sam, qtbot, stack):
+    from qtpy.QtCore import Qt
+
+    viewer, widget, image = sam
+    lab = stack.labels[Z]
+    points = viewer.layers["nuclei SAM points"]
+    points.add([[Z, *interior_point(lab == _objects_by_size(lab)[0])]])
+    _press(viewer, "C")  # runs SAM now (the commit is queued until its answer)
+    assert widget.busy and not widget._ui.cancel.isHidden(), "encoding the slice, Cancel offered"
+    qtbot.mouseClick(widget._ui.cancel, Qt.MouseButton.LeftButton)
+    assert not widget.busy and widget._ui.cancel.isHidden()
+    assert "Cancelled" in widget._ui.status.text()
+    qtbot.wait(1500)  # the abandoned worker finishes in the background: its result is not used
+    assert not _preview(viewer).any() and "nuclei SAM labels" not in viewer.layers
+    points.add([[Z, *interior_point(lab == _objects_by_size(lab)[1])]])
+    _wait_preview(qtbot, viewer, widget)
+
+
+def test_next_candidate_is_shown_and_committed(sam, qtbot, stack):
+    viewer, widget, image = sam
+    lab = stack.labels[Z]
+    obj = _objects_by_size(lab)[1]
+    viewer.layers["nuclei SAM points"].add([[Z, *interior_point(lab == obj)]])
+    first = _wait_preview(qtbot, viewer, widget).copy()
+    assert widget._ui.candidates.count() == 3 and widget._ui.candidates.currentRow() == 0
+    scores = [float(widget._ui.candidates.item(i).text().split("IoU ")[1].split()[0]) for i in range(3)]
+    assert scores == sorted(scores, reverse=True), "best predicted IoU first"
+    _press(viewer, "K")
+    assert widget._ui.candidates.currentRow() == 1
+    second = _preview(viewer).copy()
+    assert "candidate 2/3" in widget._ui.status.text()
+    _press(viewer, "C")
+    labels = viewer.layers["nuclei SAM labels"]
+    np.testing.assert_array_equal(labels.data[Z] > 0, second > 0)
+    if not (first == second).all():
+        assert not (labels.data[Z] > 0)[(first > 0) & (second == 0)].any(), "the first candidate was not written"
+
+
+def test_refine_from_labels_replaces_the_object_on_this_slice(sam, qtbot, stack):
+    viewer, widget, image = sam
+    lab = stack.labels[Z]
+    obj = _objects_by_size(lab)[0]
+    gt = lab == obj
+    labels = viewer.add_labels(np.zeros(stack.labels.shape, np.uint32), name="mine", scale=stack.voxel_size)
+    # a rough hand-drawn object: the ground truth cut in half, plus the same label on the next slice
+    rough = gt & (np.arange(gt.shape[0])[:, None] < np.nonzero(gt)[0].mean())
+    labels.data[Z][rough] = 3
+    labels.data[Z + 1][stack.labels[Z + 1] == obj] = 3
+    labels.selected_label = 3
+    _choose(widget._ui.labels, "mine")
+    before = np.asarray(labels.data).copy()
+    widget._ui.refine.setChecked(True)
+    viewer.layers["nuclei SAM points"].add([[Z, *interior_point(gt)]])
+    refined = _wait_preview(qtbot, viewer, widget) > 0
+    assert _iou(refined, gt) > _iou(rough, gt)
+    _press(viewer, "C")
+    after = np.asarray(labels.data)
+    np.testing.assert_array_equal(after[Z] == 3, refined)
+    np.testing.assert_array_equal(np.delete(after, Z, 0), np.delete(before, Z, 0))
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before)
+
+
+def test_4d_and_rgb_images(make_napari_viewer, qtbot, stack):
+    from napari_sam._qt.widget import SamWidget
+
+    viewer = make_napari_viewer()
+    tz = np.stack([stack.image[2:7], stack.image[1:6]])  # (t, z, y, x)
+    viewer.add_image(tz, name="tz")
+    widget = SamWidget(viewer, model=_model_source())
+    viewer.window.add_dock_widget(widget)
+    qtbot.waitUntil(lambda: widget.model is not None and not widget.busy, timeout=60000)
+    viewer.dims.current_step = (1, 3, 0, 0)
+    lab = stack.labels[4]  # t=1, z=3 is stack slice 4
+    obj = _objects_by_size(lab)[0]
+    viewer.layers["tz SAM points"].add([[1, 3, *interior_point(lab == obj)]])
+    _wait_preview(qtbot, viewer, widget)
+    assert "t=1, z=3" in widget._ui.status.text()
+    _press(viewer, "C")
+    out = np.asarray(viewer.layers["tz SAM labels"].data)
+    assert out.shape == tz.shape and _iou(out[1, 3] > 0, lab == obj) >= 0.8
+    out[1, 3] = 0
+    assert not out.any()
+
+    rgb = np.repeat((stack.image[Z] / stack.image[Z].max() * 255).astype(np.uint8)[..., None], 3, -1)
+    viewer.add_image(rgb, name="rgb", rgb=True)
+    _choose(widget._ui.image, "rgb")
+    pts = viewer.layers["rgb SAM points"]
+    assert pts.ndim == 2
+    pts.add([interior_point(stack.labels[Z] == _objects_by_size(stack.labels[Z])[0])])
+    _wait_preview(qtbot, viewer, widget)
+    _press(viewer, "C")
+    assert viewer.layers["rgb SAM labels"].data.shape == rgb.shape[:2]
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    widget.close()
+
+
+def test_layer_removal_rename_switch_and_bad_choices_keep_the_session(sam, qtbot, stack):
+    viewer, widget, image = sam
+    status = widget._ui.status
+    lab = stack.labels[Z]
+    click = [Z, *interior_point(lab == _objects_by_size(lab)[0])]
+
+    viewer.layers.remove(viewer.layers["nuclei SAM points"])
+    assert widget._ui.points.currentText() == "(new layer)"
+    _choose(widget._ui.points, "(new layer)")
+    viewer.layers["nuclei SAM points"].add([click])
+    _wait_preview(qtbot, viewer, widget)
+
+    image.name = "renamed"
+    assert widget._ui.image.currentText() == "renamed"
+
+    viewer.add_labels(np.zeros((3, 10, 10), np.uint8), name="small")
+    _choose(widget._ui.labels, "small")
+    assert "does not fit" in status.text()
+
+    viewer.add_points(np.zeros((0, 2)), name="flat points")
+    _choose(widget._ui.points, "flat points")
+    assert "does not fit" in status.text()
+
+    widget.load_model("/nonexistent/sam.pth")
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    assert "Could not load model" in status.text() and "not found" in status.text()
+    assert widget.model is not None and widget._ui.model.currentText() != "sam.pth"
+
+    viewer.add_image(stack.image[Z], name="plane")
+    _choose(widget._ui.image, "plane")
+    assert viewer.layers["plane SAM points"].ndim == 2
+    viewer.layers.remove(viewer.layers["plane"])
+    assert widget._ui.image.currentText() == "renamed"
+    viewer.dims.ndisplay = 3
+    viewer.layers["renamed SAM points"].add([click])
+    qtbot.waitUntil(lambda: "switch the viewer to 2D" in status.text(), timeout=5000)
+    viewer.dims.ndisplay = 2
+    viewer.layers.remove(viewer.layers["renamed"])
+    qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
+    assert widget._ui.image.count() == 0
+
+
+def _our_callbacks(viewer) -> list:
+    """Every napari event callback that belongs to napari_sam code."""
+    groups = [viewer.events, viewer.dims.events, viewer.layers.events, viewer.layers.selection.events]
+    groups += [ly.events for ly in viewer.layers]
+    found = []
+    for group in groups:
+        for emitter in [group, *group.emitters.values()]:
+            for cb in emitter.callbacks:
+                owner = cb[0]() if isinstance(cb, tuple) and callable(cb[0]) else getattr(cb, "__self__", cb)
+                mod = type(owner).__module__ if isinstance(cb, tuple) or hasattr(cb, "__self__") else cb.__module__
+                if str(mod).startswith("napari_sam"):
+                    found.append((emitter, cb))
+    return found
+
+
+@pytest.mark.parametrize("how", ["close", "dock close button"])
+def test_closing_disconnects_every_event_and_key(sam, qtbot, how):
+    viewer, widget, image = sam
+    from app_model.types import KeyBinding
+
+    assert _our_callbacks(viewer)
+    assert KeyBinding.from_str("C") in viewer.keymap
+    viewer.layers["nuclei SAM points"].add([[Z, 128, 128]])
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    if how == "close":
+        widget.close()
+    else:
+        viewer.window.remove_dock_widget(widget)
+    assert _our_callbacks(viewer) == []
+    assert not any(k in viewer.keymap for k in map(KeyBinding.from_str, ["N", "K", "Shift-K", "C", "Shift-C"]))
+    assert "SAM preview" not in viewer.layers
+    viewer.layers["nuclei SAM points"].add([[Z, 20, 20]])  # the session's layers live on, silently
+    viewer.dims.current_step = (Z + 1, 0, 0)
+
+
+def test_closing_restores_a_users_own_key_binding(make_napari_viewer, qtbot):
+    from napari_sam._qt.widget import SamWidget
+
+    viewer = make_napari_viewer()
+
+    def mine(v):
+        pass
+
+    viewer.bind_key("K", mine)
+    widget = SamWidget(viewer, model=_model_source())
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60000)
+    widget.close()
+    from app_model.types import KeyBinding
+
+    assert viewer.keymap[KeyBinding.from_str("K")] is mine
+
+
+def test_plugin_manifest_opens_the_widget(make_napari_viewer, qtbot):
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    pm.discover()
+    try:
+        pm.get_manifest("napari-sam")
+    except KeyError:
+        pytest.skip("napari-sam is not installed (pip install -e .)")
+    _model_source()
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-sam", "nuclei")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-sam", "SAM segmentation")
+    assert type(widget).__name__ == "SamWidget" and "Keyboard shortcuts" in widget.toolTip()
+    assert "nuclei SAM points" in viewer.layers
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60000)
+    viewer.window.remove_dock_widget(dock)
+    assert napari_sam.__version__
