@@ -39,7 +39,7 @@ def rgb_image():
 def pair(tiny_vit, official, rgb_image):
     from napari_sam.core.predictor import SlicePredictor
 
-    ours = SlicePredictor(tiny_vit, normalize="none")
+    ours = SlicePredictor(tiny_vit, normalize="none", fast=False)
     ours.set_image(rgb_image, channel_axis=-1)
     official.set_image(rgb_image)
     return ours, official

@@ -4,6 +4,7 @@
                        [--model NAME_OR_PATH] [--device auto] [--overwrite]
                        [--propagate [--z-range A:B]] [--refine]
     napari-sam demo [--out DIR] [--no-viewer]
+    napari-sam embed STACK.tif --out CACHE.zarr [--model NAME_OR_PATH]
 
 Exit status: 0 on success; 2 with a one-line reason on stderr for bad input,
 and nothing written.
@@ -39,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="napari-sam-demo", help="folder for stack.tif, points.csv, labels.tif, overlay.png")
     d.add_argument("--no-viewer", action="store_true", help="do not open napari even when a display exists")
     d.add_argument("--device", default="auto")
+    from ._cli_embed import add_embed_parser
+
+    add_embed_parser(sub)
     return ap
 
 
@@ -56,6 +60,10 @@ def main(argv=None) -> int:
             from ._demo import run_demo
 
             return run_demo(Path(args.out), viewer=not args.no_viewer, device=args.device)
+        if args.cmd == "embed":
+            from ._cli_embed import run_embed
+
+            return run_embed(args)
     except InputError as e:
         return _fail(str(e))
     except KeyboardInterrupt:

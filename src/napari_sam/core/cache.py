@@ -6,6 +6,11 @@ reuses a stale embedding, while the same slice reached through another array
 object (a dask/zarr view, a copy) does. Embeddings are stored as fp16 on the
 CPU (ViT-B: 64*64*256*2 = 2 MiB a slice) and returned as fp32 on the model's
 device.
+
+Behind it, optionally, a :class:`~napari_sam.core.disk_cache.DiskCache` (one
+stack's embeddings in a zarr store): ``embed_cached(..., disk=store,
+index=z)`` looks in memory, then on disk, and only then runs the encoder,
+filling both.
 """
 
 from __future__ import annotations
@@ -86,18 +91,31 @@ class EmbeddingCache:
             self._bytes = 0
 
 
-def embed_cached(predictor, cache: EmbeddingCache | None, slice2d, *, channel_axis=None, channel=None) -> Embedding:
-    """The slice's embedding from ``cache``, or computed by ``predictor`` and stored.
+def embed_cached(predictor, cache: EmbeddingCache | None, slice2d, *, channel_axis=None, channel=None,
+                 disk=None, index=None) -> Embedding:
+    """The slice's embedding from ``cache`` (then ``disk``), or computed by ``predictor`` and stored.
 
+    disk: a ``DiskCache`` for the stack this slice belongs to, with ``index``
+    the slice's position in it (an int, or a tuple over the stack's leading axes).
     Does not change ``predictor``'s current image (safe to call from a worker
     thread while the GUI thread decodes on another embedding).
     """
     a = np.asarray(slice2d)
-    if cache is None:
+    if cache is None and disk is None:
         return predictor.embed(a, channel_axis=channel_axis, channel=channel)
-    key = cache.key(slice_signature(a) + f"|{channel_axis}|{channel}", predictor.model.checksum, predictor.normalize)
-    emb = cache.get(key, predictor.model.device)
+    sig = slice_signature(a)
+    key = cache.key(sig + f"|{channel_axis}|{channel}", predictor.model.checksum, predictor.normalize) if cache is not None else None
+    emb = cache.get(key, predictor.model.device) if cache is not None else None
+    if emb is not None:
+        return emb
+    if disk is not None:
+        if index is None:
+            raise ValueError("embed_cached: a disk cache needs the slice's index")
+        emb = disk.get(index, sig, predictor.model.device)
     if emb is None:
         emb = predictor.embed(a, channel_axis=channel_axis, channel=channel)
+        if disk is not None:
+            disk.put(index, sig, emb)
+    if cache is not None:
         cache.put(key, emb)
     return emb

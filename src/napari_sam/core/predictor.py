@@ -66,15 +66,19 @@ class Prediction:
 class SlicePredictor:
     """SAM on one 2D slice: ``set_image`` once, ``predict`` many times."""
 
-    def __init__(self, model, normalize: str = "percentile", refine: bool = False):
+    def __init__(self, model, normalize: str = "percentile", refine: bool = False, fast: bool = True):
         """model: a ``core.models.LoadedModel``. normalize: see ``core.image``.
-        refine: boundary snapping + fragment removal (``core.refine``) on every mask."""
+        refine: boundary snapping + fragment removal (``core.refine``) on every mask.
+        fast: run SAM's ViT encoder and mask decoder through ``core.fast_vit`` /
+        ``core.fast_decoder`` (same weights; results equal up to float rounding);
+        False runs segment-anything's own forward passes."""
         from segment_anything.utils.transforms import ResizeLongestSide
 
         self.model = model
         self.sam = model.sam
         self.normalize = normalize
         self.refine = refine
+        self.fast = fast
         enc = self.sam.image_encoder
         self.native = bool(getattr(enc, "native_resolution", False))
         self._resize = ResizeLongestSide(enc.max_size if self.native else enc.img_size)
@@ -106,8 +110,10 @@ class SlicePredictor:
         else:
             hp = wp = self.sam.image_encoder.img_size
         x = torch.nn.functional.pad(x, (0, wp - w, 0, hp - h))
+        from .fast_vit import run_encoder
+
         with torch.inference_mode(), self._autocast():
-            feats = self.sam.image_encoder(x).float()
+            feats = run_encoder(self.sam.image_encoder, x, fast=self.fast).float()
         return Embedding(feats, tuple(original), (int(h), int(w)), (int(hp), int(wp)), gray)
 
     def set_image(self, slice2d, *, channel_axis=None, channel=None) -> None:
@@ -197,15 +203,19 @@ class SlicePredictor:
             masks = torch.stack([self._mask_input(o.mask) for o in objs])
         with torch.inference_mode():
             sparse, dense = pe(points=points, boxes=boxes, masks=masks)
-            low, iou = self.sam.mask_decoder(
-                image_embeddings=emb.features,
-                image_pe=pe.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )
-            full = self._postprocess(low)
-        masks = (full > self.sam.mask_threshold).cpu().numpy()
+            if self.fast:
+                from .fast_decoder import decode, dense_pe
+
+                low, iou = decode(self.sam.mask_decoder, emb.features, dense_pe(pe), sparse, dense, multimask)
+            else:
+                low, iou = self.sam.mask_decoder(
+                    image_embeddings=emb.features,
+                    image_pe=pe.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=multimask,
+                )
+        masks = self._masks(low)
         if self.refine:
             from .refine import refine_mask
 
@@ -213,6 +223,15 @@ class SlicePredictor:
                 for k in range(masks.shape[1]):
                     masks[j, k] = refine_mask(masks[j, k], emb.gray, o.points, o.labels, o.box)
         return masks, iou.float().cpu().numpy(), low.float().cpu().numpy()
+
+    def _masks(self, low) -> np.ndarray:
+        """(n, c, H, W) bool, identical to ``_postprocess(low) > mask_threshold``, computed
+        only where an object can be (``core.fast_post``)."""
+        from .fast_post import masks_from_low_res
+
+        emb = self.embedding
+        canvas = emb.padded_size if self.native else (self.sam.image_encoder.img_size,) * 2
+        return masks_from_low_res(low, canvas, emb.input_size, emb.original_size, float(self.sam.mask_threshold))
 
     def _postprocess(self, low):
         import torch.nn.functional as F

@@ -1,0 +1,115 @@
+"""``napari-sam embed``: fill a stack's on-disk embedding cache.
+
+    napari-sam embed STACK.tif --out CACHE.zarr [--model NAME_OR_PATH] [--device auto]
+                     [--normalize percentile] [--z-range A:B] [--start Z] [--batch N] [--overwrite]
+
+Run it where the encoder is fast (a GPU machine), then open the cache on the
+laptop that does the clicking. The stack is read one slice at a time (TIFF,
+zarr or .npy; memory-mapped where possible), so stacks larger than the memory
+work. An interrupted run resumes where it stopped when the same command is
+run again; a cache made for another image, model or settings is refused.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from .io import InputError
+
+
+def add_embed_parser(subparsers) -> None:
+    e = subparsers.add_parser("embed", help="compute the SAM embedding of every slice of a stack into a zarr cache")
+    e.add_argument("image", help="2D or 3D (z, y, x) .tif/.tiff, .zarr or .npy; RGB last axis allowed")
+    e.add_argument("--out", required=True, help="embedding cache to write or resume (a .zarr folder)")
+    e.add_argument("--model", default="embedded", help="registry name (embedded, vit_b, vit_l, vit_h, vit_b_lm, ...) or checkpoint path")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    e.add_argument("--normalize", default="percentile", choices=["percentile", "minmax", "none"],
+                   help="intensity normalisation (must match the one used when segmenting)")
+    e.add_argument("--z-range", help="A:B, embed slices A..B-1 only")
+    e.add_argument("--start", type=int, help="slice to start from, then outward (default: the first of the range)")
+    e.add_argument("--batch", type=int, help="slices per encoder call (default: 1 on the CPU, as many as fit on a GPU)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing cache instead of resuming it")
+
+
+def _z_range(text, nz):
+    if not text:
+        return (0, nz)
+    try:
+        a, b = (int(v) if v else None for v in text.split(":"))
+    except ValueError:
+        raise InputError(f"--z-range must look like A:B (e.g. 3:20), got '{text}'") from None
+    a, b = (0 if a is None else a), (nz if b is None else b)
+    if not 0 <= a < b <= nz:
+        raise InputError(f"--z-range {text} is not within the stack's slices 0..{nz} (A < B)")
+    return (a, b)
+
+
+def run_embed(args) -> int:
+    from .core.disk_cache import CacheMismatch
+    from .core.lazy import open_stack
+    from .core.precompute import disk_cache_for, precompute
+    from .core.predictor import SlicePredictor
+
+    try:
+        vol = open_stack(args.image)
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(str(e)) from None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder name ending in .zarr")
+    if args.batch is not None and args.batch < 1:
+        raise InputError(f"--batch must be 1 or more, got {args.batch}")
+    nz = vol.shape[0]
+    lo, hi = _z_range(args.z_range, nz)
+    start = lo if args.start is None else args.start
+    if not lo <= start < hi:
+        raise InputError(f"--start {start} is outside the slices {lo}..{hi - 1} being embedded")
+    from .cli import _load
+
+    model = _load(args.model, args.device)
+    pred = SlicePredictor(model, normalize=args.normalize)
+    channel_axis = -1 if vol.rgb else None
+    t0 = time.time()
+    resuming = out.exists() and not args.overwrite
+    try:
+        disk, first_encoded = disk_cache_for(out, pred, vol.data, start=start, channel_axis=channel_axis,
+                                             overwrite=args.overwrite)
+    except (CacheMismatch, FileExistsError) as e:
+        raise InputError(f"{e} (--overwrite replaces it)") from None
+    if resuming:
+        print(f"resuming {out}: {len(disk.done())} of {nz} slices already there", file=sys.stderr)
+    gen = precompute(pred, vol.data, start=start, z_range=(lo, hi), disk=disk, channel_axis=channel_axis,
+                     batch=args.batch)
+    encoded = 0
+    try:
+        encoded = first_encoded + _drain(gen, hi - lo)
+    except KeyboardInterrupt:
+        print(f"napari-sam: interrupted; {len(disk.done())} slices are saved in {out}: run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
+    mb = disk.nbytes_on_disk() / 1e6
+    print(f"wrote {out}: {hi - lo} slices ({encoded} encoded, {hi - lo - encoded} already there), "
+          f"{mb:.0f} MB, {time.time() - t0:.1f}s", file=sys.stderr)
+    return 0
+
+
+def _drain(gen, total: int) -> int:
+    """Run the precompute generator to the end with a progress bar on stderr; the slices encoded."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with napari
+        tqdm = None
+    bar = tqdm(total=total, desc="embedding", unit="slice", file=sys.stderr, disable=not sys.stderr.isatty()) if tqdm else None
+    try:
+        while True:
+            p = next(gen)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"z={p.index} {p.source}")
+    except StopIteration as stop:
+        return int(stop.value or 0)
+    finally:
+        if bar is not None:
+            bar.close()

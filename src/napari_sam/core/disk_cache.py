@@ -1,0 +1,242 @@
+"""Slice embeddings of one stack on disk, in a zarr store.
+
+Fill it once (``napari-sam embed STACK.tif --out CACHE.zarr``, or the
+widget's "precompute whole stack", perhaps on a GPU machine), then open it
+wherever the stack is segmented: a slice found there costs no encoder time.
+
+Layout of ``CACHE.zarr`` (a zarr group)::
+
+    attrs["napari_sam_embeddings"]  format, settings, geometry (see below)
+    features   (*lead, C, h, w) float16   one chunk per slice
+    gray       (*lead, H, W)    uint8     the normalised slice (for boundary refinement)
+    signature  (*lead, 16)      uint8     xxh3-128 of the slice's bytes; all zero = not done
+
+``lead`` is the stack's shape before the slice axes ((z,) for a z-stack).
+A slice counts as done once its signature is written, which happens after its
+features: a run cut short is resumed where it stopped. A store made for
+another model, normalisation, channel choice or stack shape is refused with a
+:class:`CacheMismatch` naming the difference; a slice whose bytes no longer
+match its signature (the image was edited) is a miss and is recomputed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "napari-sam-embeddings/1"
+ATTR = "napari_sam_embeddings"
+
+
+class CacheMismatch(ValueError):
+    """An embedding store does not belong to this image, model or settings; the message says how."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Shapes every slice of the stack shares (see ``core.predictor.Embedding``)."""
+
+    feature_shape: tuple[int, int, int]  # (C, h, w)
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    padded_size: tuple[int, int]
+
+    @classmethod
+    def of(cls, emb) -> Geometry:
+        return cls(tuple(int(s) for s in emb.features.shape[1:]), tuple(emb.original_size),
+                   tuple(emb.input_size), tuple(emb.padded_size))
+
+    def as_json(self) -> dict:
+        return {k: list(v) for k, v in self.__dict__.items()}
+
+
+def settings_for(predictor, stack_shape, stack_dtype, *, channel_axis=None, channel=None) -> dict:
+    """What must agree for two runs to share embeddings (JSON-able)."""
+    m = predictor.model
+    return {
+        "model_sha256": m.checksum,
+        "model_name": m.name,
+        "normalize": predictor.normalize,
+        "channel_axis": channel_axis,
+        "channel": channel,
+        "stack_shape": [int(s) for s in stack_shape],
+        "stack_dtype": np.dtype(stack_dtype).str,
+    }
+
+
+_WHAT = {
+    "model_sha256": "model (checkpoint sha256)",
+    "model_name": "model name",
+    "normalize": "intensity normalisation",
+    "channel_axis": "channel axis",
+    "channel": "channel",
+    "stack_shape": "image shape",
+    "stack_dtype": "image dtype",
+}
+
+
+def _create(group, name, shape, chunks, dtype):
+    if hasattr(group, "create_array"):  # zarr 3
+        return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+    return group.zeros(name, shape=shape, chunks=chunks, dtype=dtype)  # zarr 2
+
+
+class DiskCache:
+    """One stack's slice embeddings in a zarr group (see the module docstring)."""
+
+    def __init__(self, group, path: Path, settings: dict, geometry: Geometry, lead: tuple[int, ...]):
+        self._g = group
+        self.path = path
+        self.settings = settings
+        self.geometry = geometry
+        self.lead = lead
+        self._features = group["features"]
+        self._gray = group["gray"]
+        self._sig = group["signature"]
+
+    # ---------------------------------------------------------------- open --
+    @classmethod
+    def open(cls, path, settings: dict | None = None, *, readonly: bool = False) -> DiskCache:
+        """An existing store; with ``settings``, refused unless they agree."""
+        import zarr
+
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"embedding cache not found: {p}")
+        try:
+            g = zarr.open_group(str(p), mode="r" if readonly else "r+")
+            meta = dict(g.attrs[ATTR])
+        except Exception:
+            raise CacheMismatch(f"{p} is not a napari-sam embedding cache (no '{ATTR}' record in a zarr group)") from None
+        if meta.get("format") != FORMAT:
+            raise CacheMismatch(f"{p} is an embedding cache in format {meta.get('format')!r}; this napari-sam reads {FORMAT}")
+        geo = Geometry(**{k: tuple(v) for k, v in meta["geometry"].items()})
+        cache = cls(g, p, meta["settings"], geo, tuple(meta["lead"]))
+        if settings is not None:
+            cache.check(settings)
+        return cache
+
+    @classmethod
+    def create(cls, path, settings: dict, geometry: Geometry, *, overwrite: bool = False) -> DiskCache:
+        """A new, empty store for a stack whose slices all have ``geometry``."""
+        import zarr
+
+        p = Path(path)
+        if p.exists() and not overwrite:
+            raise FileExistsError(f"{p} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+        if p.exists() and not (p / "zarr.json").exists() and not (p / ".zgroup").exists():
+            raise FileExistsError(f"{p} exists and is not a zarr store: refusing to overwrite it")
+        lead = tuple(int(s) for s in settings["stack_shape"][: _lead_ndim(settings)])
+        g = zarr.open_group(str(p), mode="w")
+        C, h, w = geometry.feature_shape
+        H, W = geometry.original_size
+        one = (1,) * len(lead)
+        _create(g, "features", (*lead, C, h, w), (*one, C, h, w), "float16")
+        _create(g, "gray", (*lead, H, W), (*one, H, W), "uint8")
+        _create(g, "signature", (*lead, 16), (*one, 16), "uint8")
+        g.attrs[ATTR] = {"format": FORMAT, "settings": settings, "geometry": geometry.as_json(), "lead": list(lead)}
+        return cls(g, p, settings, geometry, lead)
+
+    @classmethod
+    def open_or_create(cls, path, settings: dict, geometry: Geometry) -> DiskCache:
+        """Resume a store made with the same settings, or start one."""
+        if Path(path).exists():
+            cache = cls.open(path, settings)
+            if cache.geometry != geometry:
+                raise CacheMismatch(
+                    f"{path} holds embeddings of shape {cache.geometry.feature_shape} for slices of "
+                    f"{cache.geometry.original_size}; this run makes {geometry.feature_shape} for "
+                    f"{geometry.original_size}. Use another file, or overwrite it."
+                )
+            return cache
+        return cls.create(path, settings, geometry)
+
+    def check(self, settings: dict) -> None:
+        """Raise :class:`CacheMismatch` naming every setting that differs."""
+        diffs = [
+            f"{_WHAT.get(k, k)}: cache has {self.settings.get(k)!r}, this run uses {v!r}"
+            for k, v in settings.items()
+            if _norm(self.settings.get(k)) != _norm(v)
+        ]
+        if diffs:
+            raise CacheMismatch(
+                f"{self.path} was made for another image, model or settings ({'; '.join(diffs)}). "
+                "Use another cache file, or overwrite this one."
+            )
+
+    def check_image(self, stack, signature_of) -> None:
+        """Refuse a stack whose first finished slice differs from what the cache was made from."""
+        done = self.done()
+        if not done:
+            return
+        index = done[0]
+        if not self._matches(index, signature_of(np.asarray(stack[index]))):
+            raise CacheMismatch(
+                f"{self.path} was made from a different image: slice {_fmt(index)} differs. "
+                "Use another cache file, or overwrite this one."
+            )
+
+    # ------------------------------------------------------------ slices --
+    def done(self) -> list[tuple[int, ...]]:
+        """Indices (tuples over the lead axes) of the slices already stored."""
+        sig = np.asarray(self._sig[...]).reshape(-1, 16)
+        flat = np.flatnonzero(sig.any(axis=1))
+        return [tuple(int(i) for i in np.unravel_index(f, self.lead)) for f in flat]
+
+    def _matches(self, index, signature: str) -> bool:
+        return bytes(np.asarray(self._sig[index])) == bytes.fromhex(signature)
+
+    def get(self, index, signature: str, device=None):
+        """The slice's ``Embedding`` (features fp32 on ``device``) if stored for these bytes, else None."""
+        import torch
+
+        from .predictor import Embedding
+
+        index = _index(index)
+        if not self._matches(index, signature):
+            return None
+        f = torch.from_numpy(np.asarray(self._features[index])[None].astype(np.float32))
+        if device is not None:
+            f = f.to(device)
+        g = self.geometry
+        return Embedding(f, g.original_size, g.input_size, g.padded_size, np.asarray(self._gray[index]))
+
+    def put(self, index, signature: str, emb) -> None:
+        """Store one slice: features and gray first, its signature last (what marks it done)."""
+        index = _index(index)
+        if Geometry.of(emb) != self.geometry:
+            raise CacheMismatch(f"slice {_fmt(index)} has geometry {Geometry.of(emb)}, the cache {self.geometry}")
+        self._sig[index] = np.zeros(16, np.uint8)  # not done while being rewritten
+        self._features[index] = emb.features[0].detach().to("cpu").half().numpy()
+        if emb.gray is not None:
+            self._gray[index] = emb.gray
+        self._sig[index] = np.frombuffer(bytes.fromhex(signature), np.uint8)
+
+    def nbytes_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+def _lead_ndim(settings: dict) -> int:
+    nd = len(settings["stack_shape"]) - 2
+    return nd - (1 if settings.get("channel_axis") is not None else 0)
+
+
+def _index(index) -> tuple[int, ...]:
+    return tuple(int(i) for i in (index if isinstance(index, tuple) else (index,)))
+
+
+def _fmt(index: tuple) -> str:
+    return str(index[0]) if len(index) == 1 else str(index)
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def default_cache_path(image_path) -> Path:
+    """``stack.tif`` -> ``stack.embeddings.zarr`` beside it."""
+    p = Path(os.fspath(image_path))
+    return p.with_name(p.name.split(".")[0] + ".embeddings.zarr")

@@ -1,0 +1,129 @@
+"""Stacks that are read one slice at a time.
+
+napari-sam only ever reads ``stack[z]`` for the slices it works on (see
+``core.cache.embed_cached``, ``core.precompute``, ``core.propagate``), so a
+stack larger than the memory works as long as it arrives as a lazy array:
+a dask array, a zarr array, a ``numpy.memmap``, or what :func:`open_stack`
+returns for a file:
+
+* ``.tif``/``.tiff``: memory-mapped when the pixels are stored uncompressed
+  and contiguously, else read through tifffile's zarr view (one page or
+  tile at a time);
+* ``.zarr`` (an array, or a group such as OME-Zarr whose first array is
+  level 0) and ``.npy`` (memory-mapped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["LazyStack", "open_stack"]
+
+
+@dataclass
+class LazyStack:
+    """A (z, y, x[, c]) stack behind a file. ``data[z]`` reads one slice.
+
+    data: array-like supporting ``shape``, ``dtype`` and ``data[z]``.
+    rgb: the last axis is colour. was_2d: the file held one 2D image (z = 1 here).
+    kind: "memmap", "zarr" or "array" (how it is read).
+    """
+
+    data: object
+    rgb: bool
+    was_2d: bool
+    kind: str
+    path: Path
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+
+class _AddZ:
+    """A 2D image seen as a one-slice stack, without reading it."""
+
+    def __init__(self, a):
+        self._a = a
+        self.shape = (1, *a.shape)
+        self.dtype = a.dtype
+        self.ndim = a.ndim + 1
+
+    def __getitem__(self, index):
+        if isinstance(index, tuple):
+            head, rest = index[0], index[1:]
+        else:
+            head, rest = index, ()
+        if head not in (0, -1):
+            raise IndexError(f"slice {head} is out of range for a 2D image (one slice)")
+        return np.asarray(self._a[rest] if rest else self._a[...])
+
+    def __len__(self):
+        return 1
+
+
+def _is_rgb(shape, dtype, photometric=None) -> bool:
+    if photometric is not None and int(photometric) == 2 and shape[-1] in (3, 4):
+        return True  # (a planar RGB TIFF, (3, y, x), is read as three slices)
+    return len(shape) in (3, 4) and shape[-1] in (3, 4) and np.dtype(dtype) == np.uint8 and shape[-2] > 4
+
+
+def _wrap(a, rgb, kind, path) -> LazyStack:
+    spatial = len(a.shape) - (1 if rgb else 0)
+    if spatial == 2:
+        return LazyStack(_AddZ(a), rgb, True, kind, path)
+    if spatial == 3:
+        return LazyStack(a, rgb, False, kind, path)
+    raise ValueError(f"{path} has shape {tuple(a.shape)}: expected a 2D (y, x) or 3D (z, y, x) image, "
+                     "optionally with an RGB last axis")
+
+
+def open_stack(path) -> LazyStack:
+    """Open an image file without reading its pixels (see the module docstring)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"image not found: {p}")
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        a = np.load(p, mmap_mode="r")
+        return _wrap(a, _is_rgb(a.shape, a.dtype), "memmap", p)
+    if suffix == ".zarr" or (p.is_dir() and ((p / "zarr.json").exists() or (p / ".zarray").exists() or (p / ".zgroup").exists())):
+        return _wrap(*_open_zarr(p), "zarr", p)
+    if suffix in (".tif", ".tiff"):
+        return _open_tiff(p)
+    raise ValueError(f"{p}: napari-sam reads stacks from .tif/.tiff, .zarr and .npy files")
+
+
+def _open_zarr(p: Path):
+    import zarr
+
+    z = zarr.open(str(p), mode="r")
+    if hasattr(z, "shape"):
+        return z, _is_rgb(z.shape, z.dtype)
+    keys = sorted(z.array_keys())
+    if not keys:
+        raise ValueError(f"{p} is a zarr group without arrays")
+    a = z["0"] if "0" in keys else z[keys[0]]  # OME-Zarr: "0" is full resolution
+    return a, _is_rgb(a.shape, a.dtype)
+
+
+def _open_tiff(p: Path) -> LazyStack:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tf:
+            series = tf.series[0]
+            photometric = series.pages[0].photometric if len(series.pages) else None
+            shape, dtype = series.shape, series.dtype
+    except Exception as e:  # tifffile raises many kinds for non-TIFF input
+        raise ValueError(f"cannot read {p} as a TIFF image ({type(e).__name__}: {e})") from None
+    rgb = _is_rgb(shape, dtype, photometric)
+    try:
+        return _wrap(tifffile.memmap(p, mode="r"), rgb, "memmap", p)
+    except ValueError:  # compressed or scattered pixels
+        import zarr
+
+        return _wrap(zarr.open(tifffile.imread(p, aszarr=True), mode="r"), rgb, "zarr", p)
