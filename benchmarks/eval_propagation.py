@@ -16,8 +16,7 @@ when its prediction reaches more than one slice beyond its true z extent.
 Methods, on the same stacks and seed points:
 * propagation: ``napari_sam.core.propagate.propagate_objects`` (defaults);
 * naive: SAM prompted with the seed point on every slice of the stack
-  (``batch_prompts_through_z``); "naive+score" drops slices whose predicted
-  IoU is below the stop rule's ``min_score``;
+  (``batch_prompts_through_z``);
 * classical: per slice, Otsu threshold + watershed on the distance transform
   seeded at each object's point, following the object from its previous
   centroid while the overlap (IoU) with its previous slice stays >= 0.5.
@@ -152,12 +151,11 @@ def summarise(ious, bleed) -> dict:
     }
 
 
-def evaluate(model, stacks=STACKS, shape=SHAPE, methods=("propagation", "naive", "naive+score", "classical"),
+def evaluate(model, stacks=STACKS, shape=SHAPE, methods=("propagation", "naive", "classical"),
              refine=None, log=print, **prop_kw) -> dict:
     """{method: {"ious": array, "bleed": array, "seconds": float, "per_stack": [...]}}."""
     from napari_sam.core.cache import EmbeddingCache
     from napari_sam.core.predictor import SlicePredictor
-    from napari_sam.core.propagate_rules import StopRule
     from napari_sam.synthetic import make_stack
 
     refine = bool(getattr(model, "native_resolution", False)) if refine is None else refine
@@ -173,8 +171,6 @@ def evaluate(model, stacks=STACKS, shape=SHAPE, methods=("propagation", "naive",
                 pred = run_propagation(predictor, st.image, seeds, cache, **prop_kw)
             elif m == "naive":
                 pred = run_naive(predictor, st.image, seeds, cache)
-            elif m == "naive+score":
-                pred = run_naive(predictor, st.image, seeds, cache, prop_kw.get("stop", StopRule()).min_score)
             else:
                 pred = run_classical(st.image, seeds)
             dt = time.perf_counter() - t
@@ -209,7 +205,7 @@ def time_objects(model, seed=950000, kind="nuclei", n=8, repeats=3, refine=None)
         embed_cached(predictor, cache, st.image[z])
     seeds = seed_points(st.labels)
     big = sorted(seeds, key=lambda i: -np.count_nonzero(st.labels == i))[:n]
-    never = StopRule(min_score=-1e9, min_overlap=-1.0, max_growth=1e9, min_area=0, min_kept=0.0)
+    never = StopRule(min_score=-1e9, min_overlap=-1.0, max_growth=1e9, min_area=0, min_kept=0.0, min_contrast=-1e9)
 
     def best_of(ids):
         t_best = np.inf

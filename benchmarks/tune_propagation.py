@@ -85,7 +85,7 @@ def trace(model, stacks, step, refine):
 
 def _tables(traced) -> dict:
     """All recorded steps as flat arrays (in order within each object and direction)."""
-    obj, up, z, inter, area, feats, gt, gz0, gz1, a_inter, a_area = ([] for _ in range(11))
+    obj, up, z, inter, area, feats, gt, gz0, gz1, a_inter, a_area, gt_area = ([] for _ in range(12))
     base = 0
     for gtl, seeds, pred, steps in traced:
         ids = list(seeds)
@@ -94,7 +94,7 @@ def _tables(traced) -> dict:
         for i, (za, _) in seeds.items():
             g, p = gtl == i, pred == i
             zs = np.flatnonzero(g.any((1, 2)))
-            per[i] = (np.count_nonzero(g & p, axis=(1, 2)), np.count_nonzero(p, axis=(1, 2)))
+            per[i] = (np.count_nonzero(g & p, axis=(1, 2)), np.count_nonzero(p, axis=(1, 2)), np.count_nonzero(g, axis=(1, 2)))
             gt.append(int(g.sum()))
             gz0.append(zs[0])
             gz1.append(zs[-1])
@@ -106,11 +106,12 @@ def _tables(traced) -> dict:
             z.append(f.z)
             inter.append(per[f.oid][0][f.z])
             area.append(per[f.oid][1][f.z])
+            gt_area.append(per[f.oid][2][f.z])
             feats.append((f.score, f.overlap, f.area, f.prev_area, f.kept, f.peak_area,
                           np.inf if f.contrast is None else f.contrast))
         base += len(ids)
     t = {k: np.array(v) for k, v in dict(obj=obj, up=up, z=z, inter=inter, area=area, gt=gt, gz0=gz0, gz1=gz1,
-                                              a_inter=a_inter, a_area=a_area).items()}
+                                              a_inter=a_inter, a_area=a_area, gt_area=gt_area).items()}
     t["f"] = np.array(feats, float).reshape(-1, 7)
     t["obj"] = t["obj"].astype(int)
     group = 2 * t["obj"] + t["up"].astype(int)
@@ -142,6 +143,21 @@ def simulate(t, rule: dict | None):
     return ious, bleed
 
 
+def feature_table(t) -> str:
+    """Medians of what the stop rule sees, by slice position relative to the object's true end
+    (0: its last true slice, 1: the first slice beyond it)."""
+    s, ov, a, pa, kept, peak, con = t["f"].T
+    slice_iou = t["inter"] / np.maximum(t["gt_area"] + t["area"] - t["inter"], 1)
+    lines = ["| slice vs true end | steps | predicted IoU | overlap with previous | area / previous | area / largest | "
+             "contrast / prompted slice's | IoU with truth |", "|---|---|---|---|---|---|---|---|"]
+    for rel in range(-3, 4):
+        m = t["excess"] == rel
+        if m.any():
+            cols = [s[m], ov[m], a[m] / np.maximum(pa[m], 1), a[m] / np.maximum(peak[m], 1), con[m], slice_iou[m]]
+            lines.append(f"| {rel:+d} | {m.sum()} | " + " | ".join(f"{np.median(c):.2f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
 def grid_search(objs, top=5):
     rows = []
     keys = list(GRID)
@@ -170,7 +186,9 @@ def main(argv=None):
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--stacks", type=int, default=6)
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--extra", default="", help="comma list of: nowindow, norefine, multimask")
+    ap.add_argument("--extra", default="", help="comma list of: nowindow, norefine, multimask, iterate, window=F")
+    ap.add_argument("--features", action="store_true", help="print what the stop rule sees, by position")
+    ap.add_argument("--top", type=int, default=1, help="best stop rules printed per variant")
     args = ap.parse_args(argv)
     from napari_sam.core.models import load_model
     from napari_sam.core.propagate_rules import StepRule
@@ -186,14 +204,24 @@ def main(argv=None):
             kw["window"] = None
         if "multimask" in extra:
             kw["multimask"] = True
+        if "iterate" in extra:
+            kw["iterate"] = 1
+        for e in extra:
+            if e.startswith("window="):
+                kw["window"] = float(e.split("=")[1])
+            if e.startswith("threshold="):
+                kw["threshold"] = float(e.split("=")[1])
         t = time.perf_counter()
         objs = _tables(trace(model, stacks, StepRule(**kw), refine="norefine" not in extra))
         dt = time.perf_counter() - t
         o = ev.summarise(*simulate(objs, None))
-        best = grid_search(objs, top=1)[0]
-        s = best[2]
-        print(f"| {name} {' '.join(sorted(extra))} | {o['median']:.3f} | {o['p10']:.3f} | {s['median']:.3f} | "
-              f"{s['p10']:.3f} | {100 * s['within1']:.0f}% | {best[3]} | {dt:.0f} |", flush=True)
+        for best in grid_search(objs, top=args.top):
+            s = best[2]
+            rule = {k: v for k, v in best[3].items()}
+            print(f"| {name} {' '.join(sorted(extra))} | {o['median']:.3f} | {o['p10']:.3f} | {s['median']:.3f} | "
+                  f"{s['p10']:.3f} | {100 * s['within1']:.0f}% | {rule} | {dt:.0f} |", flush=True)
+        if args.features:
+            print(feature_table(objs), flush=True)
 
 
 if __name__ == "__main__":

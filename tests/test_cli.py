@@ -159,7 +159,9 @@ def test_demo_writes_results_and_never_clobbers(tmp_path, capsys):
     lab = tifffile.imread(out / "labels.tif")
     assert lab.shape == tifffile.imread(out / "stack.tif").shape and lab.max() > 5
     median = float(err.split("IoU vs ground truth: median ")[1].split(",")[0])
-    assert median >= 0.7, err  # the embedded model's measured level (docs/embedded-model.md)
+    # 3D IoU after propagation through z: the measured level of the embedded model
+    # with the current propagation rule on this dense stack (docs/propagation.md)
+    assert median >= 0.5, err
     before = (out / "labels.tif").read_bytes()
     assert main(["demo", "--out", str(out), "--no-viewer"]) == 0
     assert (out / "labels.tif").read_bytes() == before and (tmp_path / "demo-2" / "labels.tif").exists()

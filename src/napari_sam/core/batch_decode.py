@@ -1,0 +1,184 @@
+"""Decode many objects on one slice embedding in one mask-decoder call, and
+keep each object's mask as a small crop.
+
+``SlicePredictor.predict_objects`` returns every object's masks at the full
+slice size. Propagation decodes every live object on every slice, so here
+each object is kept as a crop around it instead: its SAM logits are sampled
+at full resolution only inside the bounding box of its low-resolution mask
+(plus a margin), and memory and time follow the objects' area, not
+n_objects x slice area.
+
+Objects with the same prompt kind (number of points, box or not) share one
+decoder call; a mask prompt may be present for some objects and not others
+(the dense prompt of a mask-less object is SAM's ``no_mask_embed``, exactly
+what SAM uses without a mask). Calls are split into chunks of at most
+``max_batch`` objects, sized so that the decoder's activations stay near
+``DECODER_BUDGET`` floats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .decode_window import decode_in_windows, token_windows
+from .prompts import ObjectPrompt, to_sam
+
+DECODER_BUDGET = 1 << 24  # floats per activation tensor of the decoder (64 MiB)
+CROP_MARGIN = 8  # px of context kept around each mask (boundary refinement needs 6)
+
+
+@dataclass
+class Decoded:
+    """One object's answer on one slice.
+
+    score: SAM's predicted IoU of the chosen candidate.
+    low_res: (h, w) float32 low-resolution logits of that candidate (the next
+        slice's mask prompt).
+    r0, c0: top-left corner of the crop in slice pixels (row, col).
+    logits: (hc, wc) float32 full-resolution logits inside the crop.
+    mask: (hc, wc) bool, the object's pixels inside the crop.
+    """
+
+    score: float
+    low_res: np.ndarray
+    r0: int
+    c0: int
+    logits: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+
+def _kind(o: ObjectPrompt) -> tuple[int, bool]:
+    return (len(o.points), o.box is not None)
+
+
+def decode_objects(predictor, prompts: list[ObjectPrompt], *, multimask: bool = False,
+                   select=None, refine: bool = False, windows=None, threshold: float | None = None) -> list[Decoded]:
+    """Decode ``prompts`` (one per object, napari (row, col) convention) on the
+    predictor's current embedding.
+
+    multimask: ask SAM for its 3 candidates and keep one per object: the
+    one ``select[i](scores (c,), low_res (c, h, w)) -> index`` picks if
+    ``select`` is given, else the highest predicted IoU.
+    refine: ``core.refine.refine_mask`` on the chosen mask.
+    windows: per object, the (row0, col0, row1, col1) slice pixels that may
+    hold it, or None for the whole slice: see ``core.decode_window``.
+    threshold: logit above which a pixel is in the mask (default SAM's, 0).
+    """
+    thr = float(predictor.sam.mask_threshold if threshold is None else threshold)
+    groups: dict[tuple, list[int]] = {}
+    for i, o in enumerate(prompts):
+        groups.setdefault(_kind(o), []).append(i)
+    out: list = [None] * len(prompts)
+    emb = predictor.embedding
+    for idx in groups.values():
+        win = None if windows is None else token_windows(predictor, [windows[i] for i in idx])
+        n_tok = (emb.features.shape[-2] * emb.features.shape[-1]) if win is None else win[1][0] * win[1][1]
+        chunk = max(1, DECODER_BUDGET // max(n_tok * emb.features.shape[1], 1))
+        for s in range(0, len(idx), chunk):
+            part = idx[s : s + chunk]
+            sub = None if win is None else (win[0][s : s + chunk], win[1])
+            low, iou = _decode_chunk(predictor, [prompts[i] for i in part], multimask, sub)
+            for j, i in enumerate(part):
+                k = 0 if low.shape[1] == 1 else (select[i](iou[j], low[j]) if select else int(np.argmax(iou[j])))
+                out[i] = _crop_object(predictor, low[j, k], float(iou[j, k]), prompts[i], refine, thr)
+    return out
+
+
+def _decode_chunk(predictor, objs: list[ObjectPrompt], multimask: bool, window=None):
+    """One prompt-encoder + mask-decoder call -> (low-res logits (n, c, h, w), iou (n, c)) numpy."""
+    import torch
+
+    sam, emb, dev = predictor.sam, predictor.embedding, predictor.model.device
+    pe = sam.prompt_encoder
+    if predictor.native:
+        from .embedded import set_grid
+
+        set_grid(sam, emb.padded_size)
+    scale = predictor._scale()
+    points = boxes = None
+    if len(objs[0].points):
+        xy, _ = to_sam(np.stack([o.points for o in objs]), None, scale)
+        lab = np.stack([o.labels for o in objs])
+        points = (torch.as_tensor(xy, dtype=torch.float, device=dev), torch.as_tensor(lab, dtype=torch.int, device=dev))
+    if objs[0].box is not None:
+        _, bx = to_sam(None, np.stack([o.box for o in objs]), scale)
+        boxes = torch.as_tensor(bx, dtype=torch.float, device=dev)
+    with torch.inference_mode():
+        if points is None and boxes is None:  # mask-only prompts: SAM gets no sparse tokens
+            sparse = torch.empty((len(objs), 0, pe.embed_dim), device=dev)
+            dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(len(objs), -1, *pe.image_embedding_size)
+        else:
+            sparse, dense = pe(points=points, boxes=boxes, masks=None)
+        with_mask = [j for j, o in enumerate(objs) if o.mask is not None]
+        if with_mask:
+            dense = dense.clone()
+            m = torch.stack([predictor._mask_input(objs[j].mask) for j in with_mask])
+            dense[with_mask] = pe.mask_downscaling(m)
+        if window is None:
+            low, iou = sam.mask_decoder(
+                image_embeddings=emb.features,
+                image_pe=pe.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+        else:
+            low, iou = decode_in_windows(sam.mask_decoder, emb.features, pe.get_dense_pe(), sparse, dense,
+                                         window[0], window[1], multimask)
+    return low.float().cpu().numpy(), iou.float().cpu().numpy()
+
+
+def _crop_object(predictor, low: np.ndarray, score: float, prompt: ObjectPrompt, refine: bool, thr: float) -> Decoded:
+    """Full-resolution logits of one object inside the box of its low-res mask."""
+    emb = predictor.embedding
+    H, W = emb.original_size
+    pos = low > thr
+    if not pos.any():
+        z = np.zeros((0, 0), np.float32)
+        return Decoded(score, low, 0, 0, z, z.astype(bool))
+    # low-res index -> slice pixel: through the padded input, then the resize
+    fy = emb.padded_size[0] / low.shape[0] * H / emb.input_size[0]
+    fx = emb.padded_size[1] / low.shape[1] * W / emb.input_size[1]
+    rows, cols = np.flatnonzero(pos.any(1)), np.flatnonzero(pos.any(0))
+    r0 = max(int(np.floor((rows[0] - 1) * fy)) - CROP_MARGIN, 0)
+    r1 = min(int(np.ceil((rows[-1] + 2) * fy)) + CROP_MARGIN, H)
+    c0 = max(int(np.floor((cols[0] - 1) * fx)) - CROP_MARGIN, 0)
+    c1 = min(int(np.ceil((cols[-1] + 2) * fx)) + CROP_MARGIN, W)
+    logits = sample_logits(low, emb, r0, r1, c0, c1)
+    mask = logits > thr
+    if refine and mask.any():
+        from .refine import refine_mask
+
+        gray = None if emb.gray is None else emb.gray[r0:r1, c0:c1]
+        pts = prompt.points - np.array([r0, c0], np.float32)
+        box = None if prompt.box is None else prompt.box - np.array([r0, c0, r0, c0], np.float32)
+        mask = refine_mask(mask, gray, pts, prompt.labels, box)
+    return Decoded(score, low, r0, c0, logits, mask)
+
+
+def sample_logits(low: np.ndarray, emb, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """Bilinear full-resolution logits of rows r0:r1, cols c0:c1 of the slice.
+
+    One bilinear sample of the low-res grid at each pixel centre (through
+    SAM's resize and padding). For native-resolution models this equals
+    SAM's ``postprocess_masks`` (upsample, crop) exactly; for resized input
+    (ViT) it replaces SAM's two successive resizes by one.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    H, W = emb.original_size
+    (h, w), (hp, wp) = emb.input_size, emb.padded_size
+    ys = (np.arange(r0, r1) + 0.5) * (h / H)  # pixel centre in the resized input, +0.5
+    xs = (np.arange(c0, c1) + 0.5) * (w / W)
+    gy = torch.as_tensor(2 * ys / hp - 1, dtype=torch.float32)
+    gx = torch.as_tensor(2 * xs / wp - 1, dtype=torch.float32)
+    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), -1)[None]  # (1, hc, wc, 2) as (x, y)
+    t = torch.as_tensor(low, dtype=torch.float32)[None, None]
+    return F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0].numpy()

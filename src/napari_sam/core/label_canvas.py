@@ -1,0 +1,81 @@
+"""The labels a propagation run is building, with every pixel owned by one
+object chosen by score.
+
+A run works on a copy of the caller's labels (the caller applies the result
+at the end, so a cancelled run changes nothing). Each object painted by the
+run keeps, per slice, its per-pixel score (SAM's full-resolution mask logit)
+on a crop around it. When two objects claim a pixel, the higher score wins,
+whichever was painted first (a tie keeps the earlier owner); the result does
+not depend on painting order. Pixels that already belonged to another object
+before the run (an object the run does not propagate) are never taken.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+USER_SCORE = np.float16(np.inf)  # a mask the user gave: no prediction can take its pixels
+
+
+class LabelCanvas:
+    """labels: the (z, y, x) array being built (a copy of ``base``, or zeros).
+
+    ids: the objects this run paints; their old pixels inside ``zs`` are
+    cleared first, so a re-run replaces an object instead of adding to it.
+    """
+
+    def __init__(self, shape, base=None, ids=(), zs=None, dtype=None):
+        if base is None:
+            top = max([int(i) for i in ids] + [0])
+            dtype = dtype or (np.uint16 if top < 65536 else np.uint32)
+            self.labels = np.zeros(shape, dtype)
+        else:
+            self.labels = np.array(base, copy=True)
+            ids = np.asarray(list(ids), self.labels.dtype)
+            sl = slice(None) if zs is None else slice(zs[0], zs[1])
+            part = self.labels[sl]
+            part[np.isin(part, ids)] = 0
+        self._scores: dict[int, dict[int, tuple[int, int, np.ndarray]]] = {}
+
+    def paint(self, z: int, oid: int, r0: int, c0: int, mask: np.ndarray, score: np.ndarray | float) -> np.ndarray:
+        """Give ``oid`` the pixels of ``mask`` (a crop at (r0, c0) of slice ``z``)
+        that no other object holds with a score >= ``score``.
+
+        score: (hc, wc) per-pixel scores, or one number for the whole mask.
+        Returns the pixels ``oid`` got, as a bool crop like ``mask``.
+        """
+        hc, wc = mask.shape
+        sl = self.labels[z, r0 : r0 + hc, c0 : c0 + wc]
+        sc = np.broadcast_to(np.asarray(score, np.float32), mask.shape)
+        owned = self._scores.setdefault(z, {})
+        if oid in owned:  # painted before on this slice: replace
+            self.erase(z, oid)
+        win = mask.copy()
+        for other in np.unique(sl[mask]):
+            other = int(other)
+            if other in (0, oid):
+                continue
+            held = mask & (sl == other)
+            if other not in owned:  # an object from before this run
+                win &= ~held
+                continue
+            rr, cc = np.nonzero(held)
+            orr, occ, osc = owned[other]
+            theirs = osc[rr + r0 - orr, cc + c0 - occ].astype(np.float32)
+            lose = theirs >= sc[rr, cc]
+            win[rr[lose], cc[lose]] = False
+        sl[win] = oid
+        owned[oid] = (r0, c0, sc.astype(np.float16))
+        return win
+
+    def erase(self, z: int, oid: int) -> None:
+        """Remove what this run painted of ``oid`` on slice ``z``."""
+        if oid not in self._scores.get(z, {}):
+            return
+        r0, c0, s = self._scores[z].pop(oid)
+        sl = self.labels[z, r0 : r0 + s.shape[0], c0 : c0 + s.shape[1]]
+        sl[sl == oid] = 0
+
+    def crop(self, z: int, oid: int, r0: int, c0: int, shape) -> np.ndarray:
+        """The pixels ``oid`` holds on slice ``z`` in a crop, bool."""
+        return self.labels[z, r0 : r0 + shape[0], c0 : c0 + shape[1]] == oid

@@ -1,0 +1,304 @@
+"""Z-propagation: prompt an object on one slice (or a few), follow it
+through the stack; and "batch prompts through z" for objects that stay put.
+
+``propagate_objects`` is a generator (STYLE: long work yields progress):
+
+1. every prompted slice is decoded first (its objects batched);
+2. an upward pass (z ascending) and a downward pass (z descending) follow
+   each object from slice to slice. Between two prompted slices of an
+   object, each side propagates to the middle of the gap (the object exists
+   there, so no stop rule); beyond its outermost prompted slices it goes on
+   until ``StopRule`` says it has ended or the z range ends;
+3. on each slice, every object alive in the pass is prompted from its result
+   on the previous slice (``StepRule``) and all of them are decoded in one
+   batched mask-decoder call on the slice's cached embedding;
+4. overlaps are resolved per pixel by score (``LabelCanvas``).
+
+It works on a copy of ``labels``: closing the generator midway (cancel)
+leaves the caller's array untouched; the result is the generator's return
+value and the ``labels`` of its last progress record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .batch_decode import decode_objects
+from .cache import EmbeddingCache, embed_cached
+from .label_canvas import USER_SCORE, LabelCanvas
+from .prompts import ObjectPrompt
+from .propagate_inputs import as_prompt, check_id, check_labels, check_prompts, check_stack, z_bounds
+from .propagate_rules import StepFeatures, StepRule, StopRule, Track, contrast, overlap_iou, select_by_overlap
+
+__all__ = ["Progress", "StepFeatures", "StepRule", "StopRule", "propagate_objects", "batch_prompts_through_z", "propagate_labels"]
+
+
+@dataclass
+class Progress:
+    """One slice of work done.
+
+    done/total: slices visited so far / to visit (a slice can be visited by
+    the prompted, upward and downward stages). z: the slice. labels_slice:
+    (y, x) copy of that slice's labels as they stand. objects: ids decoded on
+    it. ended: (object id, "up"/"down", reason) for objects that stopped here.
+    labels: the whole (z, y, x) result, on the last record only.
+    """
+
+    done: int
+    total: int
+    z: int
+    stage: str
+    labels_slice: np.ndarray
+    objects: tuple[int, ...] = ()
+    ended: tuple = ()
+    labels: np.ndarray | None = field(default=None, repr=False)
+
+
+def _source(anchors: list[int], z: int, up: bool):
+    """(anchor the object comes from, in a gap?) for slice z in a pass, or None."""
+    if z in anchors:
+        return None
+    below = [a for a in anchors if a < z]
+    above = [b for b in anchors if b > z]
+    if up:
+        if not below:
+            return None
+        if above:
+            return (below[-1], True) if z <= (below[-1] + above[0]) // 2 else None
+        return below[-1], False
+    if not above:
+        return None
+    if below:
+        return (above[0], True) if z > (below[-1] + above[0]) // 2 else None
+    return above[0], False
+
+
+def _track(d, canvas, z, oid) -> Track:
+    return Track(d.r0, d.c0, canvas.crop(z, oid, d.r0, d.c0, d.mask.shape), d.low_res, d.score)
+
+
+def _start(t: Track, image2d, canvas, z) -> Track:
+    """A track leaving its prompted slice: remember the object's contrast and area there."""
+    t.contrast0 = contrast(image2d, canvas.labels[z], t.r0, t.c0, t.mask)
+    t.peak_area = t.area
+    return t
+
+
+def _user_track(predictor, canvas, z, oid, mask) -> Track:
+    """Paint a mask the user gave (it outranks any prediction) and start a track from it."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    r0, c0, r1, c1 = rows[0], cols[0], rows[-1] + 1, cols[-1] + 1
+    canvas.paint(z, oid, r0, c0, mask[r0:r1, c0:c1], USER_SCORE)
+    low = predictor._mask_input(mask)[0].cpu().numpy()
+    return Track(r0, c0, canvas.crop(z, oid, r0, c0, (r1 - r0, c1 - c0)), low, 1.0)
+
+
+def _is_user_mask(p) -> bool:
+    return p.mask is not None and p.mask.dtype == bool and not len(p.points) and p.box is None
+
+
+def _decode_prompted(predictor, items, threshold):
+    """The user prompts of one slice, [(oid, ObjectPrompt)] -> [(oid, Decoded or None, user mask or None)].
+
+    One positive point alone is ambiguous: SAM's 3 candidates, best predicted
+    IoU. A mask alone (bool) is the user's own drawing: kept as it is.
+    """
+    single = [len(p.points) == 1 and p.box is None and p.mask is None for _, p in items]
+    out = []
+    for multi in (True, False):
+        group = [(o, p) for (o, p), s in zip(items, single) if s == multi and not _is_user_mask(p)]
+        if group:
+            dec = decode_objects(predictor, [p for _, p in group], multimask=multi, refine=predictor.refine,
+                                 threshold=threshold)
+            out += [(o, d, None) for (o, _), d in zip(group, dec)]
+    return out + [(o, None, p.mask) for o, p in items if _is_user_mask(p)]
+
+
+def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: EmbeddingCache | None = None,
+                      stop: StopRule | None = None, step: StepRule | None = None, labels=None) -> Iterator[Progress]:
+    """Propagate objects from their prompted slices through ``stack`` (z, y, x).
+
+    predictor: a ``SlicePredictor`` (its ``normalize`` and ``refine`` apply).
+    prompts: {object_id: {z: ObjectPrompt or dict(points=, labels=, box=, mask=)}};
+    a mask alone (bool, (y, x)) is kept as the object's pixels on that slice.
+    z_range: (start, stop), half-open; nothing outside it is touched.
+    cache: embeddings are shared with it (default: a private cache, so each
+    slice is encoded once). labels: (z, y, x) existing labels; pixels of
+    objects not being propagated are never taken; the propagated ids are
+    replaced inside ``z_range``.
+    Yields :class:`Progress`; returns the (z, y, x) labels.
+    """
+    shape = check_stack(stack)
+    zb = z_bounds(z_range, shape[0])
+    objs = check_prompts(prompts, shape, zb)
+    labels = check_labels(labels, shape)
+    stop, step = stop or StopRule(), step or StepRule()
+    cache = cache if cache is not None else EmbeddingCache(max_bytes=1 << 62)
+    canvas = LabelCanvas(shape, labels, objs, zb)
+    anchors = {o: sorted(p) for o, p in objs.items()}
+    first, last = min(min(a) for a in anchors.values()), max(max(a) for a in anchors.values())
+    visits = [("prompted", z) for z in sorted({z for a in anchors.values() for z in a})]
+    visits += [("up", z) for z in range(first + 1, zb[1])] + [("down", z) for z in range(last - 1, zb[0] - 1, -1)]
+    at_anchor: dict[tuple[int, int], Track] = {}
+    moving: dict[tuple[int, bool], Track] = {}
+    ended: set[tuple[int, bool]] = set()
+    for n, (stage, z) in enumerate(visits, 1):
+        done_here, stopped = [], []
+        if stage == "prompted":
+            items = [(o, objs[o][z]) for o in objs if z in objs[o]]
+            image2d = np.asarray(stack[z])
+            predictor.set_embedding(embed_cached(predictor, cache, image2d))
+            for o, d, user in _decode_prompted(predictor, items, step.threshold):
+                if user is not None:
+                    if user.any():
+                        at_anchor[(o, z)] = _user_track(predictor, canvas, z, o, user)
+                else:
+                    canvas.paint(z, o, d.r0, d.c0, d.mask, d.logits)
+                    if d.mask.any():
+                        at_anchor[(o, z)] = d
+                done_here.append(o)
+            for o in done_here:  # after all of them are painted: overlaps resolved
+                d = at_anchor.get((o, z))
+                if d is not None:
+                    t = d if isinstance(d, Track) else _track(d, canvas, z, o)
+                    at_anchor[(o, z)] = _start(t, image2d, canvas, z)
+        else:
+            up = stage == "up"
+            work = []
+            for o, a in anchors.items():
+                src = _source(a, z, up)
+                if src is None or (o, up) in ended:
+                    continue
+                prev = at_anchor.get((o, z - 1 if up else z + 1)) or moving.get((o, up))
+                if prev is not None and prev.mask.any():
+                    work.append((o, src[1], prev))
+            if work:
+                image2d = np.asarray(stack[z])
+                predictor.set_embedding(embed_cached(predictor, cache, image2d))
+                stopped = _step(predictor, canvas, z, image2d, work, step, stop, moving, up)
+                ended.update((o, up) for o, _ in stopped)
+                done_here = [o for o, _, _ in work]
+        yield Progress(n, len(visits), z, stage, canvas.labels[z].copy(), tuple(done_here),
+                       tuple((o, stage, r) for o, r in stopped), canvas.labels if n == len(visits) else None)
+    return canvas.labels
+
+
+def _step(predictor, canvas, z, image2d, work, step, stop, moving, up) -> list[tuple[int, str]]:
+    """Decode every object in ``work`` on slice z (one batched call), apply the
+    stop rule to those propagating outward, paint the rest; returns the stopped ones."""
+    shape2d = image2d.shape[:2]
+    prompts = [step.prompt(prev, shape2d) for _, _, prev in work]
+    select = [select_by_overlap(prev) for _, _, prev in work] if step.multimask else None
+    windows = None if step.window is None else [step.window_box(prev, shape2d) for _, _, prev in work]
+    decoded = decode_objects(predictor, prompts, multimask=step.multimask, select=select, refine=predictor.refine,
+                             windows=windows, threshold=step.threshold)
+    for _ in range(step.iterate):
+        redo = [k for k, d in enumerate(decoded) if d.mask.any()]
+        if redo:
+            again = [Track(decoded[k].r0, decoded[k].c0, decoded[k].mask, decoded[k].low_res, decoded[k].score) for k in redo]
+            ps = [ObjectPrompt(points=t.deepest_point()[None], mask=t.low_res) for t in again]
+            ws = None if windows is None else [windows[k] for k in redo]
+            for k, d in zip(redo, decode_objects(predictor, ps, refine=predictor.refine, windows=ws,
+                                                         threshold=step.threshold)):
+                decoded[k] = d
+    direction = "up" if up else "down"
+    stopped, keep = [], []
+    for (o, in_gap, prev), d in zip(work, decoded):
+        f = StepFeatures(o, z, direction, d.score, overlap_iou(prev, d.r0, d.c0, d.mask), d.area, prev.area,
+                         max(prev.peak_area, d.area))
+        why = None if in_gap else stop.reason(f)
+        if why:
+            stopped.append((o, why))
+        else:
+            keep.append((o, in_gap, prev, f, d))
+    for o, _, _, _, d in keep:
+        if d.mask.any():
+            canvas.paint(z, o, d.r0, d.c0, d.mask, d.logits)
+    for o, in_gap, prev, f, d in keep:
+        t = _track(d, canvas, z, o)
+        t.contrast0, t.peak_area = prev.contrast0, f.peak_area
+        f.kept = t.area
+        if not in_gap and prev.contrast0 > 0:
+            f.contrast = contrast(image2d, canvas.labels[z], t.r0, t.c0, t.mask) / prev.contrast0
+        why = None if in_gap else stop.reason(f)
+        if why:
+            canvas.erase(z, o)
+            stopped.append((o, why))
+        elif f.kept:
+            moving[(o, up)] = t
+    return stopped
+
+
+def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: EmbeddingCache | None = None,
+                            labels=None, min_score: float = 0.0) -> Iterator[Progress]:
+    """The same prompts on every slice of ``z_range``, for objects that stay put.
+
+    prompts: {object_id: ObjectPrompt or dict(points=, labels=, box=)}. All
+    objects are decoded together on each slice; overlaps resolved by score;
+    a slice where SAM's predicted IoU is below ``min_score`` stays empty.
+    Yields :class:`Progress`; returns the (z, y, x) labels.
+    """
+    shape = check_stack(stack)
+    zb = z_bounds(z_range, shape[0])
+    if not isinstance(prompts, dict) or not prompts:
+        raise ValueError("no prompts: give {object_id: dict(points=..., box=...)}")
+    objs = {check_id(o): as_prompt(p, o, None, shape[1:]) for o, p in prompts.items()}
+    labels = check_labels(labels, shape)
+    cache = cache if cache is not None else EmbeddingCache(max_bytes=1 << 62)
+    canvas = LabelCanvas(shape, labels, objs, zb)
+    ids = list(objs)
+    total = zb[1] - zb[0]
+    for n, z in enumerate(range(*zb), 1):
+        predictor.set_embedding(embed_cached(predictor, cache, np.asarray(stack[z])))
+        single = [len(objs[o].points) == 1 and objs[o].box is None and objs[o].mask is None for o in ids]
+        for multi in (True, False):
+            group = [o for o, s in zip(ids, single) if s == multi]
+            if group:
+                for o, d in zip(group, decode_objects(predictor, [objs[o] for o in group], multimask=multi,
+                                                      refine=predictor.refine)):
+                    if d.score >= min_score and d.mask.any():
+                        canvas.paint(z, o, d.r0, d.c0, d.mask, d.logits)
+        yield Progress(n, total, z, "batch", canvas.labels[z].copy(), tuple(ids), (),
+                       canvas.labels if n == total else None)
+    return canvas.labels
+
+
+def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = False, labels=None,
+                     normalize: str = "percentile", refine: bool | None = None, cache=None,
+                     progress=None, **kwargs) -> np.ndarray:
+    """Run :func:`propagate_objects` (or, with ``through_z``,
+    :func:`batch_prompts_through_z`) to the end and return the (z, y, x) labels.
+
+    model: a ``LoadedModel``. refine: boundary refinement (default: on for
+    native-resolution models, as ``segment``). progress: called with every
+    :class:`Progress`. Other keywords (stop, step, min_score) go to the generator.
+    """
+    from .predictor import SlicePredictor
+
+    shape = check_stack(stack)
+    zb = z_bounds(z_range, shape[0])
+    if through_z:
+        if not isinstance(prompts, dict) or not prompts:
+            raise ValueError("no prompts: give {object_id: dict(points=..., box=...)}")
+        for o, p in prompts.items():
+            as_prompt(p, check_id(o), None, shape[1:])
+    else:
+        check_prompts(prompts, shape, zb)
+    check_labels(labels, shape)
+    if model is None:
+        raise ValueError("no model: load one with napari_sam.load_model() and pass it as model=")
+    if refine is None:
+        refine = bool(getattr(model, "native_resolution", False))
+    predictor = SlicePredictor(model, normalize=normalize, refine=refine)
+    run = batch_prompts_through_z if through_z else propagate_objects
+    gen = run(predictor, stack, prompts, z_range=z_range, cache=cache, labels=labels, **kwargs)
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as fin:
+            return fin.value
+        if progress is not None:
+            progress(p)

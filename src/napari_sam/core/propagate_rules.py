@@ -1,0 +1,237 @@
+"""How propagation prompts the next slice from the previous one, and when an
+object has ended.
+
+Both rules are dataclasses with documented, tunable fields; their defaults
+were chosen by measurement on synthetic tuning stacks (seeds 940000+, never
+used for training or for the reported evaluation): see docs/propagation.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .prompts import ObjectPrompt
+
+
+@dataclass
+class StepRule:
+    """What the result on slice z prompts slice z +- 1 with.
+
+    box: the bounding box of the previous mask, grown by ``box_margin`` x its
+        size + 1 px on each side (objects drift and grow between slices).
+    mask: the previous candidate's low-resolution logits as SAM's mask prompt.
+    point: one positive point at the deepest pixel of the previous mask
+        (maximum of its distance transform: the most interior location).
+    multimask: ask for SAM's 3 candidates and keep the one overlapping the
+        previous mask most (weighted by predicted IoU); otherwise SAM's single
+        output.
+    window: decode each object on a window of the embedding around its
+        previous box grown by this fraction of its size on every side (plus
+        ``decode_window.CONTEXT_TOKENS``), instead of the whole slice; None:
+        whole slice. Makes the decoder's cost follow object size
+        (``core.decode_window``).
+    threshold: SAM logit above which a pixel belongs to the object (SAM: 0),
+        for the prompted slices too.
+    iterate: decode each slice this many more times, prompted with the deepest
+        point and the logits of the slice's own first answer (as SAM is
+        trained to correct itself on one image), single-mask.
+    """
+
+    box: bool = False
+    box_margin: float = 0.1
+    mask: bool = True
+    point: bool = True
+    multimask: bool = False
+    window: float | None = 0.5
+    iterate: int = 0
+    threshold: float = 0.0
+
+    def prompt(self, prev: "Track", shape) -> ObjectPrompt:
+        pts = np.zeros((0, 2), np.float32)
+        if self.point:
+            pts = prev.deepest_point()[None]
+        box = prev.grown_box(self.box_margin, shape) if self.box else None
+        mask = prev.low_res if self.mask else None
+        if not self.point and box is None and mask is None:
+            raise ValueError("StepRule needs at least one of box, mask or point")
+        return ObjectPrompt(points=pts, box=box, mask=mask)
+
+    def window_box(self, prev: "Track", shape):
+        return None if self.window is None else prev.grown_box(self.window, shape)
+
+
+@dataclass
+class StepFeatures:
+    """What the stop rule sees of one object's step onto slice ``z``.
+
+    score: SAM's predicted IoU. overlap: IoU of the new mask with the previous
+    slice's. area / prev_area: pixels of the new and previous masks.
+    peak_area: the largest area of the object so far on this track (its
+    prompted slice included). kept: pixels left to the object after overlaps
+    with other objects were resolved, and contrast: the object's contrast on
+    this slice as a fraction of its contrast on its prompted slice (see
+    :func:`contrast`); both None until overlaps are resolved.
+    """
+
+    oid: int
+    z: int
+    direction: str
+    score: float
+    overlap: float
+    area: int
+    prev_area: int
+    peak_area: int
+    kept: int | None = None
+    contrast: float | None = None
+
+
+@dataclass
+class StopRule:
+    """When outward propagation decides an object has ended (between prompted
+    slices the object is known to exist, so gaps are never stopped).
+
+    The mask on the new slice is rejected, and the object stops in that
+    direction, when any of these holds:
+
+    min_score: SAM's predicted IoU of the mask is below this.
+    min_overlap: IoU between the mask and the previous slice's mask is below this.
+    max_growth: the area grew by more than this factor (bled into a neighbour
+        or the background).
+    min_shrink: the area fell below this fraction of the previous one.
+    min_peak: the area fell below this fraction of the object's largest area
+        so far (objects taper towards their ends).
+    min_area: the object keeps fewer pixels than this.
+    min_kept: other objects out-scored it on more than 1 - min_kept of its pixels.
+    min_contrast: its contrast against its surroundings fell below this
+        fraction of its contrast on the prompted slice (out of focus: what is
+        left is the blur of the object, not the object).
+
+    For another rule, subclass and override :meth:`reason`.
+    """
+
+    min_score: float = 0.2
+    min_overlap: float = 0.3
+    max_growth: float = 3.0
+    min_shrink: float = 0.0
+    min_peak: float = 0.0
+    min_area: int = 4
+    min_kept: float = 0.2
+    min_contrast: float = 0.5
+
+    def reason(self, f: StepFeatures) -> str | None:
+        """Why the object stops here, or None to go on. Called once before
+        overlaps are resolved (``f.kept`` None) and once after."""
+        if f.score < self.min_score:
+            return f"predicted IoU {f.score:.2f} < {self.min_score}"
+        if f.overlap < self.min_overlap:
+            return f"overlap with previous slice {f.overlap:.2f} < {self.min_overlap}"
+        ratio = f.area / max(f.prev_area, 1)
+        if ratio > self.max_growth:
+            return f"area grew x{ratio:.2f} > {self.max_growth}"
+        if ratio < self.min_shrink:
+            return f"area shrank to x{ratio:.2f} < {self.min_shrink}"
+        peak = f.area / max(f.peak_area, 1)
+        if peak < self.min_peak:
+            return f"area fell to {peak:.2f} of its largest < {self.min_peak}"
+        left = f.area if f.kept is None else f.kept
+        if left < self.min_area:
+            return f"area {left} px < {self.min_area}"
+        if f.kept is not None and f.kept < self.min_kept * f.area:
+            return f"kept {f.kept}/{f.area} px after overlaps < {self.min_kept}"
+        if f.contrast is not None and f.contrast < self.min_contrast:
+            return f"contrast fell to {f.contrast:.2f} of the prompted slice's < {self.min_contrast}"
+        return None
+
+
+@dataclass
+class Track:
+    """An object's result on the last slice it was decoded on.
+
+    mask: (hc, wc) bool crop at (r0, c0); low_res: SAM's low-res logits of it.
+    contrast0: the object's contrast on its prompted slice; peak_area: its
+    largest area so far.
+    """
+
+    r0: int
+    c0: int
+    mask: np.ndarray
+    low_res: np.ndarray
+    score: float
+    contrast0: float = 0.0
+    peak_area: int = 0
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+    def deepest_point(self) -> np.ndarray:
+        """(row, col) of the pixel farthest from the outline."""
+        d = ndi.distance_transform_edt(np.pad(self.mask, 1))[1:-1, 1:-1]
+        r, c = np.unravel_index(int(np.argmax(d)), d.shape)
+        return np.array([r + self.r0, c + self.c0], np.float32)
+
+    def bbox(self) -> tuple[int, int, int, int]:
+        """(row0, col0, row1, col1) inclusive, in slice pixels."""
+        rows, cols = np.flatnonzero(self.mask.any(1)), np.flatnonzero(self.mask.any(0))
+        return self.r0 + rows[0], self.c0 + cols[0], self.r0 + rows[-1], self.c0 + cols[-1]
+
+    def grown_box(self, margin: float, shape) -> np.ndarray:
+        r0, c0, r1, c1 = self.bbox()
+        mr, mc = margin * (r1 - r0 + 1) + 1, margin * (c1 - c0 + 1) + 1
+        h, w = shape
+        return np.array([max(r0 - mr, 0), max(c0 - mc, 0), min(r1 + mr, h - 1), min(c1 + mc, w - 1)], np.float32)
+
+
+def overlap_iou(a: Track, r0: int, c0: int, mask: np.ndarray) -> float:
+    """IoU of the track's mask and another crop ``mask`` at (r0, c0), in slice pixels."""
+    if not a.mask.any() or not mask.any():
+        return 0.0
+    R0, C0 = min(a.r0, r0), min(a.c0, c0)
+    R1 = max(a.r0 + a.mask.shape[0], r0 + mask.shape[0])
+    C1 = max(a.c0 + a.mask.shape[1], c0 + mask.shape[1])
+    A = np.zeros((R1 - R0, C1 - C0), bool)
+    B = np.zeros_like(A)
+    A[a.r0 - R0 : a.r0 - R0 + a.mask.shape[0], a.c0 - C0 : a.c0 - C0 + a.mask.shape[1]] = a.mask
+    B[r0 - R0 : r0 - R0 + mask.shape[0], c0 - C0 : c0 - C0 + mask.shape[1]] = mask
+    inter = np.count_nonzero(A & B)
+    return inter / max(np.count_nonzero(A | B), 1)
+
+
+def select_by_overlap(prev: Track):
+    """A ``decode_objects`` selector: the candidate whose low-res mask best
+    overlaps the previous low-res mask, times its predicted IoU."""
+    ref = prev.low_res > 0
+
+    def pick(scores, low):
+        cand = low > 0
+        inter = (cand & ref).sum((1, 2))
+        union = (cand | ref).sum((1, 2))
+        return int(np.argmax(scores * inter / np.maximum(union, 1)))
+
+    return pick
+
+
+RING = (1, 4)  # the surroundings: pixels 1 to 4 px outside the mask
+
+
+def contrast(image2d: np.ndarray, labels2d: np.ndarray, r0: int, c0: int, mask: np.ndarray) -> float:
+    """Mean intensity inside ``mask`` (a crop at (r0, c0)) minus the median of
+    a ring of unlabelled pixels around it, on the raw slice ``image2d``."""
+    if not mask.any():
+        return 0.0
+    p = RING[1] + 1
+    h, w = image2d.shape
+    R0, C0 = max(r0 - p, 0), max(c0 - p, 0)
+    R1, C1 = min(r0 + mask.shape[0] + p, h), min(c0 + mask.shape[1] + p, w)
+    m = np.zeros((R1 - R0, C1 - C0), bool)
+    m[r0 - R0 : r0 - R0 + mask.shape[0], c0 - C0 : c0 - C0 + mask.shape[1]] = mask
+    img = np.asarray(image2d[R0:R1, C0:C1], np.float32)
+    ring = ndi.binary_dilation(m, iterations=RING[1]) & ~ndi.binary_dilation(m, iterations=RING[0])
+    free = ring & (labels2d[R0:R1, C0:C1] == 0)
+    ring = free if free.sum() >= 8 else ring
+    if not ring.any():
+        return float(img[m].mean())
+    return float(img[m].mean() - np.median(img[ring]))

@@ -1,0 +1,267 @@
+"""core/propagate.py: z-propagation and batch prompts through z.
+
+The model tests run the real embedded model on small synthetic stacks
+(16, 128, 128); they skip when the shipped weights are absent.
+``NAPARI_SAM_TEST_CHECKPOINT=path`` runs them on another checkpoint.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_sam.core.label_canvas import USER_SCORE, LabelCanvas
+from napari_sam.core.propagate import (
+    Progress,
+    StepFeatures,
+    StopRule,
+    batch_prompts_through_z,
+    propagate_labels,
+    propagate_objects,
+)
+from napari_sam.synthetic import interior_point, make_stack
+
+SHAPE = (16, 128, 128)
+
+
+# ------------------------------------------------------------- fixtures --
+@pytest.fixture(scope="module")
+def model(request):
+    path = os.environ.get("NAPARI_SAM_TEST_CHECKPOINT")
+    if path:
+        from napari_sam.core.models import load_model
+
+        return load_model(path, device="cpu")
+    return request.getfixturevalue("embedded_model")
+
+
+@pytest.fixture(scope="module")
+def predictor(model):
+    from napari_sam.core.predictor import SlicePredictor
+
+    return SlicePredictor(model, refine=True)
+
+
+@pytest.fixture(scope="module")
+def cache():
+    from napari_sam.core.cache import EmbeddingCache
+
+    return EmbeddingCache()
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return make_stack(SHAPE, seed=960003, kind="nuclei", radius_range=(10, 22), density=0.3)
+
+
+def _extent(mask3d):
+    zs = np.flatnonzero(mask3d.any((1, 2)))
+    return (int(zs[0]), int(zs[-1])) if len(zs) else None
+
+
+def _objects(gt, min_len=5):
+    """Ids of objects that begin and end inside the stack and span >= min_len slices, biggest first."""
+    out = []
+    for i, sl in enumerate(ndi.find_objects(gt), start=1):
+        if sl is None:
+            continue
+        z0, z1 = _extent(gt == i)
+        if z0 > 0 and z1 < gt.shape[0] - 1 and z1 - z0 + 1 >= min_len:
+            out.append((int((gt == i).sum()), i))
+    return [i for _, i in sorted(out, reverse=True)]
+
+
+def _seed(gt, i, z=None):
+    z0, z1 = _extent(gt == i)
+    z = (z0 + z1) // 2 if z is None else z
+    return z, interior_point(gt[z] == i)
+
+
+def _run(gen):
+    records = []
+    while True:
+        try:
+            records.append(next(gen))
+        except StopIteration as fin:
+            return fin.value, records
+
+
+def _iou3d(a, b):
+    return np.count_nonzero(a & b) / max(np.count_nonzero(a | b), 1)
+
+
+# ------------------------------------------------------ without a model --
+def test_canvas_better_score_wins_whatever_the_order():
+    a = np.zeros((6, 6), bool)
+    a[1:5, 1:4] = True
+    b = np.zeros((6, 6), bool)
+    b[1:5, 2:6] = True
+    sa = np.where(np.arange(6)[None, :] < 3, 5.0, 1.0) * np.ones((6, 1))  # a is sure on its left
+    sb = np.full((6, 6), 2.0)
+    results = []
+    for order in ((1, 2), (2, 1)):
+        c = LabelCanvas((1, 6, 6), ids=(1, 2))
+        for oid in order:
+            c.paint(0, oid, 0, 0, a if oid == 1 else b, sa if oid == 1 else sb)
+        results.append(c.labels[0].copy())
+    assert np.array_equal(*results)
+    lab = results[0]
+    both = a & b
+    assert (lab[both & (sa > sb)] == 1).all() and (lab[both & (sa < sb)] == 2).all()
+    assert (lab[a & ~b] == 1).all() and (lab[b & ~a] == 2).all()
+
+
+def test_canvas_never_takes_pixels_it_does_not_outscore():
+    base = np.zeros((1, 5, 5), np.uint16)
+    base[0, :2] = 9  # an object from before the run
+    c = LabelCanvas(base.shape, base, ids=(1, 2))
+    c.paint(0, 2, 0, 0, np.ones((5, 5), bool), USER_SCORE)  # a user mask
+    got = c.paint(0, 1, 0, 0, np.ones((5, 5), bool), 1e4)
+    assert not got.any()
+    assert (c.labels[0, :2] == 9).all() and (c.labels[0, 2:] == 2).all()
+    assert (base[0, 2:] == 0).all()  # the caller's array is a copy
+
+
+def test_stop_rule_reasons():
+    rule = StopRule(min_score=0.6, min_overlap=0.4, max_growth=1.5, min_area=5, min_kept=0.5)
+
+    def f(score=0.9, overlap=0.8, area=100, prev=100, kept=None, contrast=None):
+        return StepFeatures(1, 3, "up", score, overlap, area, prev, peak_area=max(area, prev), kept=kept,
+                            contrast=contrast)
+
+    assert rule.reason(f()) is None and rule.reason(f(kept=100)) is None
+    assert "predicted IoU" in rule.reason(f(score=0.5))
+    assert "overlap" in rule.reason(f(overlap=0.2))
+    assert "grew" in rule.reason(f(area=200))
+    assert "area" in rule.reason(f(area=3, prev=4))
+    assert "kept" in rule.reason(f(kept=40))
+    assert StopRule(min_peak=0.5).reason(StepFeatures(1, 3, "up", 0.9, 0.8, 40, 45, peak_area=100))
+    assert "contrast" in StopRule(min_contrast=0.5).reason(f(kept=100, contrast=0.3))
+
+
+def test_2d_input_gets_a_clear_message():
+    with pytest.raises(ValueError, match=r"propagate needs a \(z, y, x\) stack; for one slice use segment\(\)"):
+        propagate_labels(np.zeros((64, 64)), {1: {0: {"points": [[5, 5]]}}}, model=None)
+
+
+@pytest.mark.parametrize(
+    ("prompts", "z_range", "message"),
+    [
+        ({1: {20: {"points": [[5, 5]]}}}, None, "prompted on slice 20, but the stack has 8 slices"),
+        ({1: {1: {"points": [[5, 5]]}}}, (3, 6), "outside z_range 3:6"),
+        ({1: {2: {"points": [[5, 5]]}}}, (5, 3), "z_range 5:3 does not fit"),
+        ({0: {2: {"points": [[5, 5]]}}}, None, "0 is background"),
+        ({1: {2: {"points": [[50, 5]]}}}, None, "outside the slice"),
+        ({1: {2: {}}}, None, "has no prompt"),
+        ({}, None, "no prompts"),
+    ],
+)
+def test_bad_input_messages(prompts, z_range, message):
+    with pytest.raises(ValueError, match=message):
+        propagate_labels(np.zeros((8, 32, 32)), prompts, model=None, z_range=z_range)
+
+
+# --------------------------------------------------------- with a model --
+def test_propagates_in_both_directions_and_stops_where_objects_end(predictor, cache, stack):
+    gt = stack.labels
+    ids = _objects(gt)[:3]
+    assert ids, "the test stack should hold objects inside the stack"
+    prompts = {}
+    for i in ids:
+        z, pt = _seed(gt, i)
+        prompts[i] = {z: {"points": pt[None]}}
+    out, records = _run(propagate_objects(predictor, stack.image, prompts, cache=cache))
+    for i in ids:
+        z = next(iter(prompts[i]))
+        t0, t1 = _extent(gt == i)
+        got = _extent(out == i)
+        assert got is not None
+        assert got[0] < z < got[1], f"object {i} did not leave its prompted slice {z} in both directions: {got}"
+        assert abs(got[0] - t0) <= 1 and abs(got[1] - t1) <= 1, f"object {i}: true z extent {t0}..{t1}, got {got}"
+        assert _iou3d(out == i, gt == i) > 0.6
+    assert records[-1].done == records[-1].total and records[-1].labels is out
+    assert all(isinstance(r, Progress) and r.labels_slice.shape == SHAPE[1:] for r in records)
+
+
+def test_fills_the_gap_between_two_prompted_slices(predictor, cache, stack):
+    gt = stack.labels
+    i = _objects(gt, min_len=6)[0]
+    t0, t1 = _extent(gt == i)
+    a, b = t0 + 1, t1 - 1
+    prompts = {i: {a: {"points": _seed(gt, i, a)[1][None]}, b: {"points": _seed(gt, i, b)[1][None]}}}
+    never_out = StopRule(min_score=2.0)  # nothing beyond the prompted slices
+    out, _ = _run(propagate_objects(predictor, stack.image, prompts, cache=cache, stop=never_out))
+    present = (out == i).any((1, 2))
+    assert present[a : b + 1].all(), "every slice between the prompted ones holds the object"
+    assert not present[:a].any() and not present[b + 1 :].any()
+    assert _iou3d((out == i)[a : b + 1], (gt == i)[a : b + 1]) > 0.6
+
+
+def test_ids_are_kept_and_other_objects_untouched(predictor, cache, stack):
+    gt = stack.labels
+    i, j = _objects(gt)[:2]
+    prompts = {}
+    for new, old in ((7, i), (420, j)):
+        z, pt = _seed(gt, old)
+        prompts[new] = {z: {"points": pt[None]}}
+    base = np.zeros(SHAPE, np.uint16)
+    base[:, :4, :4] = 3
+    out, _ = _run(propagate_objects(predictor, stack.image, prompts, cache=cache, labels=base))
+    assert set(np.unique(out)) == {0, 3, 7, 420}
+    assert (out[:, :4, :4] == 3).all()
+    assert _iou3d(out == 7, gt == i) > 0.5 and _iou3d(out == 420, gt == j) > 0.5
+
+
+def test_cancel_leaves_labels_unchanged(predictor, cache, stack):
+    gt = stack.labels
+    ids = _objects(gt)[:2]
+    prompts = {k: {z: {"points": pt[None]}} for k, (z, pt) in ((k, _seed(gt, k)) for k in ids)}
+    labels = np.zeros(SHAPE, np.uint16)
+    labels[3, 10:20, 10:20] = ids[0]  # an older version of the object, to be replaced
+    before = labels.copy()
+    gen = propagate_objects(predictor, stack.image, prompts, cache=cache, labels=labels)
+    seen = [next(gen) for _ in range(3)]
+    assert any(r.objects for r in seen)
+    gen.close()
+    assert np.array_equal(labels, before)
+
+
+def test_z_range_is_honoured(predictor, cache, stack):
+    gt = stack.labels
+    i = _objects(gt)[0]
+    z, pt = _seed(gt, i)
+    lo, hi = z - 1, z + 2
+    labels = np.zeros(SHAPE, np.uint16)
+    labels[:, 50:60, 50:60] = i  # the same id outside the range stays as it was
+    out, records = _run(propagate_objects(predictor, stack.image, {i: {z: {"points": pt[None]}}},
+                                          cache=cache, z_range=(lo, hi), labels=labels))
+    assert np.array_equal(out[:lo], labels[:lo]) and np.array_equal(out[hi:], labels[hi:])
+    assert (out[lo:hi] == i).any((1, 2)).all()
+    assert {r.z for r in records} <= set(range(lo, hi))
+
+
+def test_batch_prompts_through_z(predictor, cache, stack):
+    gt = stack.labels
+    i = _objects(gt, min_len=6)[0]
+    t0, t1 = _extent(gt == i)
+    lo, hi = t0 + 1, t1  # slices where the object is well present
+    rows, cols = np.nonzero((gt[lo:hi] == i).any(0))
+    box = np.array([rows.min() - 2, cols.min() - 2, rows.max() + 2, cols.max() + 2], np.float32)
+    out, records = _run(batch_prompts_through_z(predictor, stack.image, {5: {"box": box}}, cache=cache,
+                                                z_range=(lo, hi)))
+    assert len(records) == hi - lo and records[-1].labels is out
+    assert (out[lo:hi] == 5).any((1, 2)).all() and not out[:lo].any() and not out[hi:].any()
+    r, c = np.nonzero((out == 5).any(0))
+    # SAM's masks may overrun their box by a few pixels (the embedded model: up to ~4 px here)
+    assert r.min() >= box[0] - 6 and r.max() <= box[2] + 6 and c.min() >= box[1] - 6 and c.max() <= box[3] + 6
+
+
+def test_propagate_labels_api(model, stack):
+    gt = stack.labels
+    i = _objects(gt)[0]
+    z, pt = _seed(gt, i)
+    seen = []
+    out = propagate_labels(stack.image, {i: {z: {"points": pt[None]}}}, model=model, progress=seen.append)
+    assert out.shape == SHAPE and seen and seen[-1].labels is out
+    assert _iou3d(out == i, gt == i) > 0.6
