@@ -165,3 +165,14 @@ def test_demo_writes_results_and_never_clobbers(tmp_path, capsys):
     before = (out / "labels.tif").read_bytes()
     assert main(["demo", "--out", str(out), "--no-viewer"]) == 0
     assert (out / "labels.tif").read_bytes() == before and (tmp_path / "demo-2" / "labels.tif").exists()
+
+
+def test_planar_rgb_tiff_is_read_as_colour(tmp_path):
+    from napari_sam.io import read_image
+
+    rgb = np.zeros((3, 20, 30), np.uint16)
+    rgb[0, :, :10] = 1000
+    tifffile.imwrite(tmp_path / "planar.tif", rgb, photometric="rgb", planarconfig="separate")
+    vol = read_image(tmp_path / "planar.tif")
+    assert vol.rgb and vol.is_2d and vol.spatial_shape == (20, 30)
+    assert vol.data.shape == (1, 20, 30, 3) and (vol.data[0, :, :10, 0] == 1000).all()

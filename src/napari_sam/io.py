@@ -56,7 +56,10 @@ def read_image(path) -> Volume:
             photometric = tf.pages[0].photometric if len(tf.pages) else None
     except Exception as e:  # tifffile raises many kinds for non-TIFF input
         raise InputError(f"cannot read {p} as a TIFF image ({type(e).__name__}: {e})") from None
-    rgb = (photometric is not None and int(photometric) == 2) or (
+    declared_rgb = photometric is not None and int(photometric) == 2
+    if declared_rgb and data.ndim >= 3 and data.shape[-1] not in (3, 4) and data.shape[-3] in (3, 4):
+        data = np.moveaxis(data, -3, -1)  # RGB stored as separate planes: (..., 3, y, x)
+    rgb = declared_rgb or (
         data.ndim in (3, 4) and data.shape[-1] in (3, 4) and data.dtype == np.uint8 and data.shape[-2] > 4
     )
     spatial = data.ndim - (1 if rgb else 0)
