@@ -275,13 +275,9 @@ def test_memmap_larger_than_budget_streams(tmp_path):
 # -------------------------------------------------------------------- CLI --
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from segment_anything.build_sam import _build_sam
+    from ._sam_helpers import save_tiny_vit
 
-    torch.manual_seed(0)
-    sam = _build_sam(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=[1])
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save(sam.state_dict(), path)
-    return path
+    return save_tiny_vit(tmp_path_factory.mktemp("ckpt") / "tiny.pth", embed_dim=32)
 
 
 def _embed_cli(argv):

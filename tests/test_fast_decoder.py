@@ -4,15 +4,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from ._sam_helpers import distinctive  # noqa: E402
+
 from napari_sam.core.fast_decoder import decode, dense_pe  # noqa: E402
-
-
-def _distinctive(module, seed=0, scale=0.02):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return module.eval()
 
 
 @pytest.fixture(scope="module", params=["vit", "embedded"])
@@ -21,11 +15,11 @@ def sam(request):
     if request.param == "vit":
         from segment_anything.build_sam import _build_sam
 
-        return _distinctive(_build_sam(encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=2,
+        return distinctive(_build_sam(encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=2,
                                        encoder_global_attn_indexes=[0]))
     from napari_sam.core.embedded import build_embedded_sam
 
-    return _distinctive(build_embedded_sam())
+    return distinctive(build_embedded_sam())
 
 
 def _prompts(sam, n_obj, n_pts, box, mask, seed):

@@ -5,16 +5,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from ._sam_helpers import distinctive  # noqa: E402
+
 from napari_sam.core.fast_vit import encode, is_vit_encoder, run_encoder  # noqa: E402
-
-
-def _distinctive(module, seed=0, scale=0.02):
-    """Random init leaves rel_pos and some biases at zero: make every weight count."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return module.eval()
 
 
 def _rel(a, b):
@@ -27,7 +20,7 @@ def _encoder(img_size=1024, dim=64, depth=3, heads=2, window=14, glob=(1,), rel_
     torch.manual_seed(0)
     enc = ImageEncoderViT(img_size=img_size, embed_dim=dim, depth=depth, num_heads=heads, window_size=window,
                           global_attn_indexes=glob, use_rel_pos=rel_pos, qkv_bias=qkv_bias, out_chans=32)
-    return _distinctive(enc)
+    return distinctive(enc)
 
 
 @pytest.mark.parametrize(
@@ -135,7 +128,7 @@ def test_small_vit_checkpoint_same_embedding_and_masks(tmp_path, rgb_image):
     from napari_sam.core.models import load_model
 
     torch.manual_seed(0)
-    sam = _distinctive(_build_sam(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2,
+    sam = distinctive(_build_sam(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2,
                                   encoder_global_attn_indexes=[1]))
     path = tmp_path / "small_vit.pth"
     torch.save(sam.state_dict(), path)
@@ -152,7 +145,7 @@ def test_vit_b_checkpoint_same_embedding_and_masks(tmp_path, rgb_image):
     from napari_sam.core.models import load_model
 
     torch.manual_seed(0)
-    sam = _distinctive(sam_model_registry["vit_b"](checkpoint=None), scale=0.01)
+    sam = distinctive(sam_model_registry["vit_b"](checkpoint=None), scale=0.01)
     path = tmp_path / "vit_b_random.pth"
     torch.save(sam.state_dict(), path)
     del sam

@@ -9,14 +9,11 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def tiny_vit(tmp_path_factory):
-    from segment_anything.build_sam import _build_sam
-
     from napari_sam.core.models import load_model
 
-    torch.manual_seed(0)
-    sam = _build_sam(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=[1])
-    path = tmp_path_factory.mktemp("ckpt") / "tiny_vit.pth"
-    torch.save(sam.state_dict(), path)
+    from ._sam_helpers import save_tiny_vit
+
+    path = save_tiny_vit(tmp_path_factory.mktemp("ckpt") / "tiny_vit.pth")
     return load_model(str(path), device="cpu")
 
 
