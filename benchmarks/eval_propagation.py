@@ -159,7 +159,7 @@ def evaluate(model, stacks=STACKS, shape=SHAPE, methods=("propagation", "naive",
     from napari_sam.synthetic import make_stack
 
     refine = bool(getattr(model, "native_resolution", False)) if refine is None else refine
-    res = {m: {"ious": [], "bleed": [], "seconds": 0.0, "per_stack": []} for m in methods}
+    res = {m: {"ious": [], "bleed": [], "area": [], "seconds": 0.0, "per_stack": []} for m in methods}
     for seed, kind in stacks:
         st = make_stack(shape, seed=seed, kind=kind)
         seeds = seed_points(st.labels)
@@ -178,13 +178,14 @@ def evaluate(model, stacks=STACKS, shape=SHAPE, methods=("propagation", "naive",
             r = res[m]
             r["ious"].append(ious)
             r["bleed"].append(bleed)
+            r["area"].append(np.array([np.count_nonzero(st.labels[z] == i) for i, (z, _) in seeds.items()]))
             r["seconds"] += dt
             r["per_stack"].append((seed, kind, summarise(ious, bleed)))
             s = summarise(ious, bleed)
             log(f"  {seed} {kind:6s} {m:12s} n={s['n']:3d} median={s['median']:.3f} p10={s['p10']:.3f} "
                 f"within1={s['within1']:.2f} ({dt:.1f}s)")
     for r in res.values():
-        r["ious"], r["bleed"] = np.concatenate(r["ious"]), np.concatenate(r["bleed"])
+        r["ious"], r["bleed"], r["area"] = (np.concatenate(r[k]) for k in ("ious", "bleed", "area"))
     return res
 
 
@@ -227,6 +228,25 @@ def table(res) -> str:
     return "\n".join(lines)
 
 
+SIZES = [(0, 300), (300, 1000), (1000, 10**9)]
+
+
+def size_table(res) -> str:
+    """Median / p10 3D IoU by the object's area on its middle slice."""
+    head = "| method | " + " | ".join(f"{a}-{b if b < 10**9 else ''} px ({{n{k}}})" for k, (a, b) in enumerate(SIZES)) + " |"
+    any_r = next(iter(res.values()))
+    counts = {f"n{k}": int(((any_r["area"] >= a) & (any_r["area"] < b)).sum()) for k, (a, b) in enumerate(SIZES)}
+    lines = [head.format(**counts), "|---" * (len(SIZES) + 1) + "|"]
+    for m, r in res.items():
+        cells = []
+        for a, b in SIZES:
+            sel = (r["area"] >= a) & (r["area"] < b)
+            s = summarise(r["ious"][sel], r["bleed"][sel])
+            cells.append(f"{s['median']:.3f} / {s['p10']:.3f} / {100 * s['within1']:.0f}%")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="embedded", help="registry name or checkpoint path")
@@ -237,7 +257,7 @@ def main(argv=None):
 
     model = load_model(args.model, device="cpu")
     res = evaluate(model)
-    tab = table(res)
+    tab = table(res) + "\n\nBy the object's area on its middle slice (median / p10 3D IoU / within 1 slice):\n\n" + size_table(res)
     print(tab)
     timing = ""
     if not args.no_timing:

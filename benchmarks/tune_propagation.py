@@ -1,22 +1,28 @@
 """Choose the propagation rules by measurement, on tuning stacks only.
 
-    python benchmarks/tune_propagation.py [--model embedded] [--stacks 6]
+    python benchmarks/tune_propagation.py --stacks 12                       # 1. screen the StepRules
+    python benchmarks/tune_propagation.py --stacks 12 --variants point --features
+    python benchmarks/tune_propagation.py --stacks 12 --variants point --search  # 2. StopRule
 
 Tuning stacks: seeds 940000.. (never used for training, 100000+, nor for the
 reported evaluation, 950000+), (32, 256, 256), every third one of cells.
 Seed points as in ``eval_propagation`` (deepest pixel of the middle slice).
 
-1. StepRule: each way of prompting the next slice (box, mask logits, point,
-   combinations; single or multi-mask; whole-slice or windowed decoding;
-   boundary refinement on/off) is run with a permissive stop rule while every
+1. Screen. Each way of prompting the next slice (box, mask logits, point,
+   combinations; ``--extra``: single or multi-mask, whole-slice or windowed
+   decoding, boundary refinement off, a second same-slice iteration, another
+   logit threshold) is run once with a permissive stop rule while every
    step's ``StepFeatures`` is recorded. Two numbers per variant:
    - "oracle": median / p10 3D IoU when each object is cut exactly at its
      true z extent (how well the rule follows the object, whatever the stop rule);
-   - "tuned": the best stop rule for it (grid below, simulated on the recorded
-     steps: an object ends at its first step that fails the rule).
-2. StopRule thresholds: the grid search of step 1 for the chosen StepRule,
-   scored by median + p10 3D IoU with >= 90% of objects within one slice of
-   their true extent; the best are then run for real.
+   - "tuned": the best stop rule of ``GRID`` simulated on the recorded steps
+     (an object ends at its first step failing the rule), scored by
+     median + p10 with >= 90% of objects within one slice of their true extent.
+   The simulation ignores that a stopped object frees pixels for its
+   neighbours, so it is only used to compare variants and see which features
+   matter (``--features``: medians by position relative to the true end).
+2. Search. For the chosen StepRule, a coordinate search over ``SEARCH`` with
+   real runs (each a full propagation of all tuning stacks).
 """
 
 from __future__ import annotations
@@ -44,6 +50,16 @@ GRID = dict(
     min_area=[1, 10],
     min_kept=[0.2, 0.5],
     min_contrast=[-1e9, 0.3, 0.4, 0.5, 0.6, 0.7],
+)
+
+
+SEARCH = dict(
+    min_contrast=[0.5, 0.6, 0.7, 0.8],
+    min_overlap=[0.4, 0.5, 0.6, 0.7],
+    max_growth=[1.3, 1.6, 3.0],
+    min_peak=[0.0, 0.3],
+    min_score=[0.2, 0.5, 0.7],
+    min_kept=[0.2, 0.5],
 )
 
 
@@ -170,6 +186,39 @@ def grid_search(objs, top=5):
     return rows[:top]
 
 
+def real_run(model, stacks, step, stop) -> dict:
+    """Pooled summary of real propagation runs (no simulation) with this step and stop rule."""
+    res = ev.evaluate(model, stacks=stacks, methods=("propagation",), step=step, stop=stop, log=lambda s: None)
+    return ev.summarise(res["propagation"]["ious"], res["propagation"]["bleed"])
+
+
+def coordinate_search(model, stacks, step, start: dict, candidates: dict, log=print) -> dict:
+    """Real runs: change one StopRule field at a time, keep a change when it raises
+    median + p10 with >= 90% of objects within one slice; repeat until nothing improves."""
+    from napari_sam.core.propagate_rules import StopRule
+
+    def score(s):
+        return (s["within1"] >= 0.9, s["median"] + s["p10"])
+
+    best = dict(start)
+    s = real_run(model, stacks, step, StopRule(**best))
+    log(f"start {best}: {s}")
+    improved = True
+    while improved:
+        improved = False
+        for k, values in candidates.items():
+            for v in values:
+                if v == best[k]:
+                    continue
+                trial = {**best, k: v}
+                st = real_run(model, stacks, step, StopRule(**trial))
+                log(f"  {k}={v}: median {st['median']:.3f} p10 {st['p10']:.3f} within1 {st['within1']:.3f}")
+                if score(st) > score(s):
+                    best, s, improved = trial, st, True
+                    log(f"-> {best}")
+    return best
+
+
 VARIANTS = {
     "box": dict(box=True, mask=False, point=False),
     "mask": dict(box=False, mask=True, point=False),
@@ -188,6 +237,7 @@ def main(argv=None):
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--extra", default="", help="comma list of: nowindow, norefine, multimask, iterate, window=F")
     ap.add_argument("--features", action="store_true", help="print what the stop rule sees, by position")
+    ap.add_argument("--search", action="store_true", help="real-run coordinate search of the StopRule for the first variant")
     ap.add_argument("--top", type=int, default=1, help="best stop rules printed per variant")
     args = ap.parse_args(argv)
     from napari_sam.core.models import load_model
@@ -196,6 +246,14 @@ def main(argv=None):
     model = load_model(args.model, device="cpu")
     stacks = tuning_stacks(args.stacks)
     extra = set(filter(None, args.extra.split(",")))
+    if args.search:
+        kw = dict(VARIANTS[args.variants.split(",")[0]])
+        from napari_sam.core.propagate_rules import StopRule as _S
+
+        start = {k: getattr(_S(), k) for k in SEARCH}
+        best = coordinate_search(model, stacks, StepRule(**kw), start, SEARCH)
+        print("best", best)
+        return
     print("| step rule | oracle median | oracle p10 | tuned median | tuned p10 | within 1 | best stop rule | s |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.variants.split(","):

@@ -213,6 +213,15 @@ def test_ids_are_kept_and_other_objects_untouched(predictor, cache, stack):
     assert _iou3d(out == 7, gt == i) > 0.5 and _iou3d(out == 420, gt == j) > 0.5
 
 
+def test_a_mask_alone_is_kept_and_propagated(predictor, cache, stack):
+    gt = stack.labels
+    i = _objects(gt)[0]
+    z, _ = _seed(gt, i)
+    out, _ = _run(propagate_objects(predictor, stack.image, {i: {z: {"mask": gt[z] == i}}}, cache=cache))
+    assert np.array_equal(out[z] == i, gt[z] == i)
+    assert (out[z - 1] == i).any() and (out[z + 1] == i).any()
+
+
 def test_cancel_leaves_labels_unchanged(predictor, cache, stack):
     gt = stack.labels
     ids = _objects(gt)[:2]

@@ -41,7 +41,8 @@ class Progress:
     """One slice of work done.
 
     done/total: slices visited so far / to visit (a slice can be visited by
-    the prompted, upward and downward stages). z: the slice. labels_slice:
+    the prompted, upward and downward stages). z: the slice. stage:
+    "prompted", "up", "down" (or "batch" for ``batch_prompts_through_z``). labels_slice:
     (y, x) copy of that slice's labels as they stand. objects: ids decoded on
     it. ended: (object id, "up"/"down", reason) for objects that stopped here.
     labels: the whole (z, y, x) result, on the last record only.

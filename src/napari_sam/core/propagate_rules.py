@@ -113,13 +113,13 @@ class StopRule:
     """
 
     min_score: float = 0.2
-    min_overlap: float = 0.3
+    min_overlap: float = 0.6
     max_growth: float = 3.0
     min_shrink: float = 0.0
     min_peak: float = 0.0
     min_area: int = 4
     min_kept: float = 0.2
-    min_contrast: float = 0.5
+    min_contrast: float = 0.6
 
     def reason(self, f: StepFeatures) -> str | None:
         """Why the object stops here, or None to go on. Called once before
