@@ -91,6 +91,11 @@ class EmbeddingCache:
             self._bytes = 0
 
 
+def cache_key(predictor, signature: str, channel_axis=None, channel=None) -> tuple:
+    """The memory-cache key of a slice with ``signature`` embedded by ``predictor`` with these channel settings."""
+    return EmbeddingCache.key(f"{signature}|{channel_axis}|{channel}", predictor.model.checksum, predictor.normalize)
+
+
 def embed_cached(predictor, cache: EmbeddingCache | None, slice2d, *, channel_axis=None, channel=None,
                  disk=None, index=None) -> Embedding:
     """The slice's embedding from ``cache`` (then ``disk``), or computed by ``predictor`` and stored.
@@ -104,7 +109,7 @@ def embed_cached(predictor, cache: EmbeddingCache | None, slice2d, *, channel_ax
     if cache is None and disk is None:
         return predictor.embed(a, channel_axis=channel_axis, channel=channel)
     sig = slice_signature(a)
-    key = cache.key(sig + f"|{channel_axis}|{channel}", predictor.model.checksum, predictor.normalize) if cache is not None else None
+    key = cache_key(predictor, sig, channel_axis, channel) if cache is not None else None
     emb = cache.get(key, predictor.model.device) if cache is not None else None
     if emb is not None:
         return emb

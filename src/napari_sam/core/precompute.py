@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cache import EmbeddingCache, slice_signature
+from .cache import EmbeddingCache, cache_key, slice_signature
 
 __all__ = ["PrecomputeProgress", "outward_order", "precompute", "batch_size_for", "disk_cache_for"]
 
@@ -75,10 +75,6 @@ def batch_size_for(device, arch: str = "vit_b", free_bytes: int | None = None) -
     return int(max(1, min(8, free_bytes * 0.7 // need)))
 
 
-def _key(cache, predictor, sig, channel_axis, channel):
-    return cache.key(sig + f"|{channel_axis}|{channel}", predictor.model.checksum, predictor.normalize)
-
-
 def precompute(predictor, stack, *, start=0, z_range: tuple[int, int] | None = None,
                cache: EmbeddingCache | None = None, disk=None, channel_axis=None, channel=None,
                batch: int | None = None) -> Generator[PrecomputeProgress, int | None, int]:
@@ -98,7 +94,7 @@ def precompute(predictor, stack, *, start=0, z_range: tuple[int, int] | None = N
     n_batch = batch or batch_size_for(device, getattr(predictor.model, "arch", "vit_b"))
     pending = outward_order(start, lo, hi)
     total, done, encoded, slice_bytes = len(pending), 0, 0, 0
-    key = (lambda sig: _key(cache, predictor, sig, channel_axis, channel)) if cache is not None else (lambda sig: None)
+    key = (lambda sig: cache_key(predictor, sig, channel_axis, channel)) if cache is not None else (lambda sig: None)
     while pending:
         t0 = time.perf_counter()
         z = pending.pop(0)

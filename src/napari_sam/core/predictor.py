@@ -256,6 +256,10 @@ class SlicePredictor:
         import torch.nn.functional as F
 
         emb, dev = self.embedding, self.model.device
+        if self.native:  # the mask grid follows the slice: set it for this embedding
+            from .embedded import set_grid
+
+            set_grid(self.sam, emb.padded_size)
         grid = self.sam.prompt_encoder.mask_input_size
         m = np.asarray(mask)
         if m.ndim == 3 and m.shape[0] == 1:
