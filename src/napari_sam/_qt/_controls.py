@@ -116,13 +116,33 @@ class Controls:
         box.addLayout(row)
         root.addWidget(commit)
 
+        propagate = QGroupBox("Propagate through z")
+        box = QVBoxLayout(propagate)
+        row = QHBoxLayout()
+        self.propagate_object = QPushButton("Propagate object")
+        self.propagate_object.setToolTip(
+            "Follow the selected label through z from the slices where it is (one Ctrl-Z undoes the run)")
+        self.propagate_all = QPushButton("Propagate all on this slice")
+        self.propagate_all.setToolTip(
+            "Follow every label on this slice through z, together (only background pixels are written)")
+        row.addWidget(self.propagate_object)
+        row.addWidget(self.propagate_all)
+        box.addLayout(row)
+        self.propagate_status = QLabel("")
+        self.propagate_status.setWordWrap(True)
+        self.propagate_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.propagate_status.setToolTip("The last propagation: where each object reached and why it stopped")
+        box.addWidget(self.propagate_status)
+        root.addWidget(propagate)
+        root.addWidget(self._precompute_group())
+
         row = QHBoxLayout()
         self.progress = QProgressBar()
         self.progress.setRange(0, 0)
         self.progress.setTextVisible(False)
         self.progress.setMaximumHeight(12)
         self.cancel = QPushButton("Cancel")
-        self.cancel.setToolTip("Stop waiting for the model or the slice's embedding")
+        self.cancel.setToolTip("Stop waiting for the model or the slice's embedding, or stop a propagation")
         row.addWidget(self.progress, 1)
         row.addWidget(self.cancel)
         root.addLayout(row)
@@ -134,6 +154,35 @@ class Controls:
         root.addWidget(self.status)
         root.addStretch(1)
         self.set_busy(None)
+
+    def _precompute_group(self) -> QGroupBox:
+        """Embeddings ahead of time: neighbouring slices in memory, or the whole stack on disk."""
+        group = QGroupBox("Embeddings ahead of time")
+        box = QVBoxLayout(group)
+        self.precompute = QCheckBox("Precompute neighbouring slices")
+        self.precompute.setChecked(True)
+        self.precompute.setToolTip("In the background, embed the slices around the current one (nearest first) "
+                                   "into memory, so moving to them costs no encoder time")
+        box.addWidget(self.precompute)
+        row = QHBoxLayout()
+        self.precompute_stack = QPushButton("Precompute whole stack…")
+        self.precompute_stack.setToolTip("Embed every slice into a cache folder (.zarr) on disk, then read clicks' "
+                                         "slices from it; an existing cache of this image and model is resumed")
+        self.precompute_stop = QPushButton("Stop")
+        self.precompute_stop.setToolTip("Stop precomputing (a disk cache keeps the slices done: run again to resume)")
+        row.addWidget(self.precompute_stack, 1)
+        row.addWidget(self.precompute_stop)
+        box.addLayout(row)
+        self.precompute_bar = QProgressBar()
+        self.precompute_bar.setTextVisible(False)
+        self.precompute_bar.setMaximumHeight(12)
+        box.addWidget(self.precompute_bar)
+        self.precompute_status = QLabel("")
+        self.precompute_status.setWordWrap(True)
+        box.addWidget(self.precompute_status)
+        self.precompute_bar.setVisible(False)
+        self.precompute_stop.setVisible(False)
+        return group
 
     def set_busy(self, description: str | None) -> None:
         self.progress.setVisible(description is not None)

@@ -29,6 +29,7 @@ class LayerChoice:
                 self._watch(role, None)
                 if role == "image":
                     self._reset_result()
+                    self._sync_precompute()
         if self._preview is not None and self._preview not in v.layers:
             self._preview = None
         self._on_layers_renamed()

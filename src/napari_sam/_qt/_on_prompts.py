@@ -70,8 +70,10 @@ class Prompting:
         self._say(f"New points are {'positive' if self._ui.positive.isChecked() else 'negative'}.")
 
     def _schedule(self) -> None:
+        """Something SAM depends on changed: run the preview soon, re-aim the background precompute."""
         if not self._closed:
             self._timer.start()
+            self._sync_precompute()
 
     def _reset_result(self) -> None:
         self._result, self._pending_commit = None, None
@@ -159,8 +161,8 @@ class Prompting:
         self._jobs.cancel("encode")
         desc = f"Computing the embedding of {plane.label} (once per slice)…"
         self._say(desc)
-        self._jobs.start(key, desc, encode_slice, self._session.predictor, self._session.cache,
-                         image_data(self._image), plane.index, self._image.rgb,
+        self._jobs.start(key, desc, encode_slice, self._click_predictor(), self._session.cache,
+                         image_data(self._image), plane.index, self._image.rgb, *self._disk_for(plane),
                          on_result=self._on_encoded, on_error=self._on_job_error)
 
     def _on_encoded(self, key, embedding) -> None:

@@ -70,10 +70,13 @@ def load_model_cached(name_or_path: str, device: str):
     return model
 
 
-def encode_slice(predictor, cache: EmbeddingCache, data, index: tuple, rgb: bool):
-    """Read one slice of ``data`` (numpy, dask, zarr...) and embed it (runs in a worker)."""
+def encode_slice(predictor, cache: EmbeddingCache, data, index: tuple, rgb: bool, disk=None, disk_index=None):
+    """Read one slice of ``data`` (numpy, dask, zarr...) and embed it (runs in a worker).
+
+    disk, disk_index: a disk cache of the stack and the slice's index in it (looked in before the encoder).
+    """
     slice2d = np.asarray(data[index])
-    return embed_cached(predictor, cache, slice2d, channel_axis=-1 if rgb else None)
+    return embed_cached(predictor, cache, slice2d, channel_axis=-1 if rgb else None, disk=disk, index=disk_index)
 
 
 class Session:
@@ -125,8 +128,12 @@ class Jobs:
     def busy(self) -> bool:
         return bool(self._running)
 
-    def start(self, key, description: str, func, *args, on_result, on_error) -> None:
-        """Run ``func(*args)`` in a thread; ``key`` names the job (a tuple whose first item is its kind)."""
+    def start(self, key, description: str, func, *args, on_result, on_error, on_yield=None, on_done=None) -> None:
+        """Run ``func(*args)`` in a thread; ``key`` names the job (a tuple whose first item is its kind).
+
+        on_yield(key, value): each value a generator ``func`` yields, while the job is wanted.
+        on_done(key): once the worker has stopped, however it ended (returned, failed, cancelled).
+        """
         from napari.qt.threading import create_worker
 
         worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
@@ -141,8 +148,16 @@ class Jobs:
                 self._finish(key)
                 on_error(key, exc)
 
+        def yielded(value, key=key, worker=worker):
+            if self._running.get(key, (None,))[0] is worker:
+                on_yield(key, value)
+
         worker.returned.connect(returned)
         worker.errored.connect(errored)
+        if on_yield is not None:
+            worker.yielded.connect(yielded)
+        if on_done is not None:
+            worker.finished.connect(lambda key=key: on_done(key))
         self._running[key] = (worker, description)
         self._on_busy(description)
         worker.start()

@@ -20,7 +20,9 @@ from ._keys import KeyBindings, shortcuts_text
 from ._on_commit import Committing
 from ._on_layers import LayerChoice
 from ._on_model import ModelChoice
+from ._on_precompute import Precomputing
 from ._on_prompts import Prompting
+from ._on_propagate import Propagating
 from ._preview import Result
 from ._session import Jobs, Session
 
@@ -28,13 +30,15 @@ if TYPE_CHECKING:
     import napari
 
 
-class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, QWidget):
+class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, Propagating, Precomputing, QWidget):
     """Segment Anything on the current 2D slice of an image layer.
 
     The ``_on_*`` handlers live in mixins by concern: ``_on_layers`` (which
     layers), ``_on_model`` (which model), ``_on_prompts`` (prompts -> SAM ->
-    preview) and ``_on_commit`` (preview -> labels). This class builds the
-    controls, wires the events and unwires them on close.
+    preview), ``_on_commit`` (preview -> labels) and ``_on_propagate``
+    (labels -> through z); ``_on_precompute`` embeds slices ahead of the
+    user. This class builds the controls, wires the events
+    and unwires them on close.
     """
 
     def __init__(self, napari_viewer: napari.Viewer, model: str = "embedded", device: str = "auto"):
@@ -57,6 +61,7 @@ class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, QWidget):
         self._timer.setInterval(30)
         self.setToolTip(shortcuts_text())
         self.setMinimumWidth(320)
+        self._init_precompute()
         self._connect_events()
         self._on_layers_changed()
         self.load_model(*self._model_choice)
@@ -91,6 +96,8 @@ class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, QWidget):
         ui.commit.clicked.connect(self._on_commit)
         ui.clear.clicked.connect(self._on_clear)
         ui.cancel.clicked.connect(self._on_cancel)
+        ui.propagate_object.clicked.connect(self._on_propagate_object)
+        ui.propagate_all.clicked.connect(self._on_propagate_all)
 
     def _watch(self, role: str, layer) -> None:
         """Follow the events of the layer playing ``role`` (and forget the previous one)."""
@@ -114,8 +121,8 @@ class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, QWidget):
 
     @property
     def busy(self) -> bool:
-        """True while SAM has work scheduled or running (model loading, slice encoding)."""
-        return self._jobs.busy or self._timer.isActive()
+        """True while SAM has work scheduled or running (model loading, slice encoding, propagation)."""
+        return self._jobs.busy or self._timer.isActive() or self.propagating
 
     @property
     def model(self):
@@ -138,6 +145,7 @@ class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, QWidget):
         self._closed = True
         self._timer.stop()
         self._jobs.cancel()
+        self._stop_precompute()
         self._keys.unbind()
         for owner in list(self._links):
             self._unlink(owner)

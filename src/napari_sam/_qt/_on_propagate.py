@@ -1,0 +1,190 @@
+"""Propagate object / Propagate all objects on this slice: the widget side of z-propagation.
+
+A mixin of :class:`~napari_sam._qt.widget.SamWidget`. The committed objects
+(the selected label, or every label on the current slice) are followed
+through z by ``core.propagate`` in a generator worker: the progress bar follows
+its records, Cancel stops it (the labels layer is only written at the end, so
+a cancelled run changes nothing), and the whole result is written in one
+``block_history``: one Ctrl-Z undoes it. Slices are embedded through the
+session's cache, so clicks afterwards reuse them. See ``_propagate.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._commit import CommitError, check_target
+from ._plane import PlaneError, current_plane, image_data, spatial_shape
+from ._propagate import (
+    Outcome,
+    PropagateError,
+    StackView,
+    new_pixels,
+    objects_on_slice,
+    run_propagation,
+    z_axis_of,
+    z_name,
+)
+
+_RUNS = itertools.count(1)
+
+
+@dataclass
+class _Run:
+    key: tuple
+    view: StackView
+    before: np.ndarray  # (z, H, W) labels when the run started
+    labels: object  # the napari Labels layer written at the end
+    image: object
+    image_version: int
+    outcome: Outcome
+
+
+class Propagating:
+    """Propagation handlers of the SAM widget."""
+
+    _propagation: _Run | None = None
+
+    @property
+    def propagating(self) -> bool:
+        """True from the start of a propagation run until its worker has stopped."""
+        return self._propagation is not None
+
+    def _on_propagate_object(self) -> None:
+        self._start_propagation(every_object=False)
+
+    def _on_propagate_all(self) -> None:
+        self._start_propagation(every_object=True)
+
+    def _propagation_inputs(self, every_object: bool):
+        """(view, plane, before, ids); PropagateError/PlaneError/CommitError say what is missing."""
+        if self._image is None:
+            raise PropagateError("no image layer: open a z-stack first")
+        image = self._image
+        plane = current_plane(self._viewer, image)
+        z_axis = z_axis_of(plane)
+        if image.rgb:
+            raise PropagateError(f"propagation works on single-channel stacks; {image.name!r} is RGB")
+        if self._session.model is None:
+            raise PropagateError("no model is loaded yet: wait for it (or choose one above)")
+        if self._labels is None:
+            raise PropagateError("there is no labels layer yet: commit an object first (C), then propagate it")
+        check_target(self._labels, spatial_shape(image))
+        view = StackView(image_data(image), plane, z_axis)
+        if view.shape[0] < 2:
+            raise PropagateError(f"the stack has a single slice along {z_name(plane)}: nothing to propagate to")
+        before = StackView(self._labels.data, plane, z_axis).volume()
+        z = dict(plane.fixed)[z_axis]
+        here = objects_on_slice(before[z])
+        if every_object:
+            if not here:
+                raise PropagateError(f"no objects on {plane.label}: commit objects on this slice first, then propagate")
+            return view, plane, before, here
+        label = int(self._labels.selected_label)
+        if label == 0:
+            raise PropagateError("the selected label is 0 (background): select the label of the object to propagate")
+        if label not in here:
+            raise PropagateError(
+                f"label {label} is not on {plane.label}: go to a slice where it is, or commit it here first (C)"
+            )
+        return view, plane, before, [label]
+
+    def _start_propagation(self, every_object: bool) -> None:
+        if self._propagation is not None:
+            self._say("A propagation is already running: wait for it, or Cancel it.")
+            return
+        try:
+            view, plane, before, ids = self._propagation_inputs(every_object)
+        except (PropagateError, PlaneError, CommitError) as e:
+            self._say(str(e), error=True)
+            return
+        from napari_sam.core.predictor import SlicePredictor
+
+        gui = self._session.predictor
+        predictor = SlicePredictor(self._session.model, normalize=gui.normalize, refine=gui.refine)
+        key = ("propagate", next(_RUNS))
+        self._propagation = _Run(key, view, before, self._labels, self._image, self._image_version,
+                                 Outcome(ids, z_name(plane)))
+        what = f"label {ids[0]}" if len(ids) == 1 else f"{len(ids)} objects ({', '.join(map(str, ids))})"
+        desc = f"Propagating {what} from {plane.label} through {view.shape[0]} slices…"
+        self._set_propagate_buttons(False)
+        self._ui.propagate_status.setText("")
+        self._jobs.start(key, desc, run_propagation, predictor, view, before, ids, self._session.cache,
+                         on_result=self._on_propagated, on_error=self._on_propagate_error,
+                         on_yield=self._on_propagate_progress, on_done=self._on_propagate_done)
+        self._say(desc)
+
+    def _set_propagate_buttons(self, enabled: bool) -> None:
+        for b in (self._ui.propagate_object, self._ui.propagate_all, self._ui.commit):
+            b.setEnabled(enabled)
+
+    def _on_propagate_progress(self, key, p) -> None:
+        run = self._propagation
+        if self._closed or run is None or run.key != key:
+            return
+        run.outcome.record(p)
+        bar = self._ui.progress
+        bar.setRange(0, p.total)
+        bar.setValue(p.done)
+        bar.setToolTip(f"slice {p.done}/{p.total}")
+        self._say(f"Propagating: {p.done}/{p.total} slice visits ({run.outcome.zname}={p.z}, {p.stage}). "
+                  f"Cancel leaves the labels unchanged.")
+
+    def _finish_propagation(self) -> _Run | None:
+        run, self._propagation = self._propagation, None
+        if not self._closed:
+            self._ui.progress.setRange(0, 0)
+            self._set_propagate_buttons(True)
+        return run
+
+    def _on_propagated(self, key, result) -> None:
+        run = self._propagation
+        if self._closed or run is None or run.key != key:
+            return
+        self._finish_propagation()
+        layer = run.labels
+        if layer not in self._viewer.layers or run.image is not self._image or run.image_version != self._image_version:
+            self._say("Propagation finished, but the image or the labels layer changed meanwhile: nothing written.",
+                      error=True)
+            return
+        now = StackView(layer.data, run.view.plane, run.view.z_axis).volume()
+        write = new_pixels(result, run.before, now)
+        n = self._write_propagation(layer, run.view, result, write)
+        summary = run.outcome.text(result, write)
+        # stays when the slice changes: short, the reasons in its tooltip
+        self._ui.propagate_status.setText(run.outcome.text(result, write, show=3, short=True))
+        self._ui.propagate_status.setToolTip(run.outcome.text(result, write, show=len(run.outcome.ids)))
+        if n == 0:
+            self._say(f"Propagation added no pixels.\n{summary}")
+            return
+        self._say(f"Propagated: {n} px written (one step: select {layer.name!r} and press Ctrl-Z to undo).\n{summary}")
+
+    @staticmethod
+    def _write_propagation(layer, view: StackView, result: np.ndarray, write: np.ndarray) -> int:
+        """Write ``result`` where ``write`` into ``layer``: one history entry (one Ctrl-Z)."""
+        ids = [int(i) for i in np.unique(result[write])]
+        with layer.block_history():
+            for k, oid in enumerate(ids):
+                z, r, c = np.nonzero(write & (result == oid))
+                layer.data_setitem(view.full_index(z, r, c), oid, refresh=k == len(ids) - 1)
+        return int(np.count_nonzero(write))
+
+    def _on_propagate_error(self, key, exc) -> None:
+        run = self._propagation
+        if self._closed or run is None or run.key != key:
+            return
+        self._finish_propagation()
+        self._ui.propagate_status.setText("Failed: the labels are unchanged.")
+        self._say(f"Propagation failed: {exc}. The labels are unchanged.", error=True)
+
+    def _on_propagate_done(self, key) -> None:
+        """The worker has stopped; if no result came, it was cancelled."""
+        run = self._propagation
+        if self._closed or run is None or run.key != key:
+            return
+        self._finish_propagation()
+        self._ui.propagate_status.setText("Cancelled: the labels are unchanged.")
+        self._say("Propagation cancelled: the labels are unchanged.")
