@@ -130,6 +130,8 @@ def test_click_previews_object_commit_writes_new_id_on_this_slice_only_and_undoe
     np.testing.assert_array_equal(changed[Z], preview & (before[Z] == 0))
     assert [p[0] for p in points.data] == [1], "the slice's prompts are cleared, others stay"
     assert curated.selected_label == 10
+    kept = int((preview & (before[Z] == 5)).sum())
+    assert f"{kept} px kept their existing label" in widget._ui.status.text(), widget._ui.status.text()
 
     curated.undo()
     np.testing.assert_array_equal(curated.data, before)
@@ -383,6 +385,86 @@ def test_layer_removal_rename_switch_and_bad_choices_keep_the_session(sam, qtbot
     assert widget._ui.image.count() == 0
 
 
+def test_c_shift_c_and_k_work_whichever_of_the_widgets_layers_is_selected(sam, qtbot, stack):
+    viewer, widget, image = sam
+    lab = stack.labels[Z]
+    objs = _objects_by_size(lab)
+    points = viewer.layers["nuclei SAM points"]
+    image.contrast_limits = (0, 1)  # an image layer's own C (auto-contrast once) would reset these
+
+    viewer.layers.selection.active = image
+    points.add([[Z, *interior_point(lab == objs[0])]])
+    _wait_preview(qtbot, viewer, widget)
+    _press(viewer, "K")
+    assert widget._ui.candidates.currentRow() == 1
+    _press(viewer, "Shift-K")
+    assert widget._ui.candidates.currentRow() == 0
+    _press(viewer, "C")
+    labels = viewer.layers["nuclei SAM labels"]
+    assert set(np.unique(labels.data[Z])) == {0, 1}, "C with the image selected commits"
+    assert tuple(image.contrast_limits) == (0, 1), "and leaves the contrast alone"
+    points.add([[Z, *interior_point(lab == objs[1])]])
+    _press(viewer, "Shift-C")
+    assert len(points.data) == 0, "Shift-C with the image selected clears the slice's prompts"
+
+    others = [viewer.layers["nuclei SAM boxes"], labels, viewer.layers["SAM preview"]]
+    for k, layer in enumerate(others, start=2):
+        viewer.layers.selection.active = layer
+        points.add([[Z, *interior_point(lab == objs[k - 1])]])
+        _wait_preview(qtbot, viewer, widget)
+        _press(viewer, "C")
+        assert (labels.data[Z] == k).any(), f"C with {layer.name!r} selected commits"
+
+    viewer.add_image(stack.image, name="other")
+    _choose(widget._ui.image, "other")  # the widget leaves 'nuclei': its C is napari's again
+    viewer.layers.selection.active = image
+    _press(viewer, "C")
+    assert tuple(image.contrast_limits) != (0, 1), "napari's auto-contrast"
+
+
+def test_undo_last_commit_from_any_layer_and_naparis_own_undo_on_the_labels(sam, qtbot, stack):
+    from qtpy.QtCore import Qt
+
+    viewer, widget, image = sam
+    lab = stack.labels[Z]
+    a, b = _objects_by_size(lab)[:2]
+    curated = viewer.add_labels(np.zeros(stack.labels.shape, np.uint16), name="curated", scale=stack.voxel_size)
+    curated.data[Z + 1, :5, :5] = 7
+    _choose(widget._ui.labels, "curated")
+    points = viewer.layers["nuclei SAM points"]
+    viewer.layers.selection.active = points
+    status = widget._ui.status
+    before = np.asarray(curated.data).copy()
+
+    points.add([[Z, *interior_point(lab == a)]])
+    _wait_preview(qtbot, viewer, widget)
+    _press(viewer, "C")
+    assert (curated.data[Z] == 8).any()
+    _press(viewer, "Control-Z")  # the points layer is selected
+    np.testing.assert_array_equal(curated.data, before)
+    assert "Undid the commit of label 8" in status.text(), status.text()
+    _press(viewer, "Control-Z")  # nothing of the widget's left: the user's own labels stay
+    np.testing.assert_array_equal(curated.data, before)
+    assert "Nothing to undo" in status.text(), status.text()
+
+    points.add([[Z, *interior_point(lab == b)]])
+    _wait_preview(qtbot, viewer, widget)
+    _press(viewer, "C")
+    committed = np.asarray(curated.data).copy()
+    curated.data_setitem((np.array([Z + 2]), np.array([3]), np.array([3])), 9)  # the user paints after it
+    viewer.layers.selection.active = image
+    _press(viewer, "Control-Z")
+    assert curated.data[Z + 2, 3, 3] == 9, "the user's paint is not undone by the widget"
+    assert "Nothing to undo" in status.text(), status.text()
+    viewer.layers.selection.active = curated
+    _press(viewer, "Control-Z")  # napari's own undo of the labels layer
+    np.testing.assert_array_equal(curated.data, committed)
+    qtbot.mouseClick(widget._ui.undo, Qt.MouseButton.LeftButton)
+    assert "Nothing to undo" in status.text(), "after a paint of the user's, the widget leaves the history alone"
+    _press(viewer, "Control-Z")
+    np.testing.assert_array_equal(curated.data, before)
+
+
 def _our_callbacks(viewer) -> list:
     """Every napari event callback that belongs to napari_sam code."""
     groups = [viewer.events, viewer.dims.events, viewer.layers.events, viewer.layers.selection.events]
@@ -404,15 +486,18 @@ def test_closing_disconnects_every_event_and_key(sam, qtbot, how):
     from app_model.types import KeyBinding
 
     assert _our_callbacks(viewer)
-    assert KeyBinding.from_str("C") in viewer.keymap
+    assert KeyBinding.from_str("C") in viewer.keymap and KeyBinding.from_str("C") in image.keymap
     viewer.layers["nuclei SAM points"].add([[Z, 128, 128]])
     qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    assert KeyBinding.from_str("Ctrl-Z") in viewer.layers["SAM preview"].keymap
     if how == "close":
         widget.close()
     else:
         viewer.window.remove_dock_widget(widget)
     assert _our_callbacks(viewer) == []
     assert not any(k in viewer.keymap for k in map(KeyBinding.from_str, ["N", "K", "Shift-K", "C", "Shift-C"]))
+    for layer in viewer.layers:
+        assert not [f for f in layer.keymap.values() if f.__module__.startswith("napari_sam")], layer.name
     assert "SAM preview" not in viewer.layers
     viewer.layers["nuclei SAM points"].add([[Z, 20, 20]])  # the session's layers live on, silently
     viewer.dims.current_step = (Z + 1, 0, 0)

@@ -103,8 +103,9 @@ def test_propagate_object_follows_it_writes_background_only_and_is_one_undo_step
     keys = [cache_key(widget._session.predictor, slice_signature(np.asarray(stack.image[z]))) for z in reached]
     assert all(k in widget._session.cache for k in keys), "the slices it went through are in the session's cache"
 
-    labels.undo()  # one Ctrl-Z: the whole run
+    widget._ui.undo.click()  # one step: the whole run (the widget's Undo is the labels layer's undo)
     np.testing.assert_array_equal(labels.data, before)
+    assert "Undid the propagation of label 5" in widget._ui.status.text()
     labels.redo()
     np.testing.assert_array_equal(labels.data, after)
     viewer.dims.current_step = (Z + 1, 0, 0)  # the status line moves on; the run's summary stays
@@ -238,3 +239,92 @@ def test_a_mask_prompt_works_whatever_grid_the_model_was_last_set_to(embedded_mo
             out = fin.value
             break
     assert (out == 5).any((1, 2)).sum() >= 3 and not labels[Z + 1].any()
+
+
+def _no_workers(qtbot) -> None:
+    from napari.qt.threading import WorkerBase
+
+    qtbot.waitUntil(lambda: not WorkerBase._worker_set, timeout=20000)
+
+
+def test_propagation_takes_the_encoder_gate_and_pauses_the_background_precompute(sam, qtbot, stack, monkeypatch):
+    import threading
+    import time
+
+    from napari_sam.core.cache import slice_signature
+    from napari_sam.core.predictor import SlicePredictor
+
+    viewer, widget, labels = sam
+    real, lock = SlicePredictor.embed, threading.Lock()
+    calls, running, most = [], [0], [0]
+
+    def embed(self, slice2d, **kw):  # every encoder call of the process, slowed so that overlaps would show
+        with lock:
+            calls.append(slice_signature(np.asarray(slice2d)))
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.15)
+            return real(self, slice2d, **kw)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(SlicePredictor, "embed", embed)
+    widget._ui.precompute.setChecked(False)
+    _no_workers(qtbot)
+    widget._session.cache.clear()
+    calls.clear()
+    widget._ui.precompute.setChecked(True)  # a fresh background run from slice Z, nothing cached
+    qtbot.waitUntil(lambda: len(calls) >= 1, timeout=20000)
+    _commit(labels, stack.labels[Z] == OBJ, 5)
+    labels.selected_label = 5
+
+    widget._ui.propagate_object.click()
+    assert widget.propagating and not widget.precomputing, "the background run is paused during the propagation"
+    assert "paused" in widget._ui.precompute_status.text()
+    qtbot.waitUntil(lambda: not widget.propagating, timeout=30000)
+    assert "Propagated" in widget._ui.status.text()
+    reached = np.flatnonzero((np.asarray(labels.data) == 5).any((1, 2)))
+    qtbot.waitUntil(lambda: not widget.precomputing, timeout=40000)  # resumed after the run, then done
+
+    assert most[0] == 1, "one encoder call at a time"
+    assert sorted(calls) == sorted(set(calls)), "no slice encoded twice"
+    signature = {slice_signature(np.asarray(stack.image[z])): z for z in range(stack.image.shape[0])}
+    assert sorted(signature[s] for s in calls) == list(range(stack.image.shape[0])), "each slice once in all"
+    from napari_sam.core.cache import cache_key
+
+    keys = [cache_key(widget._session.predictor, slice_signature(np.asarray(stack.image[z]))) for z in reached]
+    assert all(k in widget._session.cache for k in keys), "the propagation's slices are in the session's cache"
+
+
+def test_an_error_inside_the_propagation_is_reported_and_changes_nothing(sam, qtbot, stack, monkeypatch):
+    from napari_sam.core.predictor import SlicePredictor
+
+    viewer, widget, labels = sam
+    widget._ui.precompute.setChecked(False)
+    _no_workers(qtbot)
+    widget._session.cache.clear()  # the propagation has to run the encoder
+    _commit(labels, stack.labels[Z] == OBJ, 5)
+    labels.selected_label = 5
+    before = np.array(labels.data, copy=True)
+    undo_depth = len(labels._undo_history)
+    real, calls = SlicePredictor.embed, []
+
+    def embed(self, slice2d, **kw):  # torch raises RuntimeError for out-of-memory, bad shapes...
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(self, slice2d, **kw)
+
+    monkeypatch.setattr(SlicePredictor, "embed", embed)
+    widget._ui.propagate_object.click()
+    qtbot.waitUntil(lambda: not widget.propagating, timeout=15000)
+
+    status = widget._ui.status
+    assert "Propagation failed: CUDA out of memory (simulated)" in status.text(), status.text()
+    assert "#ff6b6b" in status.styleSheet(), "shown as an error"
+    assert len(calls) == 2, "it failed midway, on its second slice"
+    np.testing.assert_array_equal(labels.data, before)
+    assert len(labels._undo_history) == undo_depth
+    assert widget._ui.propagate_object.isEnabled() and widget._ui.commit.isEnabled() and not widget.busy

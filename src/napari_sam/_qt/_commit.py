@@ -29,6 +29,7 @@ class CommitReport:
     pixels: int
     kept: int = 0  # mask pixels not written because they belong to another label
     cleared: int = 0  # pixels of a refined label set back to 0
+    changed: tuple = ()  # nD fancy index of the pixels whose value changed
 
 
 def check_target(labels, shape: tuple[int, ...]) -> None:
@@ -58,7 +59,7 @@ def commit_masks(
     an int: every mask goes into that label. replace: a label being refined
     (its pixels this mask no longer covers are cleared).
     """
-    existing = np.asarray(labels.data[plane.index])
+    existing = np.array(labels.data[plane.index], copy=True)  # before the commit (numpy data gives a view)
     if label is None:
         first = next_label_id(np.asarray(labels.data))
         ids = list(range(first, first + len(masks)))
@@ -71,6 +72,8 @@ def commit_masks(
             f"convert the layer to a larger integer type"
         )
     writes = plan_commit(existing, masks, ids, overwrite=overwrite, replace=replace)
+    moved = [(w.rows[d], w.cols[d]) for w in writes for d in [existing[w.rows, w.cols] != w.value]]
+    changed = plane.full_index(*(np.concatenate(a) for a in zip(*moved))) if moved else ()
     with labels.block_history():
         for w in writes:
             labels.data_setitem(plane.full_index(w.rows, w.cols), w.value)
@@ -78,7 +81,8 @@ def commit_masks(
     cleared = sum(w.size for w in writes if w.value == 0)
     wanted = int(sum(int(m.sum()) for m in masks))
     already = sum(int((m & (existing == v)).sum()) for m, v in zip(masks, ids))
-    return CommitReport(ids=ids, pixels=written, kept=max(0, wanted - written - already), cleared=cleared)
+    return CommitReport(ids=ids, pixels=written, kept=max(0, wanted - written - already), cleared=cleared,
+                        changed=changed)
 
 
 def record_objects(labels, records: list[dict]) -> None:

@@ -109,10 +109,14 @@ class Controls:
         row = QHBoxLayout()
         self.commit = QPushButton("Commit (C)")
         self.clear = QPushButton("Clear slice (Shift-C)")
+        self.undo = QPushButton("Undo")
         self.commit.setToolTip("Write the shown candidate into the labels layer on this slice (Ctrl-Z undoes)")
         self.clear.setToolTip("Remove this slice's points and boxes")
+        self.undo.setToolTip("Undo the last commit or propagation (Ctrl-Z with the image, points or boxes layer "
+                             "selected; with the labels layer selected Ctrl-Z is napari's own undo)")
         row.addWidget(self.commit)
         row.addWidget(self.clear)
+        row.addWidget(self.undo)
         box.addLayout(row)
         root.addWidget(commit)
 

@@ -1,7 +1,8 @@
-"""Commit, clear: the widget side of writing SAM's answer into the labels layer.
+"""Commit, clear, undo: the widget side of writing SAM's answer into the labels layer.
 
 A mixin of :class:`~napari_sam._qt.widget.SamWidget`; the writing itself is
-in ``_commit.py`` (pure writing into a Labels layer, no widget).
+in ``_commit.py`` (pure writing into a Labels layer, no widget), what the
+widget may undo in ``_undo.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from ._plane import PlaneError, current_plane, plane_indices, spatial_shape
 
 
 class Committing:
-    """Commit and clear handlers of the SAM widget."""
+    """Commit, clear and undo handlers of the SAM widget."""
 
     def _on_commit(self) -> None:
         if self._timer.isActive():
@@ -49,8 +50,9 @@ class Committing:
                 if label == 0:
                     raise CommitError("the selected label is 0 (background): select a label, or commit as a new object id")
             picks = [c.pick(self._rank) for c in res.candidates]
-            report = commit_masks(labels, res.plane, [p[0] for p in picks], label=label,
-                                  overwrite=self._ui.overwrite.isChecked(), replace=label if refine else None)
+            with self._undo.writing():
+                report = commit_masks(labels, res.plane, [p[0] for p in picks], label=label,
+                                      overwrite=self._ui.overwrite.isChecked(), replace=label if refine else None)
         except CommitError as e:
             self._say(str(e), error=True)
             return
@@ -66,8 +68,9 @@ class Committing:
             labels.selected_label = report.ids[-1]
         kept = f" {report.kept} px kept their existing label (overwrite is off)." if report.kept else ""
         ids = ", ".join(str(i) for i in dict.fromkeys(report.ids))
+        self._undo.remember(labels, f"commit of label {ids} on {res.plane.label}", report.changed)
         self._last_commit = (f"Committed label {ids} on {res.plane.label}: {report.pixels} px.{kept} "
-                             f"Undo: select {labels.name!r} and press Ctrl-Z.")
+                             f"Undo: Ctrl-Z (or the Undo button).")
         self._say(self._last_commit)
         self._clear_prompts(res.plane)
 
@@ -87,3 +90,19 @@ class Committing:
         if plane is not None:
             self._clear_prompts(plane)
             self._say(f"Cleared the prompts on {plane.label}.")
+
+    # ---------------------------------------------------------------- undo --
+    def _on_labels_edited(self, event=None) -> None:
+        self._undo.edited()
+
+    def _on_undo_commit(self) -> None:
+        """Undo the widget's last commit or propagation (Ctrl-Z on the widget's other layers, the Undo button)."""
+        labels = self._labels
+        step = self._undo.undo(labels)
+        if step is not None:
+            self._say(f"Undid the {step.what}. Redo: select {labels.name!r} and press Shift-Ctrl-Z.")
+        elif labels is None:
+            self._say("Nothing to undo: there is no labels layer yet.")
+        else:
+            self._say(f"Nothing to undo: the last change to {labels.name!r} is not a commit or propagation of "
+                      f"this widget. To undo it, select {labels.name!r} and press Ctrl-Z.")

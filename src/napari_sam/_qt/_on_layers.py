@@ -32,6 +32,7 @@ class LayerChoice:
                     self._sync_precompute()
         if self._preview is not None and self._preview not in v.layers:
             self._preview = None
+        self._follow_keys()
         self._on_layers_renamed()
         if self._image is None and L.layers_of(v, "Image"):
             self._use_image(L.layers_of(v, "Image")[0])

@@ -12,9 +12,11 @@ A mixin of :class:`~napari_sam._qt.widget.SamWidget`.
   exists and matches); clicks then read their slice from it.
 
 None of this makes the widget ``busy``: it is work ahead of the user, not
-work the user waits for. Every encoder call (clicks included) goes through
-one ``EncoderGate``, so a click's slice never waits behind more than the one
-slice being embedded (see ``_precompute_work``).
+work the user waits for. Every encoder call (clicks and propagation included)
+goes through one ``EncoderGate``, so a click's slice never waits behind more
+than the one slice being embedded (see ``_precompute_work``). The background
+run pauses while a propagation runs (it would only slow it down, embedding the
+same neighbourhood) and resumes after it.
 """
 
 from __future__ import annotations
@@ -52,9 +54,13 @@ class Precomputing:
         return bool(self._pc_runs)
 
     # ---------------------------------------------------- used by clicks --
-    def _click_predictor(self):
-        """The predictor for a click's slice: through the encoder gate, ahead of precompute."""
-        return GatedPredictor(self._session.predictor, self._gate, self._session.cache, foreground=True)
+    def _foreground_predictor(self, predictor=None):
+        """``predictor`` (default: the session's) through the encoder gate, ahead of precompute.
+
+        For the encoder calls the user waits for: a click's slice, a propagation.
+        """
+        predictor = self._session.predictor if predictor is None else predictor
+        return GatedPredictor(predictor, self._gate, self._session.cache, foreground=True)
 
     def _disk_for(self, plane) -> tuple:
         """(disk cache, index) holding ``plane`` of the current image for the current model, or (None, None)."""
@@ -86,6 +92,10 @@ class Precomputing:
         if stack is not None:
             if loc is not None:
                 stack.recentre((*loc[0], loc[1]))
+            return
+        if self.propagating:  # it would take turns with the propagation at the encoder: resumed after it
+            if self._halt("background") is not None:
+                self._pc_say("Background precompute paused while the propagation runs.")
             return
         key = None
         if (loc is not None and self._ui.precompute.isChecked() and self._session.model is not None

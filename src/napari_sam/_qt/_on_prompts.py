@@ -161,7 +161,7 @@ class Prompting:
         self._jobs.cancel("encode")
         desc = f"Computing the embedding of {plane.label} (once per slice)…"
         self._say(desc)
-        self._jobs.start(key, desc, encode_slice, self._click_predictor(), self._session.cache,
+        self._jobs.start(key, desc, encode_slice, self._foreground_predictor(), self._session.cache,
                          image_data(self._image), plane.index, self._image.rgb, *self._disk_for(plane),
                          on_result=self._on_encoded, on_error=self._on_job_error)
 
@@ -180,6 +180,7 @@ class Prompting:
     def _show_result(self) -> None:
         res, ui = self._result, self._ui
         self._preview = L.show_preview(self._viewer, self._preview, self._image, res.plane, res.label_image(self._rank))
+        self._follow_keys()
         L.move_below(self._viewer, self._preview, [self._boxes, self._points])
         ui.candidates.blockSignals(True)
         ui.candidates.clear()

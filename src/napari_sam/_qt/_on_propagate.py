@@ -6,7 +6,8 @@ through z by ``core.propagate`` in a generator worker: the progress bar follows
 its records, Cancel stops it (the labels layer is only written at the end, so
 a cancelled run changes nothing), and the whole result is written in one
 ``block_history``: one Ctrl-Z undoes it. Slices are embedded through the
-session's cache, so clicks afterwards reuse them. See ``_propagate.py``.
+session's cache and the encoder gate (like a click's; the background
+precompute pauses meanwhile), so clicks afterwards reuse them. See ``_propagate.py``.
 """
 
 from __future__ import annotations
@@ -104,7 +105,9 @@ class Propagating:
         from napari_sam.core.predictor import SlicePredictor
 
         gui = self._session.predictor
-        predictor = SlicePredictor(self._session.model, normalize=gui.normalize, refine=gui.refine)
+        # its own predictor (the GUI's keeps its slice), encoding through the gate like a click
+        predictor = self._foreground_predictor(
+            SlicePredictor(self._session.model, normalize=gui.normalize, refine=gui.refine))
         key = ("propagate", next(_RUNS))
         self._propagation = _Run(key, view, before, self._labels, self._image, self._image_version,
                                  Outcome(ids, z_name(plane)))
@@ -112,6 +115,7 @@ class Propagating:
         desc = f"Propagating {what} from {plane.label} through {view.shape[0]} slices…"
         self._set_propagate_buttons(False)
         self._ui.propagate_status.setText("")
+        self._sync_precompute()  # pauses the background run
         self._jobs.start(key, desc, run_propagation, predictor, view, before, ids, self._session.cache,
                          on_result=self._on_propagated, on_error=self._on_propagate_error,
                          on_yield=self._on_propagate_progress, on_done=self._on_propagate_done)
@@ -138,6 +142,7 @@ class Propagating:
         if not self._closed:
             self._ui.progress.setRange(0, 0)
             self._set_propagate_buttons(True)
+            self._sync_precompute()  # resumes the background run
         return run
 
     def _on_propagated(self, key, result) -> None:
@@ -152,7 +157,11 @@ class Propagating:
             return
         now = StackView(layer.data, run.view.plane, run.view.z_axis).volume()
         write = new_pixels(result, run.before, now)
-        n = self._write_propagation(layer, run.view, result, write)
+        with self._undo.writing():
+            n = self._write_propagation(layer, run.view, result, write)
+        if n and layer is self._labels:  # the layer whose edits the widget follows
+            ids = ", ".join(map(str, run.outcome.ids))
+            self._undo.remember(layer, f"propagation of label {ids}", run.view.full_index(*np.nonzero(write)))
         summary = run.outcome.text(result, write)
         # stays when the slice changes: short, the reasons in its tooltip
         self._ui.propagate_status.setText(run.outcome.text(result, write, show=3, short=True))
@@ -160,7 +169,7 @@ class Propagating:
         if n == 0:
             self._say(f"Propagation added no pixels.\n{summary}")
             return
-        self._say(f"Propagated: {n} px written (one step: select {layer.name!r} and press Ctrl-Z to undo).\n{summary}")
+        self._say(f"Propagated: {n} px written (one step: Ctrl-Z or the Undo button undoes it).\n{summary}")
 
     @staticmethod
     def _write_propagation(layer, view: StackView, result: np.ndarray, write: np.ndarray) -> int:

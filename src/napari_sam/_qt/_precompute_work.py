@@ -1,18 +1,18 @@
 """What the widget's precompute workers run: plain generators over core objects (no Qt).
 
 Several threads use one SAM model: the click path (``_session.encode_slice``),
-the background precompute and the whole-stack run. Forward passes of the
-image encoder are stateless, so running two at once would be correct, but
-on a CPU they only slow each other down, and the slice the user clicked on
-must not wait behind a far one. So every encoder call goes through one
-:class:`EncoderGate` (one encoder call at a time, a click's slice first), and
+a propagation, the background precompute and the whole-stack run. Forward
+passes of the image encoder are stateless, so running two at once would be
+correct, but on a CPU they only slow each other down, and the slice the user
+clicked on must not wait behind a far one. So every encoder call goes through
+one :class:`EncoderGate` (one encoder call at a time; clicks and propagation,
+the work the user waits for, before precompute), and
 a :class:`GatedPredictor` looks in the memory cache again once it holds the
 gate, so a slice the other thread has just embedded is not embedded twice.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -22,33 +22,15 @@ import numpy as np
 from napari_sam.core.cache import cache_key, slice_signature
 from napari_sam.core.precompute import PrecomputeProgress, disk_cache_for, precompute
 
+from ._session import reported
+
 
 class Stopped(Exception):
     """The run was stopped (raised at its next encoder call)."""
 
 
-class PrecomputeError(Exception):
-    """A RuntimeError (torch raises those) inside a precompute generator.
-
-    napari's generator worker takes a RuntimeError for "the worker was
-    deleted" and ends silently, without its ``errored`` or ``finished``
-    signals; re-raised as this, it is reported like any other error.
-    """
-
-
-def _reported(genfunc):
-    @functools.wraps(genfunc)
-    def run(*args, **kwargs):
-        try:
-            return (yield from genfunc(*args, **kwargs))
-        except RuntimeError as e:
-            raise PrecomputeError(str(e)) from e
-
-    return run
-
-
 class EncoderGate:
-    """One encoder call at a time across threads; foreground (click) calls go first."""
+    """One encoder call at a time across threads; foreground calls (a click, a propagation) go first."""
 
     def __init__(self):
         self._cond = threading.Condition()
@@ -157,7 +139,7 @@ def stack_location(fixed, axes, ndim: int) -> tuple[tuple, int] | None:
     return idx[:-1], idx[-1]
 
 
-@_reported
+@reported
 def background(predictor, data, outer: tuple, z: int, cache, channel_axis):
     """The slices of ``data[outer]`` nearest ``z`` first, into the memory ``cache``.
 
@@ -181,7 +163,7 @@ class Opened:
     total: int
 
 
-@_reported
+@reported
 def whole_stack(path, predictor, data, start: tuple, channel_axis, lock=None):
     """Every slice of ``data`` into the disk cache at ``path`` (started, or resumed if it matches).
 

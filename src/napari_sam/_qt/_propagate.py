@@ -19,6 +19,7 @@ import numpy as np
 from napari_sam.core.propagate import propagate_objects
 
 from ._plane import Plane
+from ._session import reported
 
 
 class PropagateError(ValueError):
@@ -93,10 +94,12 @@ def anchor_prompts(labels: np.ndarray, ids) -> dict[int, dict[int, dict]]:
     return out
 
 
+@reported
 def run_propagation(predictor, stack, labels: np.ndarray, ids, cache):
     """Generator (runs in a worker): propagate ``ids`` of ``labels`` (z, H, W) through ``stack``.
 
     Yields ``core.propagate.Progress``; returns the (z, H, W) result (``labels`` is not changed).
+    A RuntimeError inside (torch: out of memory...) is raised as ``_session.WorkerError``.
     """
     prompts = anchor_prompts(labels, ids)
     return (yield from propagate_objects(predictor, stack, prompts, cache=cache, labels=labels))

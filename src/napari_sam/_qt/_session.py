@@ -10,6 +10,7 @@ the user has changed since.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from typing import Callable
@@ -77,6 +78,28 @@ def encode_slice(predictor, cache: EmbeddingCache, data, index: tuple, rgb: bool
     """
     slice2d = np.asarray(data[index])
     return embed_cached(predictor, cache, slice2d, channel_axis=-1 if rgb else None, disk=disk, index=disk_index)
+
+
+class WorkerError(Exception):
+    """A RuntimeError (torch raises those: out of memory, bad shapes...) inside a generator run in a worker.
+
+    napari's generator worker takes a RuntimeError for "the worker was
+    deleted" and ends silently, without its ``errored`` or ``finished``
+    signals; re-raised as this, it is reported like any other error.
+    """
+
+
+def reported(genfunc):
+    """Decorate a generator function run in a worker: its RuntimeErrors become :class:`WorkerError`."""
+
+    @functools.wraps(genfunc)
+    def run(*args, **kwargs):
+        try:
+            return (yield from genfunc(*args, **kwargs))
+        except RuntimeError as e:
+            raise WorkerError(str(e)) from e
+
+    return run
 
 
 class Session:

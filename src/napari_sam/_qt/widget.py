@@ -25,6 +25,7 @@ from ._on_prompts import Prompting
 from ._on_propagate import Propagating
 from ._preview import Result
 from ._session import Jobs, Session
+from ._undo import UndoLog
 
 if TYPE_CHECKING:
     import napari
@@ -48,6 +49,7 @@ class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, Propagating, Pr
         self._session = Session()
         self._jobs = Jobs(self._ui.set_busy)
         self._keys = KeyBindings(napari_viewer, self)
+        self._undo = UndoLog()  # the widget's own steps in the labels layer's history
         self._image = self._points = self._boxes = self._labels = self._preview = None
         self._links: dict[object, list] = {}  # owner (layer or viewer) -> [(emitter, callback)]
         self._image_version = self._prompt_version = self._rank = 0
@@ -95,6 +97,7 @@ class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, Propagating, Pr
         ui.candidates.currentRowChanged.connect(self._on_candidate_row)
         ui.commit.clicked.connect(self._on_commit)
         ui.clear.clicked.connect(self._on_clear)
+        ui.undo.clicked.connect(self._on_undo_commit)
         ui.cancel.clicked.connect(self._on_cancel)
         ui.propagate_object.clicked.connect(self._on_propagate_object)
         ui.propagate_all.clicked.connect(self._on_propagate_all)
@@ -102,7 +105,10 @@ class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, Propagating, Pr
     def _watch(self, role: str, layer) -> None:
         """Follow the events of the layer playing ``role`` (and forget the previous one)."""
         self._unlink(role)
+        if role == "labels" and layer is not self._labels:
+            self._undo.clear()
         setattr(self, "_" + role, layer)
+        self._follow_keys()
         if layer is None:
             return
         ev = layer.events
@@ -118,6 +124,13 @@ class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, Propagating, Pr
         elif role == "labels":
             for e in (ev.paint, ev.data, ev.selected_label):
                 self._link(role, e, self._on_labels_changed)
+            for e in (ev.paint, ev.data):
+                self._link(role, e, self._on_labels_edited)
+
+    def _follow_keys(self) -> None:
+        """The widget's keys on the layers it works with now (see ``_keys``)."""
+        if not self._closed:
+            self._keys.follow([self._image, self._points, self._boxes, self._preview], self._labels)
 
     @property
     def busy(self) -> bool:
