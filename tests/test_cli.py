@@ -176,3 +176,44 @@ def test_planar_rgb_tiff_is_read_as_colour(tmp_path):
     vol = read_image(tmp_path / "planar.tif")
     assert vol.rgb and vol.is_2d and vol.spatial_shape == (20, 30)
     assert vol.data.shape == (1, 20, 30, 3) and (vol.data[0, :, :10, 0] == 1000).all()
+
+
+@needs_embedded
+def test_propagate_from_the_shell_reads_the_embedding_cache(stack_files, tmp_path, capsys, monkeypatch):
+    from napari_sam.core.predictor import SlicePredictor
+
+    d, st = stack_files
+    z = 6
+    ids = _objects_on(st.labels, z)
+    rows = ["z,y,x,positive,object"]
+    for k, oid in enumerate(ids):
+        r, c = interior_point(st.labels[z] == oid)
+        rows.append(f"{z},{r},{c},1,{10 + k}")
+    _write(tmp_path / "p.csv", "\n".join(rows) + "\n")
+    plain, cached = tmp_path / "plain.tif", tmp_path / "cached.tif"
+    code, err = _run(["segment", d / "stack.tif", "--points", tmp_path / "p.csv", "--propagate", "--out", plain], capsys)
+    assert code == 0, err
+    code, err = _run(["embed", d / "stack.tif", "--out", tmp_path / "e.zarr"], capsys)
+    assert code == 0, err
+
+    calls = []
+    embed = SlicePredictor.embed
+    monkeypatch.setattr(SlicePredictor, "embed", lambda self, *a, **k: calls.append(1) or embed(self, *a, **k))
+    code, err = _run(["segment", d / "stack.tif", "--points", tmp_path / "p.csv", "--propagate", "--out", cached,
+                      "--embeddings", tmp_path / "e.zarr"], capsys)
+    assert code == 0, err
+    assert calls == [], "every slice came from the cache"
+    a, b = tifffile.imread(plain), tifffile.imread(cached)
+    # the cache holds fp16 embeddings, a fresh run uses fp32 ones: nearly the same masks
+    assert np.count_nonzero(a != b) <= 0.02 * np.count_nonzero(a | b), np.count_nonzero(a != b)
+    assert set(np.unique(a)) == {0} | {10 + k for k in range(len(ids))}
+    for k, oid in enumerate(ids):
+        gt, got = st.labels == oid, a == 10 + k
+        assert (gt & got).sum() / (gt | got).sum() >= 0.6, (oid, k)
+        assert got.any((1, 2)).sum() >= 3  # carried beyond the prompted slice
+
+    other = tmp_path / "other.tif"
+    tifffile.imwrite(other, st.image[::-1].copy())
+    code, err = _run(["segment", other, "--points", tmp_path / "p.csv", "--propagate", "--out", tmp_path / "x.tif",
+                      "--embeddings", tmp_path / "e.zarr"], capsys)
+    assert code == 2 and "different image" in err and not (tmp_path / "x.tif").exists()

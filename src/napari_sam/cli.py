@@ -2,7 +2,7 @@
 
     napari-sam segment IMAGE --points P.csv [--boxes B.csv] --out LABELS.tif
                        [--model NAME_OR_PATH] [--device auto] [--overwrite]
-                       [--propagate [--z-range A:B]] [--refine]
+                       [--propagate [--z-range A:B]] [--refine] [--embeddings CACHE.zarr]
     napari-sam demo [--out DIR] [--no-viewer]
     napari-sam embed STACK.tif --out CACHE.zarr [--model NAME_OR_PATH]
 
@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--propagate", action="store_true", help="propagate each object through z from its prompted slices")
     s.add_argument("--z-range", help="A:B, slices A..B-1 (with --propagate)")
     s.add_argument("--refine", action="store_true", help="snap boundaries to the image and drop fragments not connected to the prompt")
+    s.add_argument("--embeddings", help="embedding cache of this image made by 'napari-sam embed' (same model): "
+                   "slices in it cost no encoder time; slices encoded here are added to it")
     d = sub.add_parser("demo", help="synthetic nuclei stack -> prompts -> labels + overlay, then open napari")
     d.add_argument("--out", default="napari-sam-demo", help="folder for stack.tif, points.csv, labels.tif, overlay.png")
     d.add_argument("--no-viewer", action="store_true", help="do not open napari even when a display exists")
@@ -101,14 +103,16 @@ def _segment(args) -> int:
     model = _load(args.model, args.device)
     t0 = time.time()
     channel_axis = -1 if vol.rgb else None
+    disk = _open_embeddings(args.embeddings, model, vol.data, channel_axis) if args.embeddings else None
     if args.propagate:
         from .core.propagate import propagate_labels
 
         labels = propagate_labels(
-            vol.data, prompts, model=model, z_range=z_range, refine=args.refine, channel_axis=channel_axis
+            vol.data, prompts, model=model, z_range=z_range, refine=args.refine, channel_axis=channel_axis, disk=disk
         )
     else:
-        labels = segment_prompted_slices(vol.data, prompts, model, refine=args.refine, channel_axis=channel_axis)
+        labels = segment_prompted_slices(vol.data, prompts, model, refine=args.refine, channel_axis=channel_axis,
+                                         disk=disk)
     max_id = max(prompts)
     labels = labels.astype(label_dtype(max_id))
     if vol.is_2d:
@@ -130,6 +134,24 @@ def _segment(args) -> int:
     return 0
 
 
+def _open_embeddings(path, model, stack, channel_axis):
+    """The ``DiskCache`` at ``path``, checked against this image, model and settings."""
+    from .core.cache import slice_signature
+    from .core.disk_cache import CacheMismatch, DiskCache, settings_for
+    from .core.predictor import SlicePredictor
+
+    p = Path(path)
+    if not p.is_dir():
+        raise InputError(f"--embeddings {p}: no embedding cache there; make one with: napari-sam embed IMAGE --out {p}")
+    settings = settings_for(SlicePredictor(model), stack.shape, stack.dtype, channel_axis=channel_axis)
+    try:
+        disk = DiskCache.open(p, settings)
+        disk.check_image(stack, slice_signature)
+    except CacheMismatch as e:
+        raise InputError(f"--embeddings: {e}") from None
+    return disk
+
+
 def _load(name, device):
     from .core.models import ModelError, load_model
 
@@ -145,13 +167,15 @@ def _version() -> str:
     return __version__
 
 
-def segment_prompted_slices(stack, prompts, model, *, refine=False, channel_axis=None) -> np.ndarray:
+def segment_prompted_slices(stack, prompts, model, *, refine=False, channel_axis=None, disk=None) -> np.ndarray:
     """Each object on each slice it was prompted on; (z, y, x) labels.
 
     All objects of a slice are decoded on one embedding; a single positive
     point takes SAM's top-scored of 3 candidates, richer prompts one mask.
     Where objects claim the same pixel, the higher predicted IoU wins.
+    disk: a ``DiskCache`` of the stack (read first; what is encoded is added).
     """
+    from .core.cache import embed_cached
     from .core.predictor import SlicePredictor
     from .core.prompts import ObjectPrompt
 
@@ -164,7 +188,7 @@ def segment_prompted_slices(stack, prompts, model, *, refine=False, channel_axis
         for z, s in zs.items():
             by_z.setdefault(z, []).append((oid, ObjectPrompt(np.array(s["points"], float).reshape(-1, 2), s["labels"], s["box"])))
     for z in sorted(by_z):
-        pred.set_image(stack[z], channel_axis=channel_axis)
+        pred.set_embedding(embed_cached(pred, None, np.asarray(stack[z]), channel_axis=channel_axis, disk=disk, index=z))
         score = np.full(shape, -np.inf, np.float32)
         for multimask in (True, False):
             items = [(o, p) for o, p in by_z[z] if _is_single_point(p) == multimask]

@@ -119,7 +119,8 @@ def _decode_prompted(predictor, items, threshold):
 
 
 def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: EmbeddingCache | None = None,
-                      stop: StopRule | None = None, step: StepRule | None = None, labels=None) -> Iterator[Progress]:
+                      stop: StopRule | None = None, step: StepRule | None = None, labels=None,
+                      channel_axis: int | None = None, disk=None) -> Iterator[Progress]:
     """Propagate objects from their prompted slices through ``stack`` (z, y, x).
 
     predictor: a ``SlicePredictor`` (its ``normalize`` and ``refine`` apply).
@@ -129,15 +130,17 @@ def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: Embeddi
     cache: embeddings are shared with it (default: a private cache, so each
     slice is encoded once). labels: (z, y, x) existing labels; pixels of
     objects not being propagated are never taken; the propagated ids are
-    replaced inside ``z_range``.
+    replaced inside ``z_range``. channel_axis: of a slice, for colour stacks
+    (z, y, x, c): -1. disk: a ``DiskCache`` of this stack (``napari-sam embed``),
+    read before encoding and filled with what is encoded.
     Yields :class:`Progress`; returns the (z, y, x) labels.
     """
-    shape = check_stack(stack)
+    shape = check_stack(stack, channel_axis)
     zb = z_bounds(z_range, shape[0])
     objs = check_prompts(prompts, shape, zb)
+    embed = _embedder(predictor, stack, cache, channel_axis, disk)
     labels = check_labels(labels, shape)
     stop, step = stop or StopRule(), step or StepRule()
-    cache = cache if cache is not None else EmbeddingCache(max_bytes=1 << 62)
     canvas = LabelCanvas(shape, labels, objs, zb)
     anchors = {o: sorted(p) for o, p in objs.items()}
     first, last = min(min(a) for a in anchors.values()), max(max(a) for a in anchors.values())
@@ -150,8 +153,7 @@ def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: Embeddi
         done_here, stopped = [], []
         if stage == "prompted":
             items = [(o, objs[o][z]) for o in objs if z in objs[o]]
-            image2d = np.asarray(stack[z])
-            predictor.set_embedding(embed_cached(predictor, cache, image2d))
+            image2d = embed(z)
             for o, d, user in _decode_prompted(predictor, items, step.threshold):
                 if user is not None:
                     if user.any():
@@ -177,14 +179,25 @@ def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: Embeddi
                 if prev is not None and prev.mask.any():
                     work.append((o, src[1], prev))
             if work:
-                image2d = np.asarray(stack[z])
-                predictor.set_embedding(embed_cached(predictor, cache, image2d))
+                image2d = embed(z)
                 stopped = _step(predictor, canvas, z, image2d, work, step, stop, moving, up)
                 ended.update((o, up) for o, _ in stopped)
                 done_here = [o for o, _, _ in work]
         yield Progress(n, len(visits), z, stage, canvas.labels[z].copy(), tuple(done_here),
                        tuple((o, stage, r) for o, r in stopped), canvas.labels if n == len(visits) else None)
     return canvas.labels
+
+
+def _embedder(predictor, stack, cache, channel_axis, disk):
+    """z -> the slice's intensities (y, x) for the stop rule, with ``predictor`` set on its embedding."""
+    cache = cache if cache is not None else EmbeddingCache(max_bytes=1 << 62)
+
+    def embed(z: int) -> np.ndarray:
+        image2d = np.asarray(stack[z])
+        predictor.set_embedding(embed_cached(predictor, cache, image2d, channel_axis=channel_axis, disk=disk, index=z))
+        return image2d if channel_axis is None else image2d.mean(axis=channel_axis)
+
+    return embed
 
 
 def _step(predictor, canvas, z, image2d, work, step, stop, moving, up) -> list[tuple[int, str]]:
@@ -234,26 +247,27 @@ def _step(predictor, canvas, z, image2d, work, step, stop, moving, up) -> list[t
 
 
 def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: EmbeddingCache | None = None,
-                            labels=None, min_score: float = 0.0) -> Iterator[Progress]:
+                            labels=None, min_score: float = 0.0, channel_axis: int | None = None,
+                            disk=None) -> Iterator[Progress]:
     """The same prompts on every slice of ``z_range``, for objects that stay put.
 
     prompts: {object_id: ObjectPrompt or dict(points=, labels=, box=)}. All
     objects are decoded together on each slice; overlaps resolved by score;
     a slice where SAM's predicted IoU is below ``min_score`` stays empty.
-    Yields :class:`Progress`; returns the (z, y, x) labels.
+    channel_axis, disk: as in :func:`propagate_objects`. Yields :class:`Progress`; returns the (z, y, x) labels.
     """
-    shape = check_stack(stack)
+    shape = check_stack(stack, channel_axis)
     zb = z_bounds(z_range, shape[0])
     if not isinstance(prompts, dict) or not prompts:
         raise ValueError("no prompts: give {object_id: dict(points=..., box=...)}")
     objs = {check_id(o): as_prompt(p, o, None, shape[1:]) for o, p in prompts.items()}
     labels = check_labels(labels, shape)
-    cache = cache if cache is not None else EmbeddingCache(max_bytes=1 << 62)
+    embed = _embedder(predictor, stack, cache, channel_axis, disk)
     canvas = LabelCanvas(shape, labels, objs, zb)
     ids = list(objs)
     total = zb[1] - zb[0]
     for n, z in enumerate(range(*zb), 1):
-        predictor.set_embedding(embed_cached(predictor, cache, np.asarray(stack[z])))
+        embed(z)
         single = [len(objs[o].points) == 1 and objs[o].box is None and objs[o].mask is None for o in ids]
         for multi in (True, False):
             group = [o for o, s in zip(ids, single) if s == multi]
@@ -269,17 +283,18 @@ def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: E
 
 def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = False, labels=None,
                      normalize: str = "percentile", refine: bool | None = None, cache=None,
-                     progress=None, **kwargs) -> np.ndarray:
+                     progress=None, channel_axis: int | None = None, disk=None, **kwargs) -> np.ndarray:
     """Run :func:`propagate_objects` (or, with ``through_z``,
     :func:`batch_prompts_through_z`) to the end and return the (z, y, x) labels.
 
     model: a ``LoadedModel``. refine: boundary refinement (default: on for
     native-resolution models, as ``segment``). progress: called with every
-    :class:`Progress`. Other keywords (stop, step, min_score) go to the generator.
+    :class:`Progress`. channel_axis, disk: see :func:`propagate_objects`.
+    Other keywords (stop, step, min_score) go to the generator.
     """
     from .predictor import SlicePredictor
 
-    shape = check_stack(stack)
+    shape = check_stack(stack, channel_axis)
     zb = z_bounds(z_range, shape[0])
     if through_z:
         if not isinstance(prompts, dict) or not prompts:
@@ -295,7 +310,8 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
         refine = bool(getattr(model, "native_resolution", False))
     predictor = SlicePredictor(model, normalize=normalize, refine=refine)
     run = batch_prompts_through_z if through_z else propagate_objects
-    gen = run(predictor, stack, prompts, z_range=z_range, cache=cache, labels=labels, **kwargs)
+    gen = run(predictor, stack, prompts, z_range=z_range, cache=cache, labels=labels, channel_axis=channel_axis,
+              disk=disk, **kwargs)
     while True:
         try:
             p = next(gen)

@@ -16,9 +16,13 @@ from .prompts import ObjectPrompt, check_inside
 PROMPT_KEYS = {"points", "labels", "point_labels", "box", "mask"}
 
 
-def check_stack(stack) -> tuple[int, int, int]:
-    """(nz, ny, nx) of a z-stack, or a ValueError saying what the array is instead."""
+def check_stack(stack, channel_axis: int | None = None) -> tuple[int, int, int]:
+    """(nz, ny, nx) of a z-stack, or a ValueError saying what the array is instead.
+
+    channel_axis (-1): the stack is (z, y, x, c), e.g. RGB; c is not counted."""
     shape = tuple(getattr(stack, "shape", np.shape(stack)))
+    if channel_axis is not None and len(shape) == 4:
+        shape = shape[:-1]
     if len(shape) == 2:
         raise ValueError(f"propagate needs a (z, y, x) stack; for one slice use segment() (got a 2D array of shape {shape})")
     if len(shape) != 3:
