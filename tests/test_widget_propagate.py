@@ -35,32 +35,46 @@ def _iou(a, b) -> float:
 
 
 @pytest.fixture
-def sam(make_napari_viewer, qtbot, stack):
-    """(viewer, widget, labels layer): the model loaded, the viewer on slice Z, an empty 'curated' labels layer."""
+def open_sam(make_napari_viewer, qtbot):
+    """open_sam(image, step) -> (viewer, widget, labels layer): the model loaded, the viewer at ``step``,
+    an empty 'curated' labels layer of the image's shape chosen in the widget."""
     from napari_sam._qt.widget import SamWidget
 
     if not EMBEDDED.exists():
         pytest.skip(f"embedded weights not in this checkout ({EMBEDDED})")
-    viewer = make_napari_viewer()
-    viewer.add_image(stack.image, name="nuclei")
-    widget = SamWidget(viewer, model="embedded")
-    viewer.window.add_dock_widget(widget, name="SAM")
-    qtbot.waitUntil(lambda: widget.model is not None and not widget.busy, timeout=60000)
-    labels = viewer.add_labels(np.zeros(stack.labels.shape, np.uint32), name="curated")
-    i = widget._ui.labels.findText("curated")
-    widget._ui.labels.setCurrentIndex(i)
-    widget._ui.labels.activated.emit(i)
-    viewer.dims.current_step = (Z, 0, 0)
-    yield viewer, widget, labels
-    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
-    viewer.window.remove_dock_widget(widget)
+    opened = []
+
+    def open_(image, step):
+        viewer = make_napari_viewer()
+        viewer.add_image(image, name="nuclei")
+        widget = SamWidget(viewer, model="embedded")
+        viewer.window.add_dock_widget(widget, name="SAM")
+        opened.append((viewer, widget))
+        qtbot.waitUntil(lambda: widget.model is not None and not widget.busy, timeout=60000)
+        labels = viewer.add_labels(np.zeros(image.shape, np.uint32), name="curated")
+        i = widget._ui.labels.findText("curated")
+        widget._ui.labels.setCurrentIndex(i)
+        widget._ui.labels.activated.emit(i)
+        viewer.dims.current_step = step
+        return viewer, widget, labels
+
+    yield open_
+    for viewer, widget in opened:
+        qtbot.waitUntil(lambda: not widget.busy and not widget.precomputing, timeout=30000)
+        viewer.window.remove_dock_widget(widget)
 
 
-def _commit(labels, mask2d, label: int) -> None:
-    """Write a mask on slice Z as a commit would (one undoable step)."""
+@pytest.fixture
+def sam(open_sam, stack):
+    """(viewer, widget, labels layer) on slice Z of the (z, y, x) stack."""
+    return open_sam(stack.image, (Z, 0, 0))
+
+
+def _commit(labels, mask2d, label: int, at: tuple = (Z,)) -> None:
+    """Write a mask on slice ``at`` (z, or (t, z)) as a commit would (one undoable step)."""
     r, c = np.nonzero(mask2d)
     with labels.block_history():
-        labels.data_setitem((np.full(len(r), Z), r, c), label)
+        labels.data_setitem((*(np.full(len(r), i) for i in at), r, c), label)
 
 
 def _run(qtbot, widget, button) -> str:
@@ -328,3 +342,74 @@ def test_an_error_inside_the_propagation_is_reported_and_changes_nothing(sam, qt
     np.testing.assert_array_equal(labels.data, before)
     assert len(labels._undo_history) == undo_depth
     assert widget._ui.propagate_object.isEnabled() and widget._ui.commit.isEnabled() and not widget.busy
+
+
+# ------------------------------------------------------------ with a disk cache --
+@pytest.fixture
+def encoder_calls(monkeypatch):
+    """The slices the image encoder ran on, as content signatures (every predictor of the process)."""
+    from napari_sam.core.cache import slice_signature
+    from napari_sam.core.predictor import SlicePredictor
+
+    calls, real = [], SlicePredictor.embed
+
+    def embed(self, slice2d, **kw):
+        calls.append(slice_signature(np.asarray(slice2d)))
+        return real(self, slice2d, **kw)
+
+    monkeypatch.setattr(SlicePredictor, "embed", embed)
+    return calls
+
+
+def _fresh_then_from_disk(qtbot, widget, labels, path, calls) -> tuple[np.ndarray, np.ndarray]:
+    """Propagate the selected label with the encoder, undo; precompute the whole stack to ``path``,
+    empty the memory cache, propagate again. Returns the labels written by each run."""
+    from napari_sam.core.disk_cache import DiskCache
+
+    widget._ui.precompute.setChecked(False)
+    _no_workers(qtbot)
+    widget._session.cache.clear()
+    before = np.array(labels.data, copy=True)
+    assert "Propagated" in _run(qtbot, widget, widget._ui.propagate_object)
+    fresh = np.array(labels.data, copy=True)
+    assert calls, "without a disk cache the run encodes its slices"
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before)
+
+    widget._session.cache.clear()
+    assert widget.precompute_stack(path)
+    qtbot.waitUntil(lambda: not widget.precomputing, timeout=60000)
+    n = int(np.prod(widget._image.data.shape[:-2]))
+    assert len(DiskCache.open(path).done()) == n, widget._ui.precompute_status.text()
+    widget._session.cache.clear()  # as a new session: the embeddings are on disk only
+    calls.clear()
+    assert "Propagated" in _run(qtbot, widget, widget._ui.propagate_object)
+    assert calls == [], "every slice's embedding came from the disk cache"
+    return fresh, np.array(labels.data, copy=True)
+
+
+def _same_labels(fresh: np.ndarray, disk: np.ndarray, label: int) -> None:
+    """The run on fp16 disk embeddings writes what the fp32 one did, up to 2% of the object's pixels."""
+    assert (disk == label).any((-2, -1)).sum() >= 3, "it propagated"
+    differ = np.count_nonzero(fresh != disk)
+    assert differ <= 0.02 * np.count_nonzero((fresh == label) | (disk == label)), f"{differ} px differ"
+
+
+def test_propagation_reads_the_whole_stack_disk_cache(sam, qtbot, stack, encoder_calls, tmp_path):
+    viewer, widget, labels = sam
+    _commit(labels, stack.labels[Z] == OBJ, 5)
+    labels.selected_label = 5
+    fresh, disk = _fresh_then_from_disk(qtbot, widget, labels, tmp_path / "nuclei.zarr", encoder_calls)
+    _same_labels(fresh, disk, 5)
+
+
+def test_t_z_stack_propagation_reads_its_time_point_from_the_disk_cache(open_sam, qtbot, stack, encoder_calls,
+                                                                        tmp_path):
+    sub = stack.image[Z - 3 : Z + 3]
+    tz = np.stack([sub[:, ::-1], sub])  # (t, z, y, x); time point 0 is another image (rows flipped)
+    viewer, widget, labels = open_sam(tz, (1, 3, 0, 0))
+    _commit(labels, stack.labels[Z] == OBJ, 5, at=(1, 3))
+    labels.selected_label = 5
+    fresh, disk = _fresh_then_from_disk(qtbot, widget, labels, tmp_path / "tz.zarr", encoder_calls)
+    assert not disk[0].any(), "time point 0 is left alone"
+    _same_labels(fresh, disk, 5)

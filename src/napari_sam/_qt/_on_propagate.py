@@ -7,7 +7,9 @@ its records, Cancel stops it (the labels layer is only written at the end, so
 a cancelled run changes nothing), and the whole result is written in one
 ``block_history``: one Ctrl-Z undoes it. Slices are embedded through the
 session's cache and the encoder gate (like a click's; the background
-precompute pauses meanwhile), so clicks afterwards reuse them. See ``_propagate.py``.
+precompute pauses meanwhile), so clicks afterwards reuse them; a whole-stack
+embedding cache on disk made for this image and model is read first (and
+filled), as clicks do. See ``_propagate.py``.
 """
 
 from __future__ import annotations
@@ -117,9 +119,20 @@ class Propagating:
         self._ui.propagate_status.setText("")
         self._sync_precompute()  # pauses the background run
         self._jobs.start(key, desc, run_propagation, predictor, view, before, ids, self._session.cache,
+                         self._propagation_disk(plane),
                          on_result=self._on_propagated, on_error=self._on_propagate_error,
                          on_yield=self._on_propagate_progress, on_done=self._on_propagate_done)
         self._say(desc)
+
+    def _propagation_disk(self, plane):
+        """The whole-stack disk cache seen along the propagation's z (``SharedDisk``), or None.
+
+        Only one made for the current image, model and normalisation
+        (``_disk_for``), and only when the plane shows the image's last two
+        axes: then z is the disk's last index, the other hidden axes its leading ones.
+        """
+        disk, index = self._disk_for(plane)
+        return disk.at(index[:-1]) if disk is not None else None
 
     def _set_propagate_buttons(self, enabled: bool) -> None:
         for b in (self._ui.propagate_object, self._ui.propagate_all, self._ui.commit):
