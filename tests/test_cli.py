@@ -34,6 +34,17 @@ def _run(argv, capsys):
     return code, err
 
 
+def _click_each(labels, z, path):
+    """points CSV with one click per object on slice z, as objects 10, 11, ...; returns the true ids."""
+    ids = _objects_on(labels, z)
+    rows = ["z,y,x,positive,object"]
+    for k, oid in enumerate(ids):
+        r, c = interior_point(labels[z] == oid)
+        rows.append(f"{z},{r},{c},1,{10 + k}")
+    _write(path, "\n".join(rows) + "\n")
+    return ids
+
+
 def _objects_on(labels, z, n=3, min_area=150):
     ids, counts = np.unique(labels[z][labels[z] > 0], return_counts=True)
     return [int(i) for i in ids[counts >= min_area][:n]]
@@ -92,12 +103,7 @@ def test_existing_output_is_not_clobbered(stack_files, tmp_path, capsys):
 def test_segment_stack_writes_ids_on_prompted_slices_only(stack_files, tmp_path, capsys):
     d, st = stack_files
     z = 6
-    ids = _objects_on(st.labels, z)
-    rows = ["z,y,x,positive,object"]
-    for k, oid in enumerate(ids):
-        r, c = interior_point(st.labels[z] == oid)
-        rows.append(f"{z},{r},{c},1,{10 + k}")
-    _write(tmp_path / "p.csv", "\n".join(rows) + "\n")
+    ids = _click_each(st.labels, z, tmp_path / "p.csv")
     out = tmp_path / "labels.tif"
     code, err = _run(["segment", d / "stack.tif", "--points", tmp_path / "p.csv", "--out", out], capsys)
     assert code == 0, err
@@ -184,12 +190,7 @@ def test_propagate_from_the_shell_reads_the_embedding_cache(stack_files, tmp_pat
 
     d, st = stack_files
     z = 6
-    ids = _objects_on(st.labels, z)
-    rows = ["z,y,x,positive,object"]
-    for k, oid in enumerate(ids):
-        r, c = interior_point(st.labels[z] == oid)
-        rows.append(f"{z},{r},{c},1,{10 + k}")
-    _write(tmp_path / "p.csv", "\n".join(rows) + "\n")
+    ids = _click_each(st.labels, z, tmp_path / "p.csv")
     plain, cached = tmp_path / "plain.tif", tmp_path / "cached.tif"
     code, err = _run(["segment", d / "stack.tif", "--points", tmp_path / "p.csv", "--propagate", "--out", plain], capsys)
     assert code == 0, err
