@@ -34,6 +34,22 @@ def _combo(tip: str) -> QComboBox:
     return c
 
 
+def _choice(parent: QWidget, first: str, second: str, *, label: str = "", tips=("", "")):
+    """Two exclusive radio buttons in a row (the first checked): (first, second, group, row layout)."""
+    row = QHBoxLayout()
+    a, b = QRadioButton(first), QRadioButton(second)
+    a.setChecked(True)
+    group = QButtonGroup(parent)
+    if label:
+        row.addWidget(QLabel(label))
+    for button, tip in zip((a, b), tips):
+        group.addButton(button)
+        button.setToolTip(tip)
+        row.addWidget(button)
+    row.addStretch(1)
+    return a, b, group, row
+
+
 class Controls:
     """Every control of the SAM widget, laid out in ``parent``."""
 
@@ -67,19 +83,9 @@ class Controls:
 
         prompts = QGroupBox("Prompts on this slice")
         box = QVBoxLayout(prompts)
-        row = QHBoxLayout()
-        self.positive = QRadioButton("positive")
-        self.negative = QRadioButton("negative")
-        self.positive.setChecked(True)
-        self.polarity = QButtonGroup(parent)
-        self.polarity.addButton(self.positive)
-        self.polarity.addButton(self.negative)
-        self.positive.setToolTip("New points mark the object (N toggles)")
-        self.negative.setToolTip("New points mark what is not the object (N toggles)")
-        row.addWidget(QLabel("New points:"))
-        row.addWidget(self.positive)
-        row.addWidget(self.negative)
-        row.addStretch(1)
+        self.positive, self.negative, self.polarity, row = _choice(
+            parent, "positive", "negative", label="New points:",
+            tips=("New points mark the object (N toggles)", "New points mark what is not the object (N toggles)"))
         box.addLayout(row)
         self.refine = QCheckBox("Refine the selected label (its mask on this slice is a prompt)")
         self.refine.setToolTip("Use the labels layer's selected label on this slice, e.g. after a brush fix, as SAM's mask prompt")
@@ -92,16 +98,7 @@ class Controls:
 
         commit = QGroupBox("Commit")
         box = QVBoxLayout(commit)
-        row = QHBoxLayout()
-        self.new_id = QRadioButton("new object id")
-        self.selected_id = QRadioButton("selected label")
-        self.new_id.setChecked(True)
-        self.target = QButtonGroup(parent)
-        self.target.addButton(self.new_id)
-        self.target.addButton(self.selected_id)
-        row.addWidget(self.new_id)
-        row.addWidget(self.selected_id)
-        row.addStretch(1)
+        self.new_id, self.selected_id, self.target, row = _choice(parent, "new object id", "selected label")
         box.addLayout(row)
         self.overwrite = QCheckBox("overwrite existing labels")
         self.overwrite.setToolTip("Off: pixels that already belong to another object are kept")

@@ -64,8 +64,8 @@ class Precomputing:
 
     def _disk_for(self, plane) -> tuple:
         """(disk cache, index) holding ``plane`` of the current image for the current model, or (None, None)."""
-        use, pred = self._pc_disk, self._session.predictor
-        if use is None or pred is None or use[1] is not self._image or use[2] != self._image_version:
+        use, pred = self._disk_for_image(), self._session.predictor
+        if use is None or pred is None:
             return None, None
         settings = use[0].disk.settings
         if settings["model_sha256"] != pred.model.checksum or settings["normalize"] != pred.normalize:

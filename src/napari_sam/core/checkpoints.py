@@ -181,7 +181,7 @@ def build_sam(obj: Any, path: Path):
                 f"{path} is an embedded model in format {fmt!r}, newer than this napari-sam reads "
                 f"({EMBEDDED_FORMAT}/{EMBEDDED_VERSION}): upgrade napari-sam."
             )
-        from napari_sam.core.embedded import build_embedded_sam
+        from .embedded import build_embedded_sam
 
         sam, arch = build_embedded_sam(obj.get("config") or {}), "embedded"
     elif (found := infer_vit(sd)) is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from napari_sam.core.checkpoints import ModelError
+from .checkpoints import ModelError
 
 if TYPE_CHECKING:
     import torch

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari_sam.core.checkpoints import ModelError, build_sam, read_checkpoint, sha256_file
-from napari_sam.core.devices import choose_dtype, resolve_device
+from .checkpoints import ModelError, build_sam, read_checkpoint, sha256_file
+from .devices import choose_dtype, resolve_device
 
 if TYPE_CHECKING:
     import torch
