@@ -24,6 +24,7 @@ class FakePredictor:
         self.model = SimpleNamespace(checksum=checksum, name="fake", device=torch.device("cpu"), arch="vit_b")
         self.normalize = normalize
         self.native = False
+        self.input_scale = 1.0
         self.C = C
         self.calls = 0
 

@@ -44,7 +44,27 @@ def test_boxes_are_objects_decoded_together(embedded_model, scene):
     pred = napari_sam.segment(st.image, boxes=np.array(boxes, float), model=embedded_model, multimask=False)
     assert pred.masks.shape == (len(boxes), 1, 256, 256)
     ious = [_iou(m, g) for m, g in zip(pred.masks[:, 0], gts)]
-    assert np.median(ious) >= 0.85 and min(ious) >= 0.6, ious
+    # 6 objects of 250-2000 px; held-out box median for objects of 200-500 / >= 500 px: 0.86 / 0.93
+    assert np.median(ious) >= 0.8 and min(ious) >= 0.6, ious
+
+
+def test_objects_anywhere_on_a_large_slice(embedded_model):
+    """The model was trained on 256 px slices: on a 512 px slice, objects far
+    from the top-left corner must segment as well as those near it (they gave
+    garbage, IoU ~0.07, before the decoder learnt to use windows)."""
+    st = make_image((512, 512), seed=900_300, radius_range=(8, 20))
+    ids, counts = np.unique(st.labels[st.labels > 0], return_counts=True)
+    per_quadrant = {}
+    for oid in ids[counts >= 150]:
+        gt = st.labels == oid
+        p = interior_point(gt)
+        iou = _iou(napari_sam.segment(st.image, points=[p], model=embedded_model).best()[0], gt)
+        per_quadrant.setdefault((p[0] >= 256, p[1] >= 256), []).append(iou)
+    assert len(per_quadrant) == 4 and min(len(v) for v in per_quadrant.values()) >= 20
+    medians = {q: float(np.median(v)) for q, v in per_quadrant.items()}
+    top_left = medians[(False, False)]
+    for quadrant, med in medians.items():
+        assert med >= 0.6 and med >= top_left - 0.1, medians
 
 
 def _touching_pair(labels, ids):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .decode_window import decode_in_windows, token_windows
+from .decode_window import Windows, decode_in_windows, needs_windows, prompt_box, token_windows, trained_tokens
 from .prompts import ObjectPrompt, to_sam
 
 DECODER_BUDGET = 1 << 24  # floats per activation tensor of the decoder (64 MiB)
@@ -78,21 +78,30 @@ def decode_objects(predictor, prompts: list[ObjectPrompt], *, multimask: bool = 
     emb = predictor.embedding
     for idx in groups.values():
         win = None if windows is None else token_windows(predictor, [windows[i] for i in idx])
-        n_tok = (emb.features.shape[-2] * emb.features.shape[-1]) if win is None else win[1][0] * win[1][1]
+        n_tok = (emb.features.shape[-2] * emb.features.shape[-1]) if win is None else win.size[0] * win.size[1]
         chunk = max(1, DECODER_BUDGET // max(n_tok * emb.features.shape[1], 1))
         for s in range(0, len(idx), chunk):
             part = idx[s : s + chunk]
-            sub = None if win is None else (win[0][s : s + chunk], win[1])
-            low, iou = _decode_chunk(predictor, [prompts[i] for i in part], multimask, sub)
+            sub = None if win is None else win.part(slice(s, s + chunk))
+            low, iou = decode_prompts(predictor, [prompts[i] for i in part], multimask, sub)
+            low, iou = low.float().cpu().numpy(), iou.float().cpu().numpy()
             for j, i in enumerate(part):
                 k = 0 if low.shape[1] == 1 else (select[i](iou[j], low[j]) if select else int(np.argmax(iou[j])))
                 out[i] = _crop_object(predictor, low[j, k], float(iou[j, k]), prompts[i], refine, thr)
     return out
 
 
-def _decode_chunk(predictor, objs: list[ObjectPrompt], multimask: bool, window=None):
-    """One prompt-encoder + mask-decoder call -> (low-res logits (n, c, h, w), iou (n, c)) numpy."""
+def decode_prompts(predictor, objs: list[ObjectPrompt], multimask: bool, window: Windows | None = None):
+    """One prompt-encoder + mask-decoder call for objects with the same prompt kind
+    -> (low-res logits (n, c, h, w), iou (n, c)) torch tensors.
+
+    ``window``: where each object is decoded (``core.decode_window``); without
+    it the whole embedding, except for the embedded model on slices larger than
+    its trained positions, which always gets a window around each prompt.
+    """
     import torch
+
+    from .fast_decoder import decode, dense_pe
 
     sam, emb, dev = predictor.sam, predictor.embedding, predictor.model.device
     pe = sam.prompt_encoder
@@ -100,14 +109,22 @@ def _decode_chunk(predictor, objs: list[ObjectPrompt], multimask: bool, window=N
         from .embedded import set_grid
 
         set_grid(sam, emb.padded_size)
+    if window is None and needs_windows(predictor):
+        ref = trained_tokens(predictor)
+        window = token_windows(predictor, [prompt_box(o, predictor) for o in objs], size=(ref, ref))
+    # prompts move with their window's positional code (in SAM input pixels)
+    shift = np.zeros((len(objs), 2)) if window is None else window.shifts() * (
+        np.array(emb.padded_size, float) / np.array(emb.features.shape[-2:], float))
     scale = predictor._scale()
     points = boxes = None
     if len(objs[0].points):
         xy, _ = to_sam(np.stack([o.points for o in objs]), None, scale)
+        xy = xy - shift[:, None, ::-1].astype(np.float32)
         lab = np.stack([o.labels for o in objs])
         points = (torch.as_tensor(xy, dtype=torch.float, device=dev), torch.as_tensor(lab, dtype=torch.int, device=dev))
     if objs[0].box is not None:
         _, bx = to_sam(None, np.stack([o.box for o in objs]), scale)
+        bx = bx - np.tile(shift[:, ::-1], 2).astype(np.float32)
         boxes = torch.as_tensor(bx, dtype=torch.float, device=dev)
     with torch.inference_mode():
         if points is None and boxes is None:  # mask-only prompts: SAM gets no sparse tokens
@@ -120,18 +137,13 @@ def _decode_chunk(predictor, objs: list[ObjectPrompt], multimask: bool, window=N
             dense = dense.clone()
             m = torch.stack([predictor._mask_input(objs[j].mask) for j in with_mask])
             dense[with_mask] = pe.mask_downscaling(m)
-        if window is None:
-            low, iou = sam.mask_decoder(
-                image_embeddings=emb.features,
-                image_pe=pe.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )
-        else:
-            low, iou = decode_in_windows(sam.mask_decoder, emb.features, pe.get_dense_pe(), sparse, dense,
-                                         window[0], window[1], multimask)
-    return low.float().cpu().numpy(), iou.float().cpu().numpy()
+        if window is not None:
+            return decode_in_windows(sam.mask_decoder, emb.features, dense_pe(pe), sparse, dense, window, multimask)
+        if predictor.fast:
+            return decode(sam.mask_decoder, emb.features, dense_pe(pe), sparse, dense, multimask)
+        return sam.mask_decoder(image_embeddings=emb.features, image_pe=pe.get_dense_pe(),
+                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                multimask_output=multimask)
 
 
 def _crop_object(predictor, low: np.ndarray, score: float, prompt: ObjectPrompt, refine: bool, thr: float) -> Decoded:

@@ -93,7 +93,8 @@ class EmbeddingCache:
 
 def cache_key(predictor, signature: str, channel_axis=None, channel=None) -> tuple:
     """The memory-cache key of a slice with ``signature`` embedded by ``predictor`` with these channel settings."""
-    return EmbeddingCache.key(f"{signature}|{channel_axis}|{channel}", predictor.model.checksum, predictor.normalize)
+    return EmbeddingCache.key(f"{signature}|{channel_axis}|{channel}|x{predictor.input_scale:g}",
+                              predictor.model.checksum, predictor.normalize)
 
 
 def embed_cached(predictor, cache: EmbeddingCache | None, slice2d, *, channel_axis=None, channel=None,

@@ -137,14 +137,21 @@ def decode(md, image_embeddings, image_pe, sparse_prompt_embeddings, dense_promp
     """``md(image_embeddings=..., ...)`` for a segment-anything ``MaskDecoder``, faster.
 
     Shapes as in segment-anything: image_embeddings (1, C, h, w), image_pe
-    (1, C, h, w), sparse (B, N, C), dense (B, C, h, w). Returns
+    (1, C, h, w), sparse (B, N, C), dense (B, C, h, w); or one embedding and
+    positional code per object, (B, C, h, w) (``core.decode_window``). Returns
     (masks (B, k, 4h, 4w), iou (B, k)) with k = 3 (multimask) or 1.
     """
     up = md.output_upscaling
-    if not _is_standard_upscaling(up):  # an unusual decoder: run it as it is
-        return md(image_embeddings=image_embeddings, image_pe=image_pe,
-                  sparse_prompt_embeddings=sparse_prompt_embeddings,
-                  dense_prompt_embeddings=dense_prompt_embeddings, multimask_output=multimask_output)
+    if not _is_standard_upscaling(up):  # an unusual decoder: run it as it is (one call per embedding)
+        if image_embeddings is None or image_embeddings.shape[0] == 1:
+            return md(image_embeddings=image_embeddings, image_pe=image_pe,
+                      sparse_prompt_embeddings=sparse_prompt_embeddings,
+                      dense_prompt_embeddings=dense_prompt_embeddings, multimask_output=multimask_output)
+        outs = [md(image_embeddings=image_embeddings[j : j + 1], image_pe=image_pe[j : j + 1] if image_pe.shape[0] > 1
+                   else image_pe, sparse_prompt_embeddings=sparse_prompt_embeddings[j : j + 1],
+                   dense_prompt_embeddings=dense_prompt_embeddings[j : j + 1], multimask_output=multimask_output)
+                for j in range(image_embeddings.shape[0])]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
     with torch.inference_mode():
         B = sparse_prompt_embeddings.shape[0]
         out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], 0).unsqueeze(0).expand(B, -1, -1)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .image import to_sam_rgb
-from .prompts import ObjectPrompt, check_inside, to_sam
+from .prompts import ObjectPrompt, check_inside
 
 PAD_MULTIPLE = 16
 
@@ -66,12 +66,17 @@ class Prediction:
 class SlicePredictor:
     """SAM on one 2D slice: ``set_image`` once, ``predict`` many times."""
 
-    def __init__(self, model, normalize: str = "percentile", refine: bool = False, fast: bool = True):
+    def __init__(self, model, normalize: str = "percentile", refine: bool = False, fast: bool = True,
+                 input_scale: float | None = None):
         """model: a ``core.models.LoadedModel``. normalize: see ``core.image``.
         refine: boundary snapping + fragment removal (``core.refine``) on every mask.
         fast: run SAM's ViT encoder and mask decoder through ``core.fast_vit`` /
         ``core.fast_decoder`` (same weights; results equal up to float rounding);
-        False runs segment-anything's own forward passes."""
+        False runs segment-anything's own forward passes.
+        input_scale: native-resolution encoders only: the slice is magnified by
+        this factor before encoding (long side at most the encoder's
+        ``max_size``); default the model's own (embedded model: see its
+        ``input_scale``). Official ViT models always see SAM's 1024 canvas."""
         from segment_anything.utils.transforms import ResizeLongestSide
 
         self.model = model
@@ -81,6 +86,10 @@ class SlicePredictor:
         self.fast = fast
         enc = self.sam.image_encoder
         self.native = bool(getattr(enc, "native_resolution", False))
+        scale = getattr(enc, "input_scale", 1.0) if input_scale is None else input_scale
+        self.input_scale = float(scale) if self.native else 1.0
+        if not 0.25 <= self.input_scale <= 4:
+            raise ValueError(f"input_scale must be between 0.25 and 4, got {self.input_scale}")
         self._resize = ResizeLongestSide(enc.max_size if self.native else enc.img_size)
         self.embedding: Embedding | None = None
 
@@ -90,8 +99,12 @@ class SlicePredictor:
         rgb = to_sam_rgb(slice2d, channel_axis=channel_axis, channel=channel, normalize=self.normalize)
         original = rgb.shape[:2]
         img8 = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-        if self.native and max(original) <= self._resize.target_length:
-            resized = img8
+        if self.native:
+            from segment_anything.utils.transforms import ResizeLongestSide
+
+            long = max(original)
+            target = min(int(round(long * self.input_scale)), self._resize.target_length)
+            resized = img8 if target == long else ResizeLongestSide(target).apply_image(img8)
         else:
             resized = self._resize.apply_image(img8)
         return resized, original, np.clip(np.rint(rgb.mean(-1)), 0, 255).astype(np.uint8)
@@ -180,48 +193,16 @@ class SlicePredictor:
         return (emb.input_size[0] / emb.original_size[0], emb.input_size[1] / emb.original_size[1])
 
     def _decode(self, objs: list[ObjectPrompt], multimask: bool):
-        import torch
+        from .batch_decode import decode_prompts
 
-        emb, dev = self.embedding, self.model.device
-        pe = self.sam.prompt_encoder
-        if self.native:
-            from .embedded import set_grid
-
-            set_grid(self.sam, emb.padded_size)
-        scale = self._scale()
-        points = None
-        if len(objs[0].points):
-            xy, _ = to_sam(np.stack([o.points for o in objs]), None, scale)
-            lab = np.stack([o.labels for o in objs])
-            points = (torch.as_tensor(xy, dtype=torch.float, device=dev), torch.as_tensor(lab, dtype=torch.int, device=dev))
-        boxes = None
-        if objs[0].box is not None:
-            _, bx = to_sam(None, np.stack([o.box for o in objs]), scale)
-            boxes = torch.as_tensor(bx, dtype=torch.float, device=dev)
-        masks = None
-        if objs[0].mask is not None:
-            masks = torch.stack([self._mask_input(o.mask) for o in objs])
-        with torch.inference_mode():
-            sparse, dense = pe(points=points, boxes=boxes, masks=masks)
-            if self.fast:
-                from .fast_decoder import decode, dense_pe
-
-                low, iou = decode(self.sam.mask_decoder, emb.features, dense_pe(pe), sparse, dense, multimask)
-            else:
-                low, iou = self.sam.mask_decoder(
-                    image_embeddings=emb.features,
-                    image_pe=pe.get_dense_pe(),
-                    sparse_prompt_embeddings=sparse,
-                    dense_prompt_embeddings=dense,
-                    multimask_output=multimask,
-                )
+        low, iou = decode_prompts(self, objs, multimask)
         masks = self._masks(low)
         if self.refine:
             from .refine import refine_mask
 
             for j, o in enumerate(objs):
                 for k in range(masks.shape[1]):
-                    masks[j, k] = refine_mask(masks[j, k], emb.gray, o.points, o.labels, o.box)
+                    masks[j, k] = refine_mask(masks[j, k], self.embedding.gray, o.points, o.labels, o.box)
         return masks, iou.float().cpu().numpy(), low.float().cpu().numpy()
 
     def _masks(self, low) -> np.ndarray:
