@@ -24,14 +24,14 @@ from baselines import ClassicalSlice, boundary_f1, iou  # noqa: E402
 EVAL_SEED0 = 900_000
 
 
-def held_out(n_stacks: int):
+def held_out(n_stacks: int, seed0: int = EVAL_SEED0):
     from napari_sam.synthetic import make_stack
 
     for i in range(n_stacks):
-        rng = np.random.default_rng(EVAL_SEED0 + i)
+        rng = np.random.default_rng(seed0 + i)
         kind = "cells" if i % 4 == 3 else "nuclei"
         dtype = "uint8" if i % 3 == 2 else "uint16"
-        st = make_stack((24, 256, 256), seed=EVAL_SEED0 + i, kind=kind, dtype=dtype)
+        st = make_stack((24, 256, 256), seed=seed0 + i, kind=kind, dtype=dtype)
         for z in (7, 12, 17):
             yield f"{i}:{z}", st.image[z], st.labels[z], rng
 
@@ -47,14 +47,14 @@ def _corrective(gt, pred, rng):
     return np.array(np.unravel_index(int(np.argmax(d)), d.shape), float), lab
 
 
-def evaluate(model, n_stacks: int):
+def evaluate(model, n_stacks: int, seed0: int = EVAL_SEED0, input_scale=None):
     from napari_sam.core.predictor import SlicePredictor
     from napari_sam.core.refine import refine_mask
     from napari_sam.synthetic import interior_point
 
-    pred = SlicePredictor(model, refine=False)
+    pred = SlicePredictor(model, refine=False, input_scale=input_scale)
     rows = []
-    for name, img, lab, rng in held_out(n_stacks):
+    for name, img, lab, rng in held_out(n_stacks, seed0):
         pred.set_image(img)
         gray = pred.embedding.gray
         cl = ClassicalSlice(img)
@@ -136,12 +136,15 @@ def main(argv=None):
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--stacks", type=int, default=12)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--seed0", type=int, default=EVAL_SEED0,
+                    help="first stack seed (900000: held-out; 800000: the validation stacks used to choose settings)")
+    ap.add_argument("--input-scale", type=float, default=None, help="magnification before the encoder (default: the model's)")
     args = ap.parse_args(argv)
     import napari_sam
 
     t = time.time()
     model = napari_sam.load_model(args.model, device="cpu")
-    rows = evaluate(model, args.stacks)
+    rows = evaluate(model, args.stacks, args.seed0, args.input_scale)
     s = summarise(rows)
     print(f"model {args.model} sha256={model.checksum[:12]}  objects={s['n_objects']}  ({time.time() - t:.0f}s)")
     print(f"{'metric':28s} {'median':>7s} {'p10':>7s} {'mean':>7s}")
