@@ -218,3 +218,11 @@ def test_propagate_from_the_shell_reads_the_embedding_cache(stack_files, tmp_pat
     code, err = _run(["segment", other, "--points", tmp_path / "p.csv", "--propagate", "--out", tmp_path / "x.tif",
                       "--embeddings", tmp_path / "e.zarr"], capsys)
     assert code == 2 and "different image" in err and not (tmp_path / "x.tif").exists()
+
+    # a cache made at the default magnification does not serve another one: refused, nothing written
+    code, err = _run(["segment", d / "stack.tif", "--points", tmp_path / "p.csv", "--propagate", "--out",
+                      tmp_path / "y.tif", "--embeddings", tmp_path / "e.zarr", "--input-scale", "1.0"], capsys)
+    assert code == 2 and "input magnification" in err and not (tmp_path / "y.tif").exists(), err
+    code, err = _run(["segment", d / "stack.tif", "--points", tmp_path / "p.csv", "--out", tmp_path / "y.tif",
+                      "--input-scale", "9"], capsys)
+    assert code == 2 and "--input-scale must be between 0.25 and 4" in err and not (tmp_path / "y.tif").exists(), err

@@ -92,3 +92,18 @@ def test_negative_point_removes_the_neighbour(embedded_model):
     m = pred.masks[0, 0]
     assert (m & b).sum() < 0.2 * b.sum()  # the negative click removes it
     assert _iou(m, a) >= 0.7
+
+
+def test_input_scale_magnifies_the_slice_and_still_segments(embedded_model, scene):
+    from napari_sam.core.predictor import SlicePredictor
+
+    st, ids = scene
+    gt = st.labels == ids[0]
+    for scale, size in ((None, 384), (1.0, 256)):
+        pred = SlicePredictor(embedded_model, input_scale=scale)
+        pred.set_image(st.image)
+        assert pred.embedding.input_size == (size, size) and pred.embedding.original_size == (256, 256)
+        m = pred.predict(points=[interior_point(gt)]).best()[0]
+        assert m.shape == (256, 256) and _iou(m, gt) >= 0.7, (scale, _iou(m, gt))
+    with pytest.raises(ValueError, match="input_scale must be between 0.25 and 4"):
+        SlicePredictor(embedded_model, input_scale=10)

@@ -27,6 +27,9 @@ def add_embed_parser(subparsers) -> None:
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     e.add_argument("--normalize", default="percentile", choices=["percentile", "minmax", "none"],
                    help="intensity normalisation (must match the one used when segmenting)")
+    e.add_argument("--input-scale", type=float, default=None,
+                   help="magnification before the embedded model's encoder (default the model's; must match the one "
+                        "used when segmenting)")
     e.add_argument("--z-range", help="A:B, embed slices A..B-1 only")
     e.add_argument("--start", type=int, help="slice to start from, then outward (default: the first of the range)")
     e.add_argument("--batch", type=int, help="slices per encoder call (default: 1 on the CPU, as many as fit on a GPU)")
@@ -69,7 +72,9 @@ def run_embed(args) -> int:
     from .cli import _load
 
     model = _load(args.model, args.device)
-    pred = SlicePredictor(model, normalize=args.normalize)
+    if args.input_scale is not None and not 0.25 <= args.input_scale <= 4:
+        raise InputError(f"--input-scale must be between 0.25 and 4, got {args.input_scale}")
+    pred = SlicePredictor(model, normalize=args.normalize, input_scale=args.input_scale)
     channel_axis = -1 if vol.rgb else None
     t0 = time.time()
     resuming = out.exists() and not args.overwrite

@@ -37,6 +37,7 @@ def segment(
     channel: int | None = None,
     normalize: str = "percentile",
     refine: bool = False,
+    input_scale: float | None = None,
 ):
     """SAM on one 2D slice.
 
@@ -48,7 +49,9 @@ def segment(
     (default: the embedded model). refine: boundary snapping and removal of
     fragments not connected to the prompt (``core.refine``; off by default:
     it removes every stray fragment but does not raise the IoU on average,
-    see docs/embedded-model.md).
+    see docs/embedded-model.md). input_scale: magnification of the slice
+    before the embedded model's encoder (default its own, 1.5; 1.0 is better
+    when all objects are larger than ~25 px across: docs/embedded-model.md).
 
     Returns a :class:`napari_sam.core.predictor.Prediction`: ``masks``
     (n_objects, n_candidates, H, W) bool, ``scores`` (n, c) SAM's predicted
@@ -67,7 +70,7 @@ def segment(
         )
     if points is None and boxes is None and mask is None:
         raise ValueError("segment() needs a prompt: points, boxes or mask")
-    pred = SlicePredictor(m, normalize=normalize)
+    pred = SlicePredictor(m, normalize=normalize, input_scale=input_scale)
     pred.set_image(a, channel_axis=channel_axis, channel=channel)
     pred.refine = refine
     return pred.predict(points=points, point_labels=point_labels, boxes=boxes, mask=mask, multimask=multimask)

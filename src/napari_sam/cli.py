@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     s.add_argument("--propagate", action="store_true", help="propagate each object through z from its prompted slices")
     s.add_argument("--z-range", help="A:B, slices A..B-1 (with --propagate)")
+    s.add_argument("--input-scale", type=float, default=None,
+                   help="magnify slices before the embedded model's encoder (default the model's, 1.5; 1.0 is better "
+                        "when every object is larger than ~25 px across)")
     s.add_argument("--refine", action="store_true", help="snap boundaries to the image and drop fragments not connected to the prompt")
     s.add_argument("--embeddings", help="embedding cache of this image made by 'napari-sam embed' (same model): "
                    "slices in it cost no encoder time; slices encoded here are added to it")
@@ -103,16 +106,20 @@ def _segment(args) -> int:
     model = _load(args.model, args.device)
     t0 = time.time()
     channel_axis = -1 if vol.rgb else None
-    disk = _open_embeddings(args.embeddings, model, vol.data, channel_axis) if args.embeddings else None
+    if args.input_scale is not None and not 0.25 <= args.input_scale <= 4:
+        raise InputError(f"--input-scale must be between 0.25 and 4, got {args.input_scale}")
+    disk = (_open_embeddings(args.embeddings, model, vol.data, channel_axis, args.input_scale)
+            if args.embeddings else None)
     if args.propagate:
         from .core.propagate import propagate_labels
 
         labels = propagate_labels(
-            vol.data, prompts, model=model, z_range=z_range, refine=args.refine, channel_axis=channel_axis, disk=disk
+            vol.data, prompts, model=model, z_range=z_range, refine=args.refine, channel_axis=channel_axis, disk=disk,
+            input_scale=args.input_scale,
         )
     else:
         labels = segment_prompted_slices(vol.data, prompts, model, refine=args.refine, channel_axis=channel_axis,
-                                         disk=disk)
+                                         disk=disk, input_scale=args.input_scale)
     max_id = max(prompts)
     labels = labels.astype(label_dtype(max_id))
     if vol.is_2d:
@@ -125,6 +132,7 @@ def _segment(args) -> int:
         "mode": "propagate" if args.propagate else "per-slice",
         "z_range": z_range,
         "refine": args.refine,
+        "input_scale": args.input_scale,
         "prompts": {str(o): {str(z): s for z, s in zs.items()} for o, zs in prompts.items()},
         "napari_sam_version": _version(),
     }
@@ -134,7 +142,7 @@ def _segment(args) -> int:
     return 0
 
 
-def _open_embeddings(path, model, stack, channel_axis):
+def _open_embeddings(path, model, stack, channel_axis, input_scale=None):
     """The ``DiskCache`` at ``path``, checked against this image, model and settings."""
     from .core.cache import slice_signature
     from .core.disk_cache import CacheMismatch, DiskCache, settings_for
@@ -143,7 +151,7 @@ def _open_embeddings(path, model, stack, channel_axis):
     p = Path(path)
     if not p.is_dir():
         raise InputError(f"--embeddings {p}: no embedding cache there; make one with: napari-sam embed IMAGE --out {p}")
-    settings = settings_for(SlicePredictor(model), stack.shape, stack.dtype, channel_axis=channel_axis)
+    settings = settings_for(SlicePredictor(model, input_scale=input_scale), stack.shape, stack.dtype, channel_axis=channel_axis)
     try:
         disk = DiskCache.open(p, settings)
         disk.check_image(stack, slice_signature)
@@ -167,7 +175,8 @@ def _version() -> str:
     return __version__
 
 
-def segment_prompted_slices(stack, prompts, model, *, refine=False, channel_axis=None, disk=None) -> np.ndarray:
+def segment_prompted_slices(stack, prompts, model, *, refine=False, channel_axis=None, disk=None,
+                            input_scale=None) -> np.ndarray:
     """Each object on each slice it was prompted on; (z, y, x) labels.
 
     All objects of a slice are decoded on one embedding; a single positive
@@ -182,7 +191,7 @@ def segment_prompted_slices(stack, prompts, model, *, refine=False, channel_axis
     nz = stack.shape[0]
     shape = stack.shape[1:3]
     labels = np.zeros((nz, *shape), np.uint32)
-    pred = SlicePredictor(model, refine=refine)
+    pred = SlicePredictor(model, refine=refine, input_scale=input_scale)
     by_z: dict[int, list] = {}
     for oid, zs in prompts.items():
         for z, s in zs.items():

@@ -283,13 +283,15 @@ def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: E
 
 def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = False, labels=None,
                      normalize: str = "percentile", refine: bool | None = None, cache=None,
-                     progress=None, channel_axis: int | None = None, disk=None, **kwargs) -> np.ndarray:
+                     progress=None, channel_axis: int | None = None, disk=None, input_scale: float | None = None,
+                     **kwargs) -> np.ndarray:
     """Run :func:`propagate_objects` (or, with ``through_z``,
     :func:`batch_prompts_through_z`) to the end and return the (z, y, x) labels.
 
     model: a ``LoadedModel``. refine: boundary refinement (default: on for
     native-resolution models, as ``segment``). progress: called with every
     :class:`Progress`. channel_axis, disk: see :func:`propagate_objects`.
+    input_scale: see ``SlicePredictor``.
     Other keywords (stop, step, min_score) go to the generator.
     """
     from .predictor import SlicePredictor
@@ -308,7 +310,7 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
         raise ValueError("no model: load one with napari_sam.load_model() and pass it as model=")
     if refine is None:
         refine = bool(getattr(model, "native_resolution", False))
-    predictor = SlicePredictor(model, normalize=normalize, refine=refine)
+    predictor = SlicePredictor(model, normalize=normalize, refine=refine, input_scale=input_scale)
     run = batch_prompts_through_z if through_z else propagate_objects
     gen = run(predictor, stack, prompts, z_range=z_range, cache=cache, labels=labels, channel_axis=channel_axis,
               disk=disk, **kwargs)
