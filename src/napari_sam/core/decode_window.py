@@ -90,14 +90,15 @@ def token_windows(predictor, boxes, size: tuple[int, int] | None = None) -> Wind
         spans.append((ty0, ty1, tx0, tx1))
     if size is None:
         size = (max(b - a for a, b, _, _ in spans), max(b - a for _, _, a, b in spans))
-    ref = trained_tokens(predictor) or max(gh_all, gw_all)
-    gh, gw = min(size[0], gh_all, ref), min(size[1], gw_all, ref)
+    ref = trained_tokens(predictor)
+    gh, gw = min(size[0], gh_all, ref or gh_all), min(size[1], gw_all, ref or gw_all)
     offs, pe_offs = [], []
     for ty0, ty1, tx0, tx1 in spans:
         oy = int(np.clip((ty0 + ty1 - gh) // 2, 0, gh_all - gh))
         ox = int(np.clip((tx0 + tx1 - gw) // 2, 0, gw_all - gw))
         offs.append((oy, ox))
-        pe_offs.append((min(oy, ref - gh), min(ox, ref - gw)))
+        # official models: the window's own position; the embedded model: moved into its trained range
+        pe_offs.append((oy, ox) if ref is None else (min(oy, ref - gh), min(ox, ref - gw)))
     return Windows(offs, (gh, gw), pe_offs)
 
 
