@@ -69,11 +69,10 @@ def run_embed(args) -> int:
     start = lo if args.start is None else args.start
     if not lo <= start < hi:
         raise InputError(f"--start {start} is outside the slices {lo}..{hi - 1} being embedded")
-    from .cli import _load
+    from .cli import _load, check_input_scale
 
     model = _load(args.model, args.device)
-    if args.input_scale is not None and not 0.25 <= args.input_scale <= 4:
-        raise InputError(f"--input-scale must be between 0.25 and 4, got {args.input_scale}")
+    check_input_scale(args.input_scale)
     pred = SlicePredictor(model, normalize=args.normalize, input_scale=args.input_scale)
     channel_axis = -1 if vol.rgb else None
     t0 = time.time()

@@ -106,8 +106,7 @@ def _segment(args) -> int:
     model = _load(args.model, args.device)
     t0 = time.time()
     channel_axis = -1 if vol.rgb else None
-    if args.input_scale is not None and not 0.25 <= args.input_scale <= 4:
-        raise InputError(f"--input-scale must be between 0.25 and 4, got {args.input_scale}")
+    check_input_scale(args.input_scale)
     disk = (_open_embeddings(args.embeddings, model, vol.data, channel_axis, args.input_scale)
             if args.embeddings else None)
     if args.propagate:
@@ -140,6 +139,15 @@ def _segment(args) -> int:
     n = len(np.unique(labels[labels > 0]))
     print(f"wrote {out} ({n} objects, {labels.dtype}, {time.time() - t0:.1f}s)", file=sys.stderr)
     return 0
+
+
+def check_input_scale(value) -> None:
+    """``--input-scale``: refused with the predictor's reason before anything runs."""
+    from .core.predictor import input_scale_problem
+
+    problem = None if value is None else input_scale_problem(value)
+    if problem:
+        raise InputError(f"--input-scale {problem}")
 
 
 def _open_embeddings(path, model, stack, channel_axis, input_scale=None):

@@ -21,6 +21,13 @@ from .image import to_sam_rgb
 from .prompts import ObjectPrompt, check_inside
 
 PAD_MULTIPLE = 16
+INPUT_SCALE_RANGE = (0.25, 4.0)
+
+
+def input_scale_problem(scale: float) -> str | None:
+    """Why ``scale`` cannot be an ``input_scale`` ("must be between ..."), or None."""
+    lo, hi = INPUT_SCALE_RANGE
+    return None if lo <= scale <= hi else f"must be between {lo:g} and {hi:g}, got {scale:g}"
 
 
 @dataclass
@@ -88,9 +95,10 @@ class SlicePredictor:
         self.native = bool(getattr(enc, "native_resolution", False))
         scale = getattr(enc, "input_scale", 1.0) if input_scale is None else input_scale
         self.input_scale = float(scale) if self.native else 1.0
-        if not 0.25 <= self.input_scale <= 4:
-            raise ValueError(f"input_scale must be between 0.25 and 4, got {self.input_scale}")
-        self._resize = ResizeLongestSide(enc.max_size if self.native else enc.img_size)
+        problem = input_scale_problem(self.input_scale)
+        if problem:
+            raise ValueError(f"input_scale {problem}")
+        self._resize = None if self.native else ResizeLongestSide(enc.img_size)
         self.embedding: Embedding | None = None
 
     # ------------------------------------------------------------ encoding --
@@ -103,7 +111,7 @@ class SlicePredictor:
             from segment_anything.utils.transforms import ResizeLongestSide
 
             long = max(original)
-            target = min(int(round(long * self.input_scale)), self._resize.target_length)
+            target = min(int(round(long * self.input_scale)), self.sam.image_encoder.max_size)
             resized = img8 if target == long else ResizeLongestSide(target).apply_image(img8)
         else:
             resized = self._resize.apply_image(img8)
