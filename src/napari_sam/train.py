@@ -87,6 +87,23 @@ def make_dataset(n_stacks: int, cache: Path, workers: int = 2):
     return images, labels
 
 
+def magnify_crop(im: np.ndarray, lb: np.ndarray, scale: float, rng):
+    """Magnify a training slice by ``scale`` (the predictor's resize for the
+    image, nearest neighbour for the labels) and cut a SIZE x SIZE crop at a
+    random offset: the model sees objects at the sizes ``input_scale`` gives
+    them at inference, and every crop position equally."""
+    if scale <= 1.0:
+        return im, lb
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    n = int(round(im.shape[0] * scale))
+    big = ResizeLongestSide(n).apply_image(np.repeat(im[..., None], 3, -1))[..., 0]
+    idx = (np.arange(n) * im.shape[0] / n).astype(int)
+    big_lb = lb[idx][:, idx]
+    r0, c0 = rng.integers(0, n - SIZE + 1, 2)
+    return big[r0 : r0 + SIZE, c0 : c0 + SIZE], big_lb[r0 : r0 + SIZE, c0 : c0 + SIZE]
+
+
 def train(args) -> dict:
     import torch
     from torch.nn import functional as F
@@ -153,6 +170,8 @@ def train(args) -> dict:
         batch_img, batch_lab = [], []
         for i in idx:
             im, lb = images[i], labels[i]
+            if args.max_scale > 1.0 and rng.random() >= args.p_native:
+                im, lb = magnify_crop(im, lb, float(np.exp(rng.uniform(0.0, np.log(args.max_scale)))), rng)
             k = int(rng.integers(4))
             im, lb = np.rot90(im, k), np.rot90(lb, k)
             if rng.random() < 0.5:
@@ -171,11 +190,16 @@ def train(args) -> dict:
         for b, i in enumerate(idx):
             lb = batch_lab[b]
             ids = objects[i]
+            if args.max_scale > 1.0:  # a crop holds a subset of the slice's objects
+                cid, cnt = np.unique(lb[lb > 0], return_counts=True)
+                ids = cid[cnt >= 10]
             if ids.size == 0:
                 continue
             for c in rng.choice(ids, min(args.objects, ids.size), replace=False):
                 img_idx.append(b)
                 gts.append(lb == c)
+        if not gts:  # no object in any crop of this batch
+            continue
         gts = np.stack(gts)
         n = len(gts)
         ar = torch.arange(n)
@@ -292,6 +316,11 @@ def main(argv=None):
     ap.add_argument("--balance-fade", type=int, default=0,
                     help="steps after warm-up over which the up-weighting of small objects' positives fades out "
                          "(0, the shipped recipe: kept all along; 800 was tried: docs/embedded-model.md)")
+    ap.add_argument("--max-scale", type=float, default=1.0,
+                    help="magnify training slices by a log-uniform factor in [1, max-scale] and crop them back to "
+                         "256 px (1: no magnification)")
+    ap.add_argument("--p-native", type=float, default=0.25,
+                    help="with --max-scale: share of slices left at their own size")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--save-every", type=int, default=500)
