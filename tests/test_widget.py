@@ -139,6 +139,22 @@ def test_click_previews_object_commit_writes_new_id_on_this_slice_only_and_undoe
     np.testing.assert_array_equal(curated.data, after)
 
 
+def test_magnification_embeds_the_slice_again_and_clicks_still_segment(sam, qtbot, stack):
+    viewer, widget, image = sam
+    box = widget._ui.magnification
+    assert box.isEnabled() and box.value() == 1.5, "the embedded model's own magnification is shown"
+    gt = stack.labels[Z] == _objects_by_size(stack.labels[Z])[0]
+    viewer.layers["nuclei SAM points"].add([[Z, *interior_point(gt)]])
+    assert _iou(_wait_preview(qtbot, viewer, widget) > 0, gt) >= 0.8
+    assert widget._session.predictor.embedding.input_size == (384, 384)
+
+    box.setValue(1.0)
+    assert "magnified 1×" in widget._ui.status.text(), widget._ui.status.text()
+    assert _iou(_wait_preview(qtbot, viewer, widget) > 0, gt) >= 0.8
+    emb = widget._session.predictor.embedding
+    assert widget._session.predictor.input_scale == 1.0 and emb.input_size == (256, 256), "embedded again at 1x"
+
+
 def test_saved_labels_carry_the_prompts_of_each_commit(sam, qtbot, stack, tmp_path):
     import json
 

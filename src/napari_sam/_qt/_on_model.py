@@ -58,7 +58,29 @@ class ModelChoice:
         self._model_choice = key[1:]
         self._session.set_model(model)
         self._cancelled = None
-        self._say(f"Model {model.name} ({model.arch}) ready on {model.device}.")
+        scale = self._show_magnification()
+        self._say(f"Model {model.name} ({model.arch}) ready on {model.device}"
+                  + (f", slices magnified {scale:g}×." if scale is not None else "."))
+        self._reset_result()
+        self._schedule()
+
+    def _show_magnification(self):
+        """Show the predictor's input magnification (None, control disabled, for 1024-canvas models)."""
+        pred, box = self._session.predictor, self._ui.magnification
+        box.blockSignals(True)
+        box.setValue(pred.input_scale)
+        box.blockSignals(False)
+        box.setEnabled(pred.native)
+        return pred.input_scale if pred.native else None
+
+    def _on_magnification(self, value: float) -> None:
+        """A new input magnification: every slice is embedded again at it."""
+        pred = self._session.predictor
+        if self._closed or pred is None or not pred.native or value == pred.input_scale:
+            return
+        self._session.set_input_scale(value)
+        self._cancelled = None
+        self._say(f"Slices are now magnified {value:g}× before the encoder; this slice is embedded again.")
         self._reset_result()
         self._schedule()
 

@@ -109,7 +109,7 @@ class Propagating:
         gui = self._session.predictor
         # its own predictor (the GUI's keeps its slice), encoding through the gate like a click
         predictor = self._foreground_predictor(
-            SlicePredictor(self._session.model, normalize=gui.normalize, refine=gui.refine))
+            SlicePredictor(self._session.model, normalize=gui.normalize, refine=gui.refine, input_scale=gui.input_scale))
         key = ("propagate", next(_RUNS))
         self._propagation = _Run(key, view, before, self._labels, self._image, self._image_version,
                                  Outcome(ids, z_name(plane)))

@@ -124,6 +124,15 @@ class Session:
         self.version += 1
         self.embedding_key = None
 
+    def set_input_scale(self, scale: float) -> None:
+        """Magnify slices by ``scale`` before the encoder (native models only): a new predictor,
+        so every embedding is made again (the cache keys carry the scale; old ones are not reused)."""
+        from napari_sam.core.predictor import SlicePredictor
+
+        self.predictor = SlicePredictor(self.model, input_scale=scale)
+        self.version += 1
+        self.embedding_key = None
+
     def drop_model(self) -> None:
         self.model = self.predictor = None
         self.version += 1

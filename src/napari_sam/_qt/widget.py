@@ -92,6 +92,7 @@ class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, Propagating, Pr
         ui.labels.activated.connect(lambda _: self._on_layer_choice("labels"))
         ui.model.activated.connect(self._on_model_choice)
         ui.device.activated.connect(self._on_model_choice)
+        ui.magnification.valueChanged.connect(self._on_magnification)
         ui.positive.toggled.connect(self._on_polarity_changed)
         ui.refine.toggled.connect(self._on_prompts_changed)
         ui.candidates.currentRowChanged.connect(self._on_candidate_row)
