@@ -51,7 +51,8 @@ def open_sam(make_napari_viewer, qtbot):
         viewer.window.add_dock_widget(widget, name="SAM")
         opened.append((viewer, widget))
         qtbot.waitUntil(lambda: widget.model is not None and not widget.busy, timeout=60000)
-        labels = viewer.add_labels(np.zeros(image.shape, np.uint32), name="curated")
+        spatial = image.shape[:-1] if viewer.layers["nuclei"].rgb else image.shape
+        labels = viewer.add_labels(np.zeros(spatial, np.uint32), name="curated")
         i = widget._ui.labels.findText("curated")
         widget._ui.labels.setCurrentIndex(i)
         widget._ui.labels.activated.emit(i)
@@ -125,6 +126,17 @@ def test_propagate_object_follows_it_writes_background_only_and_is_one_undo_step
     viewer.dims.current_step = (Z + 1, 0, 0)  # the status line moves on; the run's summary stays
     summary = widget._ui.propagate_status
     assert "label 5: z=" in summary.text() and "stopped at z=" in summary.toolTip()
+
+
+def test_an_rgb_stack_propagates_like_its_gray_version(open_sam, qtbot, stack):
+    gray8 = (stack.image / stack.image.max() * 255).astype(np.uint8)
+    viewer, widget, labels = open_sam(np.repeat(gray8[..., None], 3, -1), (Z, 0, 0))
+    assert viewer.layers["nuclei"].rgb
+    _commit(labels, stack.labels[Z] == OBJ, 5)
+    labels.selected_label = 5
+    status = _run(qtbot, widget, widget._ui.propagate_object)
+    assert "Propagated" in status, status
+    assert _iou(np.asarray(labels.data) == 5, stack.labels == OBJ) >= MIN_IOU
 
 
 def test_cancel_midway_leaves_the_labels_unchanged(sam, qtbot, stack, monkeypatch):

@@ -69,8 +69,6 @@ class Propagating:
         image = self._image
         plane = current_plane(self._viewer, image)
         z_axis = z_axis_of(plane)
-        if image.rgb:
-            raise PropagateError(f"propagation works on single-channel stacks; {image.name!r} is RGB")
         if self._session.model is None:
             raise PropagateError("no model is loaded yet: wait for it (or choose one above)")
         if self._labels is None:
@@ -119,7 +117,7 @@ class Propagating:
         self._ui.propagate_status.setText("")
         self._sync_precompute()  # pauses the background run
         self._jobs.start(key, desc, run_propagation, predictor, view, before, ids, self._session.cache,
-                         self._propagation_disk(plane),
+                         self._propagation_disk(plane), -1 if self._image.rgb else None,
                          on_result=self._on_propagated, on_error=self._on_propagate_error,
                          on_yield=self._on_propagate_progress, on_done=self._on_propagate_done)
         self._say(desc)

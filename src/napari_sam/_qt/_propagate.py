@@ -95,16 +95,18 @@ def anchor_prompts(labels: np.ndarray, ids) -> dict[int, dict[int, dict]]:
 
 
 @reported
-def run_propagation(predictor, stack, labels: np.ndarray, ids, cache, disk=None):
+def run_propagation(predictor, stack, labels: np.ndarray, ids, cache, disk=None, channel_axis=None):
     """Generator (runs in a worker): propagate ``ids`` of ``labels`` (z, H, W) through ``stack``.
 
     disk: the stack's disk cache, taking the z of ``stack`` as its index
-    (``_precompute_work.SharedDisk.at(outer)``), or None.
+    (``_precompute_work.SharedDisk.at(outer)``), or None. channel_axis: -1 for an RGB stack
+    (its slices are (H, W, 3)).
     Yields ``core.propagate.Progress``; returns the (z, H, W) result (``labels`` is not changed).
     A RuntimeError inside (torch: out of memory...) is raised as ``_session.WorkerError``.
     """
     prompts = anchor_prompts(labels, ids)
-    return (yield from propagate_objects(predictor, stack, prompts, cache=cache, labels=labels, disk=disk))
+    return (yield from propagate_objects(predictor, stack, prompts, cache=cache, labels=labels, disk=disk,
+                                         channel_axis=channel_axis))
 
 
 def new_pixels(result: np.ndarray, before: np.ndarray, now: np.ndarray) -> np.ndarray:
