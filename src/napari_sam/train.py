@@ -98,7 +98,7 @@ def magnify_crop(im: np.ndarray, lb: np.ndarray, scale: float, rng):
 
     n = int(round(im.shape[0] * scale))
     big = ResizeLongestSide(n).apply_image(np.repeat(im[..., None], 3, -1))[..., 0]
-    idx = (np.arange(n) * im.shape[0] / n).astype(int)
+    idx = np.minimum(((np.arange(n) + 0.5) * im.shape[0] / n).astype(int), im.shape[0] - 1)  # pixel centres, as the resize
     big_lb = lb[idx][:, idx]
     r0, c0 = rng.integers(0, n - SIZE + 1, 2)
     return big[r0 : r0 + SIZE, c0 : c0 + SIZE], big_lb[r0 : r0 + SIZE, c0 : c0 + SIZE]
