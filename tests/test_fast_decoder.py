@@ -72,6 +72,12 @@ def test_dense_pe_is_remembered_until_the_weights_change(sam):
 def test_unusual_upscaling_runs_the_module_itself(sam, monkeypatch):
     md = sam.mask_decoder
     calls = []
-    monkeypatch.setattr(type(md), "forward", lambda self, **k: calls.append(1) or ("low", "iou"))
+    monkeypatch.setattr(type(md), "forward", lambda self, **k: calls.append(k["image_embeddings"].shape[0])
+                        or (torch.zeros(1, 3, 8, 8), torch.zeros(1, 3)))
     monkeypatch.setattr(md, "output_upscaling", torch.nn.Sequential(*list(md.output_upscaling)[:3]))
-    assert decode(md, None, None, None, None, True) == ("low", "iou") and calls
+    c = md.transformer_dim
+    one, two = torch.zeros(1, c, 2, 2), torch.zeros(2, c, 2, 2)
+    masks, iou = decode(md, one, one, torch.zeros(1, 2, c), one, True)
+    assert masks.shape == (1, 3, 8, 8) and calls == [1]
+    masks, iou = decode(md, two, one, torch.zeros(2, 2, c), two, True)  # one embedding per object: one call each
+    assert masks.shape == (2, 3, 8, 8) and iou.shape == (2, 3) and calls == [1, 1, 1]

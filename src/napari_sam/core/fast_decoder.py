@@ -143,7 +143,7 @@ def decode(md, image_embeddings, image_pe, sparse_prompt_embeddings, dense_promp
     """
     up = md.output_upscaling
     if not _is_standard_upscaling(up):  # an unusual decoder: run it as it is (one call per embedding)
-        if image_embeddings is None or image_embeddings.shape[0] == 1:
+        if image_embeddings.shape[0] == 1:
             return md(image_embeddings=image_embeddings, image_pe=image_pe,
                       sparse_prompt_embeddings=sparse_prompt_embeddings,
                       dense_prompt_embeddings=dense_prompt_embeddings, multimask_output=multimask_output)
