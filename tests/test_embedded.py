@@ -99,7 +99,9 @@ def test_input_scale_magnifies_the_slice_and_still_segments(embedded_model, scen
 
     st, ids = scene
     gt = st.labels == ids[0]
-    for scale, size in ((None, 384), (1.0, 256)):
+    own = embedded_model.sam.image_encoder.input_scale  # the checkpoint's (2.0)
+    assert own > 1
+    for scale, size in ((None, round(256 * own)), (1.0, 256)):
         pred = SlicePredictor(embedded_model, input_scale=scale)
         pred.set_image(st.image)
         assert pred.embedding.input_size == (size, size) and pred.embedding.original_size == (256, 256)

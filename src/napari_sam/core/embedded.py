@@ -4,7 +4,7 @@ segment-anything, at width 128) on a small CNN image encoder.
 The encoder downsamples 8x (SAM's ViT: 16x), keeps global context with one
 attention block at 1/16, and ends in SAM's neck (1x1 conv, LayerNorm2d, 3x3
 conv, LayerNorm2d). It is fully convolutional, so it runs at the slice's own
-pixel size (``native_resolution``; magnified by ``input_scale``): a 5 px nucleus becomes 7.5 px instead of being
+pixel size (``native_resolution``; magnified by ``input_scale``): a 5 px nucleus becomes 10 px instead of being
 rescaled to a fixed 1024 canvas. Everything after the encoder is the official
 ``segment_anything`` code.
 """
@@ -28,10 +28,10 @@ EMBEDDED_DEFAULT_CONFIG = {
     "img_size": 512,  # nominal; the encoder runs at the slice's own size
     "stride": 8,
     "max_size": 1024,  # longer slices are scaled down to this long side
-    # inference only: slices are magnified 1.5x before encoding (long side at most max_size).
-    # Chosen on validation stacks (seeds 800000-800007; 1x, 1.25x ... 2x measured in docs/embedded-model.md):
-    # small nuclei get 1.5x the decoder's resolution; training stays at the slices' own size.
-    "input_scale": 1.5,
+    # inference: slices are magnified 2x before encoding (long side at most max_size). The model was
+    # trained on slices magnified 1-2.2x (train.py --max-scale); 2x was chosen on validation stacks (seeds
+    # 800000-800007, 1x ... 2.5x in docs/embedded-model.md). The shipped checkpoint carries its own value.
+    "input_scale": 2.0,
     "pixel_mean": [123.675, 116.28, 103.53],
     "pixel_std": [58.395, 57.12, 57.375],
 }
