@@ -48,13 +48,18 @@ def _corrective(gt, pred, rng):
 
 
 def evaluate(model, n_stacks: int, seed0: int = EVAL_SEED0, input_scale=None):
+    return evaluate_images(model, held_out(n_stacks, seed0), input_scale)
+
+
+def evaluate_images(model, images, input_scale=None):
+    """Per-object rows for ``images``: (name, image, instance labels, rng) tuples."""
     from napari_sam.core.predictor import SlicePredictor
     from napari_sam.core.refine import refine_mask
     from napari_sam.synthetic import interior_point
 
     pred = SlicePredictor(model, refine=False, input_scale=input_scale)
     rows = []
-    for name, img, lab, rng in held_out(n_stacks, seed0):
+    for name, img, lab, rng in images:
         pred.set_image(img)
         gray = pred.embedding.gray
         cl = ClassicalSlice(img)
@@ -79,6 +84,9 @@ def evaluate(model, n_stacks: int, seed0: int = EVAL_SEED0, input_scale=None):
             r["point_top"] = ious[top]
             r["point_best3"] = max(ious)
             r["rank_ok"] = bool(ious[top] >= max(ious) - 1e-9)
+            r["top_index"], r["best_index"] = top, int(np.argmax(ious))
+            r["area_ratios"] = [float(c.sum() / gt.sum()) for c in cand]
+            r["brightness"] = float(np.median(img[gt]))
             ref = refine_mask(cand[top], gray, p[None], np.array([1]))
             r["point_top_refined"] = iou(ref, gt)
             r["bf1_point"] = boundary_f1(cand[top], gt)
@@ -106,6 +114,22 @@ def evaluate(model, n_stacks: int, seed0: int = EVAL_SEED0, input_scale=None):
             r["classical_box"] = iou(cl_box == k + 1, gt)
             rows.append(r)
     return rows
+
+
+def add_experiment_options(ap):
+    ap.add_argument("--mask-threshold", type=float, default=None,
+                    help="experiment: logit above which a pixel is in a mask (SAM's is 0)")
+    ap.add_argument("--high-percentile", type=float, default=None,
+                    help="experiment: the slice's intensity percentile mapped to white (napari-sam's is 99.8)")
+
+
+def apply_experiment_options(model, args):
+    import napari_sam.core.image as image_mod
+
+    if args.mask_threshold is not None:
+        model.sam.mask_threshold = args.mask_threshold
+    if args.high_percentile is not None:
+        image_mod.PERCENTILES = (image_mod.PERCENTILES[0], args.high_percentile)
 
 
 def _n_components(mask):
@@ -139,11 +163,13 @@ def main(argv=None):
     ap.add_argument("--seed0", type=int, default=EVAL_SEED0,
                     help="first stack seed (900000: held-out; 800000: the validation stacks used to choose settings)")
     ap.add_argument("--input-scale", type=float, default=None, help="magnification before the encoder (default: the model's)")
+    add_experiment_options(ap)
     args = ap.parse_args(argv)
     import napari_sam
 
     t = time.time()
     model = napari_sam.load_model(args.model, device="cpu")
+    apply_experiment_options(model, args)
     rows = evaluate(model, args.stacks, args.seed0, args.input_scale)
     s = summarise(rows)
     print(f"model {args.model} sha256={model.checksum[:12]}  objects={s['n_objects']}  ({time.time() - t:.0f}s)")

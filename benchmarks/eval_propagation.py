@@ -32,9 +32,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from scipy import ndimage as ndi
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 STACKS = [(950000 + i, "cells" if i >= 4 else "nuclei") for i in range(6)]
 SHAPE = (32, 256, 256)
@@ -151,17 +154,34 @@ def summarise(ious, bleed) -> dict:
     }
 
 
+def generated(stacks=STACKS, shape=SHAPE):
+    """(seed, kind, image, labels) of the project's generator."""
+    from napari_sam.synthetic import make_stack
+
+    for seed, kind in stacks:
+        st = make_stack(shape, seed=seed, kind=kind)
+        yield seed, kind, st.image, st.labels
+
+
+def stardist_3d():
+    """StarDist's 3D test stack (31, 61, 57): synthetic nuclei from another project's generator (other
+    shapes, noise, z behaviour), with its masks; fetched once with the 2D real image (``eval_real.py``)."""
+    from eval_real import stardist_file
+
+    yield "stardist-3d", "nuclei", stardist_file("img3d.tif"), stardist_file("mask3d.tif")
+
+
 def evaluate(model, stacks=STACKS, shape=SHAPE, methods=("propagation", "naive", "classical"),
-             refine=None, log=print, **prop_kw) -> dict:
-    """{method: {"ious": array, "bleed": array, "seconds": float, "per_stack": [...]}}."""
+             refine=None, log=print, data=None, **prop_kw) -> dict:
+    """{method: {"ious": array, "bleed": array, "seconds": float, "per_stack": [...]}}.
+    data: (name, kind, image, labels) tuples instead of the generator's ``stacks``."""
     from napari_sam.core.cache import EmbeddingCache
     from napari_sam.core.predictor import SlicePredictor
-    from napari_sam.synthetic import make_stack
 
     refine = bool(getattr(model, "native_resolution", False)) if refine is None else refine
     res = {m: {"ious": [], "bleed": [], "area": [], "seconds": 0.0, "per_stack": []} for m in methods}
-    for seed, kind in stacks:
-        st = make_stack(shape, seed=seed, kind=kind)
+    for seed, kind, image, labels in (generated(stacks, shape) if data is None else data):
+        st = SimpleNamespace(image=image, labels=labels)
         seeds = seed_points(st.labels)
         cache = EmbeddingCache(max_bytes=1 << 40)
         predictor = SlicePredictor(model, refine=refine)
@@ -252,11 +272,15 @@ def main(argv=None):
     ap.add_argument("--model", default="embedded", help="registry name or checkpoint path")
     ap.add_argument("--write", type=Path, help="replace the results section of this markdown file")
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--stardist-3d", action="store_true",
+                    help="instead: StarDist's 3D test stack of synthetic nuclei from another generator (implies --no-timing)")
     args = ap.parse_args(argv)
     from napari_sam.core.models import load_model
 
     model = load_model(args.model, device="cpu")
-    res = evaluate(model)
+    if args.stardist_3d:
+        args.no_timing = True
+    res = evaluate(model, data=stardist_3d() if args.stardist_3d else None)
     tab = table(res) + "\n\nBy the object's area on its middle slice (median / p10 3D IoU / within 1 slice):\n\n" + size_table(res)
     print(tab)
     timing = ""
