@@ -50,8 +50,8 @@ def segment(
     fragments not connected to the prompt (``core.refine``; off by default:
     it removes every stray fragment but does not raise the IoU on average,
     see docs/embedded-model.md). input_scale: magnification of the slice
-    before the embedded model's encoder (default its own, 2.0; 1.5 is slightly
-    better, and faster, when all objects are larger than ~25 px across: docs/embedded-model.md).
+    before the embedded model's encoder (default its own, 2.0, for nuclei; 1.0
+    is better, and faster, for cell bodies of radius over ~12 px: docs/embedded-model.md).
 
     Returns a :class:`napari_sam.core.predictor.Prediction`: ``masks``
     (n_objects, n_candidates, H, W) bool, ``scores`` (n, c) SAM's predicted

@@ -36,8 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--propagate", action="store_true", help="propagate each object through z from its prompted slices")
     s.add_argument("--z-range", help="A:B, slices A..B-1 (with --propagate)")
     s.add_argument("--input-scale", type=float, default=None,
-                   help="magnify slices before the embedded model's encoder (default the model's, 2.0; 1.5 is slightly "
-                        "better, and faster, when every object is larger than ~25 px across)")
+                   help="magnify slices before the embedded model's encoder (default the model's, 2.0, for nuclei; "
+                        "1.0 is better, and faster, for cell bodies of radius over ~12 px)")
     s.add_argument("--refine", action="store_true", help="snap boundaries to the image and drop fragments not connected to the prompt")
     s.add_argument("--embeddings", help="embedding cache of this image made by 'napari-sam embed' (same model): "
                    "slices in it cost no encoder time; slices encoded here are added to it")

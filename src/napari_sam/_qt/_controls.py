@@ -78,8 +78,8 @@ class Controls:
         self.magnification.setDecimals(2)
         self.magnification.setSuffix(" ×")
         self.magnification.setToolTip(
-            "The embedded model magnifies each slice before its encoder (2× by default: small nuclei get more "
-            "detail). 1.5 is faster and slightly better when all objects are large (over ~500 px). Official SAM "
+            "The embedded model magnifies each slice before its encoder (2× by default: nuclei get more "
+            "detail). 1.0 is better, and faster, for cell bodies of radius over ~12 px. Official SAM "
             "models always see a 1024 px canvas: not used for them.")
         self.magnification.setEnabled(False)
         form.addRow("Magnification", self.magnification)
