@@ -185,6 +185,9 @@ def make_stack(
     density: float | None = None,
     dtype: str = "uint16",
     snr: float | None = None,
+    bright_fraction: float = 0.0,
+    dome: float = 0.0,
+    brightness_spread: float = 0.0,
 ) -> SyntheticStack:
     """A synthetic fluorescence z-stack with instance labels.
 
@@ -192,6 +195,14 @@ def make_stack(
     radii in pixels. density: fraction of the plane covered (default random
     0.15-0.45). dtype: "uint8" or "uint16". snr: peak photon count scale
     (default random; lower is noisier). Same seed, same stack.
+
+    Options for more variety (all off by default, and then the stack is the
+    same as without them): bright_fraction: share of nuclei 2.5-4.5x brighter
+    than the rest (mitotic or apoptotic nuclei, which set the top of the
+    intensity range); dome: nuclei get a domed profile, brighter in the middle
+    like a widefield image of a thick nucleus, with a per-stack weight up to
+    this (0-1); brightness_spread: extra log-normal spread of the brightness
+    between objects (sigma; the base spread is 0.35).
     """
     if kind not in ("nuclei", "cells"):
         raise ValueError(f"kind must be 'nuclei' or 'cells', not {kind!r}")
@@ -204,6 +215,14 @@ def make_stack(
         density = rng.uniform(0.15, 0.45)
     objs, aniso = _sample_objects(rng, shape, kind, radius_range, density)
     labels, depth = _rasterise(objs, shape)
+    # the variety options draw from their own stream, so the stack is unchanged when they are off
+    vrng = np.random.default_rng([seed, 1])
+    for o in objs:
+        if brightness_spread > 0:
+            o.brightness *= float(np.exp(vrng.normal(0, brightness_spread)))
+        if kind == "nuclei" and vrng.random() < bright_fraction:
+            o.brightness *= vrng.uniform(2.5, 4.5)
+    dome_w = vrng.uniform(0, dome) if kind == "nuclei" and dome > 0 else 0.0
 
     # --- fluorophore density -------------------------------------------------
     fg = np.zeros(shape, np.float32)
@@ -219,6 +238,8 @@ def make_stack(
     d = np.where(inside, depth, 1.0)
     if kind == "nuclei":
         profile = 1.0 - 0.25 * d**6  # slightly dimmer rim
+        if dome_w > 0:
+            profile = (1 - dome_w) * profile + dome_w * (0.3 + 0.7 * np.sqrt(np.clip(1 - d * d, 0, None)))
         tex = 1.0 + tamp[labels] * noise + 0.5 * tamp[labels] * np.clip(fine - 1.8, 0, None) * 3
         # dark nucleoli: a few spots per object where the texture dips
         tex = np.where(noise < -1.9, tex * 0.55, tex)
@@ -278,12 +299,15 @@ def make_image(
     density: float | None = None,
     dtype: str = "uint16",
     snr: float | None = None,
+    **variety,
 ) -> SyntheticStack:
     """A 2D synthetic image: the focal plane of a thin stack, so neighbours
     above and below the plane contribute out-of-focus light, as in a widefield
-    image. Returns image and labels of ``shape`` (y, x)."""
+    image. Returns image and labels of ``shape`` (y, x). ``variety``: the
+    variety options of :func:`make_stack`."""
     nz = 9
-    st = make_stack((nz, *shape), seed=seed, kind=kind, radius_range=radius_range, density=density, dtype=dtype, snr=snr)
+    st = make_stack((nz, *shape), seed=seed, kind=kind, radius_range=radius_range, density=density, dtype=dtype, snr=snr,
+                    **variety)
     z = nz // 2
     labels = _relabel_sequential(st.labels[z])
     return SyntheticStack(st.image[z].copy(), labels, st.voxel_size, st.meta | {"n_objects": int(labels.max())})

@@ -49,7 +49,7 @@ SIZE = 256
 RANK_TEMPERATURE = 0.05
 
 
-def _gen_one(i: int):
+def _gen_one(i: int, variety: float = 0.0):
     from napari_sam.core.image import to_sam_rgb
     from napari_sam.synthetic import make_stack
 
@@ -57,7 +57,10 @@ def _gen_one(i: int):
     kind = "cells" if rng.random() < 0.2 else "nuclei"
     nz = int(rng.integers(10, 22))
     dtype = "uint8" if rng.random() < 0.3 else "uint16"
-    st = make_stack((nz, SIZE, SIZE), seed=TRAIN_SEED0 + i, kind=kind, dtype=dtype)
+    extra = {}
+    if variety and np.random.default_rng([TRAIN_SEED0 + i, 2]).random() < variety:
+        extra = dict(bright_fraction=0.08, dome=0.8, brightness_spread=0.3)
+    st = make_stack((nz, SIZE, SIZE), seed=TRAIN_SEED0 + i, kind=kind, dtype=dtype, **extra)
     imgs, labs = [], []
     zs = rng.permutation(nz)
     for z in zs:
@@ -72,8 +75,11 @@ def _gen_one(i: int):
     return imgs, labs
 
 
-def make_dataset(n_stacks: int, cache: Path, workers: int = 2):
-    """Generate (or load from ``cache``) the training slices."""
+def make_dataset(n_stacks: int, cache: Path, workers: int = 2, variety: float = 0.0):
+    """Generate (or load from ``cache``) the training slices; ``variety``: share of stacks drawn with
+    the generator's variety options (bright outliers, domed nuclei, wider brightness spread)."""
+    from functools import partial
+
     if cache.exists():
         d = np.load(cache)
         return d["images"], d["labels"]
@@ -81,7 +87,7 @@ def make_dataset(n_stacks: int, cache: Path, workers: int = 2):
 
     imgs, labs = [], []
     with ProcessPoolExecutor(workers) as ex:
-        for a, b in ex.map(_gen_one, range(n_stacks), chunksize=8):
+        for a, b in ex.map(partial(_gen_one, variety=variety), range(n_stacks), chunksize=8):
             imgs += a
             labs += b
     images, labels = np.stack(imgs), np.stack(labs)
@@ -117,7 +123,10 @@ def train(args) -> dict:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     t_start = time.time()
-    images, labels = make_dataset(args.stacks, Path(args.data_cache), workers=args.threads)
+    cache = Path(args.data_cache)
+    if args.variety:  # another data set: another cache file
+        cache = cache.with_name(f"{cache.stem}-variety{args.variety:g}{cache.suffix}")
+    images, labels = make_dataset(args.stacks, cache, workers=args.threads, variety=args.variety)
     print(f"data: {len(images)} slices from {args.stacks} stacks in {time.time() - t_start:.0f}s", flush=True)
     # candidate objects per slice (area >= 10 px)
     objects = []
@@ -327,6 +336,9 @@ def main(argv=None):
                          "(2.0 was chosen on validation stacks after training: docs/embedded-model.md)")
     ap.add_argument("--p-native", type=float, default=0.25,
                     help="with --max-scale: share of slices left at their own size")
+    ap.add_argument("--variety", type=float, default=0.0,
+                    help="share of training stacks drawn with the generator's variety options: a few nuclei 2.5-4.5x "
+                         "brighter, domed nuclei, a wider brightness spread (0: as the shipped model)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--save-every", type=int, default=500)
