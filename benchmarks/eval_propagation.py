@@ -32,7 +32,6 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -166,9 +165,9 @@ def generated(stacks=STACKS, shape=SHAPE):
 def stardist_3d():
     """StarDist's 3D test stack (31, 61, 57): synthetic nuclei from another project's generator (other
     shapes, noise, z behaviour), with its masks; fetched once with the 2D real image (``eval_real.py``)."""
-    from eval_real import stardist_file
+    from eval_real import stardist_files
 
-    yield "stardist-3d", "nuclei", stardist_file("img3d.tif"), stardist_file("mask3d.tif")
+    yield "stardist-3d", "nuclei", *stardist_files("img3d.tif", "mask3d.tif")
 
 
 def evaluate(model, stacks=STACKS, shape=SHAPE, methods=("propagation", "naive", "classical"),
@@ -181,24 +180,23 @@ def evaluate(model, stacks=STACKS, shape=SHAPE, methods=("propagation", "naive",
     refine = bool(getattr(model, "native_resolution", False)) if refine is None else refine
     res = {m: {"ious": [], "bleed": [], "area": [], "seconds": 0.0, "per_stack": []} for m in methods}
     for seed, kind, image, labels in (generated(stacks, shape) if data is None else data):
-        st = SimpleNamespace(image=image, labels=labels)
-        seeds = seed_points(st.labels)
+        seeds = seed_points(labels)
         cache = EmbeddingCache(max_bytes=1 << 40)
         predictor = SlicePredictor(model, refine=refine)
         for m in methods:
             t = time.perf_counter()
             if m == "propagation":
-                pred = run_propagation(predictor, st.image, seeds, cache, **prop_kw)
+                pred = run_propagation(predictor, image, seeds, cache, **prop_kw)
             elif m == "naive":
-                pred = run_naive(predictor, st.image, seeds, cache)
+                pred = run_naive(predictor, image, seeds, cache)
             else:
-                pred = run_classical(st.image, seeds)
+                pred = run_classical(image, seeds)
             dt = time.perf_counter() - t
-            ious, bleed = score_objects(pred, st.labels, seeds)
+            ious, bleed = score_objects(pred, labels, seeds)
             r = res[m]
             r["ious"].append(ious)
             r["bleed"].append(bleed)
-            r["area"].append(np.array([np.count_nonzero(st.labels[z] == i) for i, (z, _) in seeds.items()]))
+            r["area"].append(np.array([np.count_nonzero(labels[z] == i) for i, (z, _) in seeds.items()]))
             r["seconds"] += dt
             r["per_stack"].append((seed, kind, summarise(ious, bleed)))
             s = summarise(ious, bleed)

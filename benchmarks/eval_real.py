@@ -40,8 +40,9 @@ WHEEL_SHA256 = "2316c0feb7bd5621e7a277cb3868df475c338943c591925c420ee3622c42f023
 SEED = 123
 
 
-def stardist_file(name: str) -> np.ndarray:
-    """One of the images in StarDist's wheel (``img2d.tif``, ``mask2d.tif``, ...), fetched once, verified."""
+def stardist_files(*names: str) -> list[np.ndarray]:
+    """Images in StarDist's wheel (``img2d.tif``, ``mask2d.tif``, ...): the wheel is fetched once and
+    verified, then opened once for all of ``names``."""
     import pooch
     import tifffile
 
@@ -49,12 +50,13 @@ def stardist_file(name: str) -> np.ndarray:
 
     whl = pooch.retrieve(WHEEL_URL, known_hash=f"sha256:{WHEEL_SHA256}", path=cache_dir() / "data", progressbar=False)
     with zipfile.ZipFile(whl) as z:
-        return tifffile.imread(io.BytesIO(z.read(f"stardist/data/images/{name}")))
+        return [tifffile.imread(io.BytesIO(z.read(f"stardist/data/images/{n}"))) for n in names]
 
 
 def dsb_nuclei() -> tuple[np.ndarray, np.ndarray]:
     """(image uint16 (512, 512), labels) of the DSB 2018 crop in StarDist's wheel."""
-    return stardist_file("img2d.tif"), stardist_file("mask2d.tif")
+    img, lab = stardist_files("img2d.tif", "mask2d.tif")
+    return img, lab
 
 
 def main(argv=None):

@@ -7,7 +7,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_sam.synthetic import make_image
-from napari_sam.train import SIZE, magnify_crop, main
+from napari_sam.train import main
+from napari_sam.train_data import SIZE, magnify_crop
 from napari_sam.train_recipe import corrective_point
 
 
