@@ -190,6 +190,34 @@ def test_propagates_in_both_directions_and_stops_where_objects_end(predictor, ca
     assert all(isinstance(r, Progress) and r.labels_slice.shape == SHAPE[1:] for r in records)
 
 
+def _stacked_pair(seed=0):
+    """Two equally bright nuclei stacked in z and touching: 1 on slices 1-7,
+    2 on 8-14, nearly the same (y, x); strong blur in z, so each runs on
+    into the other's slices as a plausible blob."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:16, :96, :96]
+    gt = np.zeros((16, 96, 96), np.uint16)
+    for oid, (zc, yc, xc, r) in {1: (4, 46, 48, 13), 2: (11, 50, 46, 14)}.items():
+        gt[(((z - zc) / 3.6) ** 2 + ((y - yc) / r) ** 2 + ((x - xc) / r) ** 2 <= 1) & (gt == 0)] = oid
+    img = ndi.gaussian_filter((gt > 0).astype(float), (2.0, 1.0, 1.0)) * 600 + 100
+    img = rng.poisson(img) + rng.normal(0, 10, img.shape)
+    return np.clip(img, 0, 65535).astype(np.uint16), gt
+
+
+def test_an_object_does_not_run_on_into_the_one_stacked_above_it(predictor):
+    # StarDist's 3D test stack: a third of the objects ran on 2+ slices into their z-neighbour,
+    # even taking its prompted slice; propagated scores now decay with the distance from the prompt
+    img, gt = _stacked_pair()
+    prompts = {1: {4: {"points": interior_point(gt[4] == 1)[None]}}, 2: {11: {"points": interior_point(gt[11] == 2)[None]}}}
+    out, _ = _run(propagate_objects(predictor, img, prompts))
+    assert _extent(gt == 1) == (1, 7) and _extent(gt == 2) == (8, 14)
+    got1, got2 = _extent(out == 1), _extent(out == 2)
+    assert got1[1] <= 8, f"object 1 ends on slice 7 but ran on to {got1[1]}"
+    assert got2[0] >= 7, f"object 2 begins on slice 8 but ran down to {got2[0]}"
+    assert not (out[11] == 1).any(), "object 1 took pixels on object 2's prompted slice"
+    assert _iou3d(out == 1, gt == 1) > 0.7 and _iou3d(out == 2, gt == 2) > 0.7
+
+
 def test_fills_the_gap_between_two_prompted_slices(predictor, cache, stack):
     gt = stack.labels
     i = _objects(gt, min_len=6)[0]

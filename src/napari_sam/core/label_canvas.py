@@ -76,6 +76,11 @@ class LabelCanvas:
         sl = self.labels[z, r0 : r0 + s.shape[0], c0 : c0 + s.shape[1]]
         sl[sl == oid] = 0
 
+    def box(self, z: int, oid: int) -> tuple[int, int, tuple[int, int]]:
+        """(r0, c0, shape) of the crop this run painted ``oid`` in on slice ``z``."""
+        r0, c0, s = self._scores[z][oid]
+        return r0, c0, s.shape
+
     def crop(self, z: int, oid: int, r0: int, c0: int, shape) -> np.ndarray:
         """The pixels ``oid`` holds on slice ``z`` in a crop, bool."""
         return self.labels[z, r0 : r0 + shape[0], c0 : c0 + shape[1]] == oid

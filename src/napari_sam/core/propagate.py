@@ -22,7 +22,7 @@ value and the ``labels`` of its last progress record.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -149,6 +149,7 @@ def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: Embeddi
     at_anchor: dict[tuple[int, int], Track] = {}
     moving: dict[tuple[int, bool], Track] = {}
     ended: set[tuple[int, bool]] = set()
+    outward: dict[tuple[int, bool], list[StepFeatures]] = {}
     for n, (stage, z) in enumerate(visits, 1):
         done_here, stopped = [], []
         if stage == "prompted":
@@ -177,15 +178,39 @@ def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: Embeddi
                     continue
                 prev = at_anchor.get((o, z - 1 if up else z + 1)) or moving.get((o, up))
                 if prev is not None and prev.mask.any():
-                    work.append((o, src[1], prev))
+                    work.append((o, src[1], prev, abs(z - src[0])))
             if work:
                 image2d = embed(z)
-                stopped = _step(predictor, canvas, z, image2d, work, step, stop, moving, up)
+                stopped = _step(predictor, canvas, z, image2d, work, step, stop, moving, up, outward)
                 ended.update((o, up) for o, _ in stopped)
-                done_here = [o for o, _, _ in work]
+                done_here = [o for o, *_ in work]
+        ends = tuple((o, stage, r) for o, r in stopped)
+        if n == len(visits):
+            ends += _recheck(canvas, outward, stop)
         yield Progress(n, len(visits), z, stage, canvas.labels[z].copy(), tuple(done_here),
-                       tuple((o, stage, r) for o, r in stopped), canvas.labels if n == len(visits) else None)
+                       ends, canvas.labels if n == len(visits) else None)
     return canvas.labels
+
+
+def _recheck(canvas, outward, stop) -> tuple:
+    """The stop rule again, on what each object kept once every object has
+    painted. A pass meets the objects ahead of it before they have spread
+    towards it: an object running on past its end into the object above it
+    wins those slices until that object's own pass comes down and takes them
+    back with better scores (``StepRule.decay``), leaving it fragments. Each
+    object's outward slices are walked from its prompt; at the first one the
+    rule now rejects, that slice and the ones beyond it are erased."""
+    ends = []
+    for (o, up), feats in outward.items():
+        for k, f in enumerate(feats):
+            crop = canvas.crop(f.z, o, *canvas.box(f.z, o))
+            why = stop.reason(replace(f, kept=int(crop.sum())))
+            if why:
+                for g in feats[k:]:
+                    canvas.erase(g.z, o)
+                ends.append((o, "up" if up else "down", f"after the run, at z={f.z}: {why}"))
+                break
+    return tuple(ends)
 
 
 def _embedder(predictor, stack, cache, channel_axis, disk):
@@ -200,13 +225,14 @@ def _embedder(predictor, stack, cache, channel_axis, disk):
     return embed
 
 
-def _step(predictor, canvas, z, image2d, work, step, stop, moving, up) -> list[tuple[int, str]]:
+def _step(predictor, canvas, z, image2d, work, step, stop, moving, up, outward) -> list[tuple[int, str]]:
     """Decode every object in ``work`` on slice z (one batched call), apply the
-    stop rule to those propagating outward, paint the rest; returns the stopped ones."""
+    stop rule to those propagating outward, paint the rest; returns the stopped
+    ones. The accepted outward steps are appended to ``outward`` for ``_recheck``."""
     shape2d = image2d.shape[:2]
-    prompts = [step.prompt(prev, shape2d) for _, _, prev in work]
-    select = [select_by_overlap(prev) for _, _, prev in work] if step.multimask else None
-    windows = None if step.window is None else [step.window_box(prev, shape2d) for _, _, prev in work]
+    prompts = [step.prompt(prev, shape2d) for _, _, prev, _ in work]
+    select = [select_by_overlap(prev) for _, _, prev, _ in work] if step.multimask else None
+    windows = None if step.window is None else [step.window_box(prev, shape2d) for _, _, prev, _ in work]
     decoded = decode_objects(predictor, prompts, multimask=step.multimask, select=select, refine=predictor.refine,
                              windows=windows, threshold=step.threshold)
     for _ in range(step.iterate):
@@ -220,18 +246,18 @@ def _step(predictor, canvas, z, image2d, work, step, stop, moving, up) -> list[t
                 decoded[k] = d
     direction = "up" if up else "down"
     stopped, keep = [], []
-    for (o, in_gap, prev), d in zip(work, decoded):
+    for (o, in_gap, prev, dist), d in zip(work, decoded):
         f = StepFeatures(o, z, direction, d.score, overlap_iou(prev, d.r0, d.c0, d.mask), d.area, prev.area,
                          max(prev.peak_area, d.area))
         why = None if in_gap else stop.reason(f)
         if why:
             stopped.append((o, why))
         else:
-            keep.append((o, in_gap, prev, f, d))
-    for o, _, _, _, d in keep:
+            keep.append((o, in_gap, prev, f, d, dist))
+    for o, _, _, _, d, dist in keep:
         if d.mask.any():
-            canvas.paint(z, o, d.r0, d.c0, d.mask, d.logits)
-    for o, in_gap, prev, f, d in keep:
+            canvas.paint(z, o, d.r0, d.c0, d.mask, d.logits - step.decay * dist)
+    for o, in_gap, prev, f, d, _ in keep:
         t = _track(d, canvas, z, o)
         t.contrast0, t.peak_area = prev.contrast0, f.peak_area
         f.kept = t.area
@@ -243,6 +269,8 @@ def _step(predictor, canvas, z, image2d, work, step, stop, moving, up) -> list[t
             stopped.append((o, why))
         elif f.kept:
             moving[(o, up)] = t
+            if not in_gap:
+                outward.setdefault((o, up), []).append(f)
     return stopped
 
 

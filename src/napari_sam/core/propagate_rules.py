@@ -38,6 +38,12 @@ class StepRule:
     iterate: decode each slice this many more times, prompted with the deepest
         point and the logits of the slice's own first answer (as SAM is
         trained to correct itself on one image), single-mask.
+    decay: a propagated mask's per-pixel score (what decides a pixel two
+        objects claim, ``LabelCanvas``) is its logit minus ``decay`` x the
+        slices between it and the prompted slice it came from: the nearer an
+        object is to where it was prompted, the surer it is. Without it, an
+        object running on past its end into the object stacked above it in z
+        took that object's pixels, even on its prompted slice.
     """
 
     box: bool = False
@@ -48,6 +54,7 @@ class StepRule:
     window: float | None = 0.5
     iterate: int = 0
     threshold: float = 0.0
+    decay: float = 1.0
 
     def prompt(self, prev: "Track", shape) -> ObjectPrompt:
         pts = np.zeros((0, 2), np.float32)
