@@ -16,7 +16,10 @@ when its prediction reaches more than one slice beyond its true z extent.
 Methods, on the same stacks and seed points:
 * propagation: ``napari_sam.core.propagate.propagate_objects`` (defaults);
 * naive: SAM prompted with the seed point on every slice of the stack
-  (``batch_prompts_through_z``);
+  (``batch_prompts_through_z``), its candidates in SAM's own order
+  (``rank="score"``: with the embedded model's default, score x edge, this
+  baseline falls from 0.143 to 0.094 median on the held-out stacks, as the
+  sharpest outline near the seed is often another nucleus);
 * classical: per slice, Otsu threshold + watershed on the distance transform
   seeded at each object's point, following the object from its previous
   centroid while the overlap (IoU) with its previous slice stays >= 0.5.
@@ -189,8 +192,8 @@ def evaluate(model, stacks=STACKS, shape=SHAPE, methods=("propagation", "naive",
             t = time.perf_counter()
             if m == "propagation":
                 pred = run_propagation(predictor, image, seeds, cache, **prop_kw)
-            elif m == "naive":
-                pred = run_naive(predictor, image, seeds, cache)
+            elif m == "naive":  # SAM as it is: its own candidate order (the stronger one for this baseline)
+                pred = run_naive(SlicePredictor(model, refine=refine, rank="score"), image, seeds, cache)
             else:
                 pred = run_classical(image, seeds)
             dt = time.perf_counter() - t

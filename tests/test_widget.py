@@ -238,6 +238,33 @@ def test_negative_point_removes_a_neighbour(sam, qtbot, stack):
     assert (one & A).sum() > 0.6 * A.sum(), "the clicked object stays"
 
 
+def test_a_second_click_corrects_the_mask_shown_and_removing_it_gives_the_first_back(sam, qtbot, stack):
+    viewer, widget, image = sam
+    A = stack.labels[Z] == _objects_by_size(stack.labels[Z])[0]
+    points = viewer.layers["nuclei SAM points"]
+    points.add([[Z, *interior_point(A)]])
+    first = _wait_preview(qtbot, viewer, widget) > 0
+    miss, extra = A & ~first, first & ~A
+    if miss.sum() >= extra.sum():  # a corrective click where the mask shown is most wrong
+        q = interior_point(miss)
+    else:
+        q = interior_point(extra)
+        _press(viewer, "N")
+    points.add([[Z, *q]])
+    qtbot.waitUntil(lambda: not widget.busy and widget._result is not None
+                    and len(widget._result.objects[0].points) == 2, timeout=30000)
+    second = _preview(viewer) > 0
+    carried = widget._result.objects[0].mask
+    assert carried is not None and carried.dtype != bool, "the click is decoded from the mask shown (SAM's loop)"
+    # one corrective click helps on average (benchmarks/eval_embedded.py: 0.79 -> 0.83 median), not on every
+    # object: here the first mask is 0.88 and what it misses a thin band
+    assert _iou(second, A) >= MIN_CLICK_IOU
+    points.remove([1])
+    qtbot.waitUntil(lambda: not widget.busy and widget._result is not None
+                    and len(widget._result.objects[0].points) == 1, timeout=30000)
+    assert np.array_equal(_preview(viewer) > 0, first), "removing the click gives back the first answer"
+
+
 def test_slice_or_prompt_change_during_computation_writes_nothing(sam, qtbot, stack):
     viewer, widget, image = sam
     lab = stack.labels[Z]

@@ -212,7 +212,7 @@ def segment_prompted_slices(stack, prompts, model, *, refine=False, channel_axis
             if not items:
                 continue
             r = pred.predict_objects([p for _, p in items], multimask=multimask)
-            best = r.scores.argmax(1)
+            best = r.best_index()
             for k, (oid, _) in enumerate(items):
                 m, sc = r.masks[k, best[k]], float(r.scores[k, best[k]])
                 win = m & (sc > score)

@@ -9,6 +9,8 @@ prompts of *now*, so a late embedding never applies to stale prompts.
 
 from __future__ import annotations
 
+import numpy as np
+
 from napari_sam.core.objects import group_prompts, predict_candidates
 
 from . import _layers as L
@@ -143,6 +145,7 @@ class Prompting:
             if token != self._cancelled:
                 self._start_encode(emb_key, plane)
             return
+        self._carry_mask(token, objects)
         try:
             cands = predict_candidates(self._session.predictor, objects)
         except ValueError as e:
@@ -153,6 +156,27 @@ class Prompting:
         self._show_result()
         if self._pending_commit == token:
             self._commit_result()
+
+    def _carry_mask(self, token, objects) -> None:
+        """SAM's interactive loop: a click added to the one object of the slice is
+        decoded with the shown candidate's low-res logits as mask prompt (a
+        corrective click then corrects that mask instead of starting over).
+        Only when the previous result is of the same image, slice and model and
+        its clicks are the first clicks of now."""
+        prev = self._result
+        if prev is None or len(objects) != 1 or len(prev.objects) != 1 or prev.token[:3] != token[:3] \
+                or prev.token[4:] != token[4:]:
+            return
+        o, po = objects[0], prev.objects[0]
+        n = len(po.points)
+        refining = po.mask is not None and po.mask.dtype == bool  # a label being refined, not carried logits
+        if o.box is not None or o.mask is not None or po.box is not None or refining \
+                or not n or len(o.points) <= n or not np.array_equal(o.points[:n], po.points) \
+                or not np.array_equal(o.labels[:n], po.labels):
+            return
+        shown = prev.candidates[0]
+        if shown.low_res is not None:
+            o.mask = shown.low_res[min(self._rank, len(shown) - 1)]
 
     def _start_encode(self, emb_key, plane) -> None:
         key = ("encode", *emb_key)

@@ -86,8 +86,11 @@ def decode_objects(predictor, prompts: list[ObjectPrompt], *, multimask: bool = 
             low, iou = decode_prompts(predictor, [prompts[i] for i in part], multimask, sub)
             low, iou = low.float().cpu().numpy(), iou.float().cpu().numpy()
             for j, i in enumerate(part):
-                k = 0 if low.shape[1] == 1 else (select[i](iou[j], low[j]) if select else int(np.argmax(iou[j])))
-                out[i] = _crop_object(predictor, low[j, k], float(iou[j, k]), prompts[i], refine, thr)
+                if low.shape[1] == 1 or select:
+                    k = 0 if low.shape[1] == 1 else select[i](iou[j], low[j])
+                    out[i] = _crop_object(predictor, low[j, k], float(iou[j, k]), prompts[i], refine, thr)
+                else:
+                    out[i] = _ranked(predictor, low[j], iou[j], prompts[i], refine, thr)
     return out
 
 
@@ -144,6 +147,30 @@ def decode_prompts(predictor, objs: list[ObjectPrompt], multimask: bool, window:
         return sam.mask_decoder(image_embeddings=emb.features, image_pe=pe.get_dense_pe(),
                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                 multimask_output=multimask)
+
+
+def _ranked(predictor, low: np.ndarray, iou: np.ndarray, prompt: ObjectPrompt, refine: bool, thr: float) -> Decoded:
+    """The first of an object's candidates by the predictor's ``rank`` (``core.choose``)."""
+    if getattr(predictor, "rank", "score") == "score":
+        k = int(np.argmax(iou))
+        return _crop_object(predictor, low[k], float(iou[k]), prompt, refine, thr)
+    cands = [_crop_object(predictor, low[k], float(iou[k]), prompt, refine, thr) for k in range(len(iou))]
+    return cands[int(np.argmax(_keys(predictor, cands, iou, prompt)))]
+
+
+def _keys(predictor, cands: list[Decoded], iou: np.ndarray, prompt: ObjectPrompt) -> np.ndarray:
+    """Ranking keys of candidate crops: pasted into one common crop first."""
+    live = [d for d in cands if d.mask.any()]
+    if not live:
+        return np.asarray(iou, np.float64)
+    r0, c0 = min(d.r0 for d in live), min(d.c0 for d in live)
+    r1 = max(d.r0 + d.mask.shape[0] for d in live)
+    c1 = max(d.c0 + d.mask.shape[1] for d in live)
+    masks = np.zeros((len(cands), r1 - r0, c1 - c0), bool)
+    for k, d in enumerate(cands):
+        if d.mask.any():
+            masks[k, d.r0 - r0 : d.r0 - r0 + d.mask.shape[0], d.c0 - c0 : d.c0 - c0 + d.mask.shape[1]] = d.mask
+    return predictor.rank_keys(iou, masks, r0, c0, prompt.points, prompt.labels)
 
 
 def _crop_object(predictor, low: np.ndarray, score: float, prompt: ObjectPrompt, refine: bool, thr: float) -> Decoded:

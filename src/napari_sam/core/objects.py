@@ -4,7 +4,7 @@ The interactive tools (the napari widget, scripts) collect every prompt that
 lies on the current slice: points with a positive/negative label, rectangles,
 maybe the mask of an existing object. :func:`group_prompts` decides which
 prompts belong to which object; :func:`predict_candidates` asks SAM for each
-object's candidate masks and ranks them by SAM's predicted IoU.
+object's candidate masks and ranks them (``SlicePredictor.rank``).
 
 All coordinates are napari's: (row, col) pixels of the slice.
 """
@@ -24,15 +24,20 @@ __all__ = ["Candidates", "group_prompts", "predict_candidates", "box_from_corner
 class Candidates:
     """One object's candidate masks, best first.
 
-    masks: (c, H, W) bool, sorted by ``scores`` descending.
+    masks: (c, H, W) bool, best first: by SAM's predicted IoU, or for the
+        embedded model by the predicted IoU x the outline's image gradient
+        (the predictor's ``rank``, ``core.choose``).
     scores: (c,) float, SAM's predicted IoU of each mask.
     tokens: (c,) int, which SAM output each mask came from: 0 is the
         single-mask answer, 1..3 the multimask answers.
+    low_res: (c, h, w) float, SAM's low-resolution logits of each mask: the
+        mask prompt for the object's next click (SAM's interactive loop).
     """
 
     masks: np.ndarray
     scores: np.ndarray
     tokens: np.ndarray
+    low_res: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -115,14 +120,18 @@ def predict_candidates(predictor, objects: list[ObjectPrompt]) -> list[Candidate
     multi = predictor.predict_objects(objects, multimask=True)
     single_idx = [i for i, o in enumerate(objects) if not _single_prompt(o)]
     single = predictor.predict_objects([objects[i] for i in single_idx], multimask=False) if single_idx else None
-    for i in range(len(objects)):
-        masks, scores = multi.masks[i], multi.scores[i]
+    for i, o in enumerate(objects):
+        masks, scores, low = multi.masks[i], multi.scores[i], multi.low_res_logits[i]
         tokens = np.arange(1, len(scores) + 1)
+        keys = multi.scores[i] if multi.keys is None else multi.keys[i]
         if i in single_idx:
             j = single_idx.index(i)
             masks = np.concatenate([single.masks[j], masks])
             scores = np.concatenate([single.scores[j], scores])
+            low = np.concatenate([single.low_res_logits[j], low])
             tokens = np.concatenate([[0], tokens])
-        order = np.argsort(-scores, kind="stable")
-        out[i] = Candidates(masks[order], scores[order].astype(np.float32), tokens[order].astype(np.int64))
+            keys = predictor.rank_keys(scores, masks, points=o.points, labels=o.labels)
+        order = np.argsort(-keys, kind="stable")
+        out[i] = Candidates(masks[order], scores[order].astype(np.float32), tokens[order].astype(np.int64),
+                            low[order].astype(np.float32))
     return out

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .choose import check_rule, default_rule, rank_keys
 from .image import to_sam_rgb
 from .prompts import ObjectPrompt, check_inside
 
@@ -58,15 +59,22 @@ class Prediction:
     masks: (n, c, H, W) bool at the slice's full size.
     scores: (n, c) float, SAM's predicted IoU.
     low_res_logits: (n, c, h, w) float, to feed back as a mask prompt.
+    keys: (n, c) float, what the candidates are ranked by (``SlicePredictor``'s
+        ``rank``; ``core.choose``); the scores when not given.
     """
 
     masks: np.ndarray
     scores: np.ndarray
     low_res_logits: np.ndarray
+    keys: np.ndarray | None = None
+
+    def best_index(self) -> np.ndarray:
+        """(n,) int: each object's first candidate by its ranking key."""
+        return (self.scores if self.keys is None else self.keys).argmax(1)
 
     def best(self) -> np.ndarray:
-        """(n, H, W) bool: each object's candidate with the highest score."""
-        idx = self.scores.argmax(1)
+        """(n, H, W) bool: each object's first candidate by its ranking key."""
+        idx = self.best_index()
         return self.masks[np.arange(len(idx)), idx]
 
 
@@ -74,7 +82,7 @@ class SlicePredictor:
     """SAM on one 2D slice: ``set_image`` once, ``predict`` many times."""
 
     def __init__(self, model, normalize: str = "percentile", refine: bool = False, fast: bool = True,
-                 input_scale: float | None = None):
+                 input_scale: float | None = None, rank: str | None = None):
         """model: a ``core.models.LoadedModel``. normalize: see ``core.image``.
         refine: boundary snapping + fragment removal (``core.refine``) on every mask.
         fast: run SAM's ViT encoder and mask decoder through ``core.fast_vit`` /
@@ -83,7 +91,10 @@ class SlicePredictor:
         input_scale: native-resolution encoders only: the slice is magnified by
         this factor before encoding (long side at most the encoder's
         ``max_size``); default the model's own (embedded model: see its
-        ``input_scale``). Official ViT models always see SAM's 1024 canvas."""
+        ``input_scale``). Official ViT models always see SAM's 1024 canvas.
+        rank: how an ambiguous prompt's candidates are ordered, best first
+        (``core.choose``): "score" (SAM's predicted IoU) or "score*edge";
+        default "score*edge" for the embedded model, "score" for SAM's ViTs."""
         from segment_anything.utils.transforms import ResizeLongestSide
 
         self.model = model
@@ -98,6 +109,7 @@ class SlicePredictor:
         problem = input_scale_problem(self.input_scale)
         if problem:
             raise ValueError(f"input_scale {problem}")
+        self.rank = check_rule(default_rule(self.native) if rank is None else rank)
         self._resize = None if self.native else ResizeLongestSide(enc.img_size)
         self.embedding: Embedding | None = None
 
@@ -192,9 +204,16 @@ class SlicePredictor:
             m, s, lr = self._decode([objects[i] for i in idx], multimask)
             for j, i in enumerate(idx):
                 out[i] = (m[j], s[j], lr[j])
-        return Prediction(
-            np.stack([o[0] for o in out]), np.stack([o[1] for o in out]), np.stack([o[2] for o in out])
-        )
+        masks, scores = np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
+        keys = np.stack([self.rank_keys(s, m, points=o.points, labels=o.labels)
+                         for s, m, o in zip(scores, masks, objects)])
+        return Prediction(masks, scores, np.stack([o[2] for o in out]), keys)
+
+    def rank_keys(self, scores: np.ndarray, masks: np.ndarray, r0: int = 0, c0: int = 0, points=None,
+                  labels=None) -> np.ndarray:
+        """(c,) ranking keys of one object's candidates (``masks``: (c, h, w) crops at (r0, c0);
+        points, labels: the object's clicks, see ``core.choose.rank_keys``)."""
+        return rank_keys(self.rank, scores, self.embedding.gray, masks, r0, c0, points, labels)
 
     def _scale(self):
         emb = self.embedding
