@@ -60,15 +60,22 @@ def evaluate_images(model, images, input_scale=None, rank=None):
     from napari_sam.core.refine import refine_mask
     from napari_sam.synthetic import interior_point
 
-    pred = SlicePredictor(model, refine=False, input_scale=input_scale, rank=rank)
+    from napari_sam.core.magnify import auto_scale, is_auto
+
+    auto = is_auto(input_scale)
+    pred = SlicePredictor(model, refine=False, input_scale=None if auto else input_scale, rank=rank)
     rows = []
     for name, img, lab, rng in images:
-        pred.set_image(img)
-        gray = pred.embedding.gray
-        cl = ClassicalSlice(img)
         ids, counts = np.unique(lab[lab > 0], return_counts=True)
         ids = ids[counts >= 20]
         pts_all = [interior_point(lab == oid, rng, depth=0.5) for oid in ids]
+        if auto:  # per image, from all of its clicks (core.magnify)
+            s, _ = auto_scale(model, img, [ObjectPrompt(np.array([p], np.float32), [1]) for p in pts_all])
+            if s != pred.input_scale:
+                pred = SlicePredictor(model, refine=False, input_scale=s, rank=rank)
+        pred.set_image(img)
+        gray = pred.embedding.gray
+        cl = ClassicalSlice(img)
         boxes_all = []
         for oid in ids:
             rr, cc = np.nonzero(lab == oid)
@@ -171,7 +178,8 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     ap.add_argument("--seed0", type=int, default=EVAL_SEED0,
                     help="first stack seed (900000: held-out; 800000: the validation stacks used to choose settings)")
-    ap.add_argument("--input-scale", type=float, default=None, help="magnification before the encoder (default: the model's)")
+    ap.add_argument("--input-scale", default=None,
+                    help="magnification before the encoder (default: the model's), or auto (core.magnify)")
     add_experiment_options(ap)
     args = ap.parse_args(argv)
     import napari_sam
@@ -179,7 +187,8 @@ def main(argv=None):
     t = time.time()
     model = napari_sam.load_model(args.model, device="cpu")
     apply_experiment_options(model, args)
-    rows = evaluate(model, args.stacks, args.seed0, args.input_scale, args.rank)
+    scale = args.input_scale if args.input_scale in (None, "auto") else float(args.input_scale)
+    rows = evaluate(model, args.stacks, args.seed0, scale, args.rank)
     s = summarise(rows)
     print(f"model {args.model} sha256={model.checksum[:12]}  objects={s['n_objects']}  ({time.time() - t:.0f}s)")
     print(f"{'metric':28s} {'median':>7s} {'p10':>7s} {'mean':>7s}")

@@ -37,7 +37,7 @@ def segment(
     channel: int | None = None,
     normalize: str = "percentile",
     refine: bool = False,
-    input_scale: float | None = None,
+    input_scale: float | str | None = None,
 ):
     """SAM on one 2D slice.
 
@@ -51,7 +51,9 @@ def segment(
     it removes every stray fragment but does not raise the IoU on average,
     see docs/embedded-model.md). input_scale: magnification of the slice
     before the embedded model's encoder (default its own, 2.0, for nuclei; 1.0
-    is better, and faster, for cell bodies of radius over ~12 px: docs/embedded-model.md).
+    is better, and faster, for cell bodies of radius over ~12 px: docs/embedded-model.md);
+    "auto": decode at 2x, and if the prompted objects are large (median radius
+    >= 18 px) again at 1x (``core.magnify``).
 
     Returns a :class:`napari_sam.core.predictor.Prediction`: ``masks``
     (n_objects, n_candidates, H, W) bool, ``scores`` (n, c) SAM's predicted
@@ -70,10 +72,21 @@ def segment(
         )
     if points is None and boxes is None and mask is None:
         raise ValueError("segment() needs a prompt: points, boxes or mask")
-    pred = SlicePredictor(m, normalize=normalize, input_scale=input_scale)
+    from .core.magnify import is_auto, median_radius, scale_for
+
+    auto = is_auto(input_scale)
+    pred = SlicePredictor(m, normalize=normalize, input_scale=None if auto else input_scale)
     pred.set_image(a, channel_axis=channel_axis, channel=channel)
     pred.refine = refine
-    return pred.predict(points=points, point_labels=point_labels, boxes=boxes, mask=mask, multimask=multimask)
+    out = pred.predict(points=points, point_labels=point_labels, boxes=boxes, mask=mask, multimask=multimask)
+    if auto and pred.native:
+        scale = scale_for(median_radius(out.best()), pred.input_scale)
+        if scale != pred.input_scale:
+            pred = SlicePredictor(m, normalize=normalize, input_scale=scale)
+            pred.set_image(a, channel_axis=channel_axis, channel=channel)
+            pred.refine = refine
+            out = pred.predict(points=points, point_labels=point_labels, boxes=boxes, mask=mask, multimask=multimask)
+    return out
 
 
 def propagate(stack, prompts, *, model=None, z_range=None, **kwargs):

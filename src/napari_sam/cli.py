@@ -35,9 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     s.add_argument("--propagate", action="store_true", help="propagate each object through z from its prompted slices")
     s.add_argument("--z-range", help="A:B, slices A..B-1 (with --propagate)")
-    s.add_argument("--input-scale", type=float, default=None,
+    s.add_argument("--input-scale", default=None,
                    help="magnify slices before the embedded model's encoder (default the model's, 2.0, for nuclei; "
-                        "1.0 is better, and faster, for cell bodies of radius over ~12 px)")
+                        "1.0 is better, and faster, for cell bodies of radius over ~12 px; 'auto': 1.0 when the "
+                        "prompted objects measure a median radius of 18 px or more at 2x)")
     s.add_argument("--refine", action="store_true", help="snap boundaries to the image and drop fragments not connected to the prompt")
     s.add_argument("--embeddings", help="embedding cache of this image made by 'napari-sam embed' (same model): "
                    "slices in it cost no encoder time; slices encoded here are added to it")
@@ -106,7 +107,17 @@ def _segment(args) -> int:
     model = _load(args.model, args.device)
     t0 = time.time()
     channel_axis = -1 if vol.rgb else None
-    check_input_scale(args.input_scale)
+    scale = check_input_scale(args.input_scale)
+    auto = scale == "auto"
+    if auto:
+        if args.embeddings:
+            raise InputError("--input-scale auto chooses the magnification from the prompts, but --embeddings were "
+                             "computed at a fixed one: pass the --input-scale they were made with")
+        from .core.magnify import stack_scale
+
+        scale, radius = stack_scale(model, vol.data, prompts, channel_axis=channel_axis)
+        print(f"--input-scale auto: prompted objects' median radius {radius:.1f} px -> {scale:g}x", file=sys.stderr)
+    args.input_scale = scale
     disk = (_open_embeddings(args.embeddings, model, vol.data, channel_axis, args.input_scale)
             if args.embeddings else None)
     if args.propagate:
@@ -132,6 +143,7 @@ def _segment(args) -> int:
         "z_range": z_range,
         "refine": args.refine,
         "input_scale": args.input_scale,
+        "input_scale_auto": auto,
         "prompts": {str(o): {str(z): s for z, s in zs.items()} for o, zs in prompts.items()},
         "napari_sam_version": _version(),
     }
@@ -141,13 +153,21 @@ def _segment(args) -> int:
     return 0
 
 
-def check_input_scale(value) -> None:
-    """``--input-scale``: refused with the predictor's reason before anything runs."""
+def check_input_scale(value):
+    """``--input-scale``: a number, "auto" or None; refused with the reason before anything runs."""
+    from .core.magnify import is_auto
     from .core.predictor import input_scale_problem
 
-    problem = None if value is None else input_scale_problem(value)
+    if value is None or is_auto(value):
+        return None if value is None else "auto"
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"--input-scale takes a number (e.g. 1.0 or 2.0) or 'auto', not {value!r}") from None
+    problem = input_scale_problem(value)
     if problem:
         raise InputError(f"--input-scale {problem}")
+    return value
 
 
 def _open_embeddings(path, model, stack, channel_axis, input_scale=None):

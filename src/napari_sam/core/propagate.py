@@ -29,6 +29,7 @@ import numpy as np
 from .batch_decode import decode_objects
 from .cache import EmbeddingCache, embed_cached
 from .label_canvas import USER_SCORE, LabelCanvas
+from .magnify import is_auto, stack_scale
 from .prompts import ObjectPrompt
 from .propagate_inputs import as_prompt, check_id, check_labels, check_prompts, check_stack, z_bounds
 from .propagate_rules import StepFeatures, StepRule, StopRule, Track, contrast, overlap_iou, select_by_overlap
@@ -311,7 +312,7 @@ def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: E
 
 def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = False, labels=None,
                      normalize: str = "percentile", refine: bool | None = None, cache=None,
-                     progress=None, channel_axis: int | None = None, disk=None, input_scale: float | None = None,
+                     progress=None, channel_axis: int | None = None, disk=None, input_scale: float | str | None = None,
                      **kwargs) -> np.ndarray:
     """Run :func:`propagate_objects` (or, with ``through_z``,
     :func:`batch_prompts_through_z`) to the end and return the (z, y, x) labels.
@@ -319,7 +320,8 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
     model: a ``LoadedModel``. refine: boundary refinement (default: on for
     native-resolution models, as ``segment``). progress: called with every
     :class:`Progress`. channel_axis, disk: see :func:`propagate_objects`.
-    input_scale: see ``SlicePredictor``.
+    input_scale: see ``SlicePredictor``; "auto": chosen from the prompted
+    objects' size (``core.magnify.stack_scale``).
     Other keywords (stop, step, min_score) go to the generator.
     """
     from .predictor import SlicePredictor
@@ -338,6 +340,8 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
         raise ValueError("no model: load one with napari_sam.load_model() and pass it as model=")
     if refine is None:
         refine = bool(getattr(model, "native_resolution", False))
+    if is_auto(input_scale):
+        input_scale, _ = stack_scale(model, stack, prompts, normalize=normalize, channel_axis=channel_axis)
     predictor = SlicePredictor(model, normalize=normalize, refine=refine, input_scale=input_scale)
     run = batch_prompts_through_z if through_z else propagate_objects
     gen = run(predictor, stack, prompts, z_range=z_range, cache=cache, labels=labels, channel_axis=channel_axis,
