@@ -153,12 +153,15 @@ def test_magnification_embeds_the_slice_again_and_clicks_still_segment(sam, qtbo
     viewer.layers["nuclei SAM points"].add([[Z, *interior_point(gt)]])
     assert _iou(_wait_preview(qtbot, viewer, widget) > 0, gt) >= MIN_CLICK_IOU
     assert widget._session.predictor.embedding.input_size == (round(256 * own),) * 2
+    hint = "These objects are large (radius 22 px): Magnification 1× segments them better"
+    assert hint in widget._ui.status.text(), "object 7 (1,707 px) is large: the widget suggests 1x"
 
     box.setValue(1.0)
     assert "magnified 1×" in widget._ui.status.text(), widget._ui.status.text()
     assert _iou(_wait_preview(qtbot, viewer, widget) > 0, gt) >= MIN_CLICK_IOU
     emb = widget._session.predictor.embedding
     assert widget._session.predictor.input_scale == 1.0 and emb.input_size == (256, 256), "embedded again at 1x"
+    assert "Magnification 1×" not in widget._ui.status.text(), "no hint once at 1x"
 
 
 def test_saved_labels_carry_the_prompts_of_each_commit(sam, qtbot, stack, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_sam.core.magnify import LARGE_SCALE, median_radius, scale_for
 from napari_sam.core.objects import group_prompts, predict_candidates
 
 from . import _layers as L
@@ -211,7 +212,19 @@ class Prompting:
         ui.candidates.addItems(res.rank_texts())
         ui.candidates.setCurrentRow(min(self._rank, res.n_ranks - 1))
         ui.candidates.blockSignals(False)
-        self._say(res.summary(self._rank))
+        self._say(res.summary(self._rank) + self._magnification_hint(res))
+
+    def _magnification_hint(self, res) -> str:
+        """A hint when the objects shown are large (cell bodies, big nuclei) and the slice is magnified
+        (``core.magnify``: what ``input_scale="auto"`` does in the API and CLI)."""
+        pred = self._session.predictor
+        if pred is None or not pred.native:
+            return ""
+        r = median_radius(np.stack([c.pick(self._rank)[0] for c in res.candidates]))
+        if scale_for(r, pred.input_scale) == pred.input_scale:
+            return ""
+        return (f" These objects are large (radius {r:.0f} px): Magnification {LARGE_SCALE:g}× segments "
+                f"them better, and faster.")
 
     def _on_candidate_row(self, row: int) -> None:
         if self._result is not None and row >= 0 and row != self._rank:
