@@ -57,7 +57,9 @@ def segment(
 
     Returns a :class:`napari_sam.core.predictor.Prediction`: ``masks``
     (n_objects, n_candidates, H, W) bool, ``scores`` (n, c) SAM's predicted
-    IoU, ``low_res_logits``; ``.best()`` gives (n, H, W).
+    IoU, ``low_res_logits``; ``.best()`` gives (n, H, W), each object's
+    candidate shown first (highest predicted IoU; for the embedded model,
+    predicted IoU x the image's edge along the outline: ``core.choose``).
     """
     from .core.predictor import SlicePredictor
 
