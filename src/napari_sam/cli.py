@@ -208,7 +208,8 @@ def segment_prompted_slices(stack, prompts, model, *, refine=False, channel_axis
     """Each object on each slice it was prompted on; (z, y, x) labels.
 
     All objects of a slice are decoded on one embedding; a single positive
-    point takes SAM's top-scored of 3 candidates, richer prompts one mask.
+    point takes the first of SAM's 3 candidates (``Prediction.best_index``,
+    ``core.choose``), richer prompts one mask.
     Where objects claim the same pixel, the higher predicted IoU wins.
     disk: a ``DiskCache`` of the stack (read first; what is encoded is added).
     """

@@ -64,7 +64,7 @@ def decode_objects(predictor, prompts: list[ObjectPrompt], *, multimask: bool = 
 
     multimask: ask SAM for its 3 candidates and keep one per object: the
     one ``select[i](scores (c,), low_res (c, h, w)) -> index`` picks if
-    ``select`` is given, else the highest predicted IoU.
+    ``select`` is given, else the first by the predictor's ``rank`` (``core.choose``).
     refine: ``core.refine.refine_mask`` on the chosen mask.
     windows: per object, the (row0, col0, row1, col1) slice pixels that may
     hold it, or None for the whole slice: see ``core.decode_window``.

@@ -105,8 +105,9 @@ def _is_user_mask(p) -> bool:
 def _decode_prompted(predictor, items, threshold):
     """The user prompts of one slice, [(oid, ObjectPrompt)] -> [(oid, Decoded or None, user mask or None)].
 
-    One positive point alone is ambiguous: SAM's 3 candidates, best predicted
-    IoU. A mask alone (bool) is the user's own drawing: kept as it is.
+    One positive point alone is ambiguous: SAM's 3 candidates, the first by
+    the predictor's ``rank`` (``core.choose``). A mask alone (bool) is the
+    user's own drawing: kept as it is.
     """
     single = [len(p.points) == 1 and p.box is None and p.mask is None for _, p in items]
     out = []
