@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_sam.core.magnify import AUTO_RADIUS, median_radius, scale_for, stack_scale
+from napari_sam.core.magnify import AUTO_RADIUS, check_scale, median_radius, scale_for, stack_scale
 from napari_sam.synthetic import interior_point, make_image, make_stack
 
 from .conftest import needs_embedded
@@ -21,6 +21,16 @@ def _clicks(lab, n=6, min_area=200):
     ids, counts = np.unique(lab[lab > 0], return_counts=True)
     keep = [int(i) for i, c in zip(ids, counts) if c >= min_area and i not in border][:n]
     return keep, np.array([interior_point(lab == i) for i in keep])
+
+
+def test_bad_scales_are_refused_with_what_is_allowed():
+    from napari_sam import segment
+
+    with pytest.raises(ValueError, match="input_scale takes a number \\(e.g. 1.0 or 2.0\\) or 'auto', not 'huge'"):
+        segment(np.zeros((32, 32)), points=[[5, 5]], model="embedded", input_scale="huge")
+    with pytest.raises(ValueError, match="input_scale must be between 0.25 and 4"):
+        segment(np.zeros((32, 32)), points=[[5, 5]], model="embedded", input_scale=9)
+    assert check_scale(" Auto ") == "auto" and check_scale("1.5") == 1.5 and check_scale(None) is None
 
 
 def test_the_rule():

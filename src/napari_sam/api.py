@@ -74,8 +74,9 @@ def segment(
         )
     if points is None and boxes is None and mask is None:
         raise ValueError("segment() needs a prompt: points, boxes or mask")
-    from .core.magnify import is_auto, median_radius, scale_for
+    from .core.magnify import check_scale, is_auto, median_radius, scale_for
 
+    input_scale = check_scale(input_scale)
     auto = is_auto(input_scale)
     pred = SlicePredictor(m, normalize=normalize, input_scale=None if auto else input_scale)
     pred.set_image(a, channel_axis=channel_axis, channel=channel)

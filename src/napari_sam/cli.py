@@ -155,19 +155,12 @@ def _segment(args) -> int:
 
 def check_input_scale(value):
     """``--input-scale``: a number, "auto" or None; refused with the reason before anything runs."""
-    from .core.magnify import is_auto
-    from .core.predictor import input_scale_problem
+    from .core.magnify import check_scale
 
-    if value is None or is_auto(value):
-        return None if value is None else "auto"
     try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"--input-scale takes a number (e.g. 1.0 or 2.0) or 'auto', not {value!r}") from None
-    problem = input_scale_problem(value)
-    if problem:
-        raise InputError(f"--input-scale {problem}")
-    return value
+        return check_scale(value)
+    except ValueError as e:
+        raise InputError("--input-scale" + str(e).removeprefix("input_scale")) from None
 
 
 def _open_embeddings(path, model, stack, channel_axis, input_scale=None):

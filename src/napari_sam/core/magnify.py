@@ -25,6 +25,22 @@ def is_auto(value) -> bool:
     return isinstance(value, str) and value.strip().lower() == AUTO
 
 
+def check_scale(value):
+    """An ``input_scale`` as given: None, "auto" or a number in range; else ValueError saying what is allowed."""
+    from .predictor import input_scale_problem
+
+    if value is None or is_auto(value):
+        return None if value is None else AUTO
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"input_scale takes a number (e.g. 1.0 or 2.0) or 'auto', not {value!r}") from None
+    problem = input_scale_problem(value)
+    if problem:
+        raise ValueError(f"input_scale {problem}")
+    return value
+
+
 def median_radius(masks) -> float:
     """Median equivalent radius sqrt(area / pi) of (n, H, W) masks, px (nan when none)."""
     areas = np.asarray(masks, bool).reshape(len(masks), -1).sum(1)

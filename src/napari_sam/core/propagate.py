@@ -29,7 +29,7 @@ import numpy as np
 from .batch_decode import decode_objects
 from .cache import EmbeddingCache, embed_cached
 from .label_canvas import USER_SCORE, LabelCanvas
-from .magnify import is_auto, stack_scale
+from .magnify import check_scale, is_auto, stack_scale
 from .prompts import ObjectPrompt
 from .propagate_inputs import as_prompt, check_id, check_labels, check_prompts, check_stack, z_bounds
 from .propagate_rules import StepFeatures, StepRule, StopRule, Track, contrast, overlap_iou, select_by_overlap
@@ -341,6 +341,7 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
         raise ValueError("no model: load one with napari_sam.load_model() and pass it as model=")
     if refine is None:
         refine = bool(getattr(model, "native_resolution", False))
+    input_scale = check_scale(input_scale)
     if is_auto(input_scale):
         input_scale, _ = stack_scale(model, stack, prompts, normalize=normalize, channel_axis=channel_axis)
     predictor = SlicePredictor(model, normalize=normalize, refine=refine, input_scale=input_scale)
