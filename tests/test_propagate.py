@@ -209,8 +209,10 @@ def test_an_object_does_not_run_on_into_the_one_stacked_above_it(predictor):
     # even taking its prompted slice; propagated scores now decay with the distance from the prompt
     img, gt = _stacked_pair()
     prompts = {1: {4: {"points": interior_point(gt[4] == 1)[None]}}, 2: {11: {"points": interior_point(gt[11] == 2)[None]}}}
-    out, _ = _run(propagate_objects(predictor, img, prompts))
+    out, records = _run(propagate_objects(predictor, img, prompts))
     assert _extent(gt == 1) == (1, 7) and _extent(gt == 2) == (8, 14)
+    ends = {(o, d): (z, why) for r in records for o, d, why, z in r.ended}
+    assert ends[(1, "up")][0] in (8, 9), f"where object 1 stopped going up, as the widget reports it: {ends}"
     got1, got2 = _extent(out == 1), _extent(out == 2)
     assert got1[1] <= 8, f"object 1 ends on slice 7 but ran on to {got1[1]}"
     assert got2[0] >= 7, f"object 2 begins on slice 8 but ran down to {got2[0]}"

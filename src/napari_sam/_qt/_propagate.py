@@ -126,8 +126,8 @@ class Outcome:
     ends: dict = field(default_factory=dict)
 
     def record(self, progress) -> None:
-        for oid, direction, reason in progress.ended:
-            self.ends[(int(oid), direction)] = (int(progress.z), reason)
+        for oid, direction, reason, z in progress.ended:
+            self.ends[(int(oid), direction)] = (int(z), reason)
 
     def _stops(self, oid: int, zs: np.ndarray, nz: int) -> list[tuple[str, int | None, str]]:
         """[(direction, z it stopped at or None, why)] for the directions where it ended."""

@@ -45,7 +45,9 @@ class Progress:
     the prompted, upward and downward stages). z: the slice. stage:
     "prompted", "up", "down" (or "batch" for ``batch_prompts_through_z``). labels_slice:
     (y, x) copy of that slice's labels as they stand. objects: ids decoded on
-    it. ended: (object id, "up"/"down", reason) for objects that stopped here.
+    it. ended: (object id, "up"/"down", reason, z) for objects that stopped:
+    here (z is this record's), or, on the last record, where the stop rule's
+    last look after the run cut them (``_recheck``).
     labels: the whole (z, y, x) result, on the last record only.
     """
 
@@ -186,7 +188,7 @@ def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: Embeddi
                 stopped = _step(predictor, canvas, z, image2d, work, step, stop, moving, up, outward)
                 ended.update((o, up) for o, _ in stopped)
                 done_here = [o for o, *_ in work]
-        ends = tuple((o, stage, r) for o, r in stopped)
+        ends = tuple((o, stage, r, z) for o, r in stopped)
         if n == len(visits):
             ends += _recheck(canvas, outward, stop)
         yield Progress(n, len(visits), z, stage, canvas.labels[z].copy(), tuple(done_here),
@@ -210,7 +212,7 @@ def _recheck(canvas, outward, stop) -> tuple:
             if why:
                 for g in feats[k:]:
                     canvas.erase(g.z, o)
-                ends.append((o, "up" if up else "down", f"after the run, at z={f.z}: {why}"))
+                ends.append((o, "up" if up else "down", f"after the run: {why}", f.z))
                 break
     return tuple(ends)
 
