@@ -107,6 +107,10 @@ class Controls:
         box.addWidget(QLabel("Candidates (best first; K / Shift-K or click):"))
         self.candidates = QListWidget()
         self.candidates.setMaximumHeight(92)
+        self.candidates.setToolTip(
+            "Best first: by SAM's predicted IoU for official checkpoints; for the embedded model, whose IoU head "
+            "cannot tell its candidates apart, by predicted IoU x how sharp the image's edge is along each outline "
+            "(candidates that contradict a click come last)")
         box.addWidget(self.candidates)
         root.addWidget(prompts)
 
