@@ -76,19 +76,18 @@ def segment(
         raise ValueError("segment() needs a prompt: points, boxes or mask")
     from .core.magnify import check_scale, is_auto, median_radius, scale_for
 
+    def run(scale):
+        pred = SlicePredictor(m, normalize=normalize, refine=refine, input_scale=scale)
+        pred.set_image(a, channel_axis=channel_axis, channel=channel)
+        return pred, pred.predict(points=points, point_labels=point_labels, boxes=boxes, mask=mask, multimask=multimask)
+
     input_scale = check_scale(input_scale)
     auto = is_auto(input_scale)
-    pred = SlicePredictor(m, normalize=normalize, input_scale=None if auto else input_scale)
-    pred.set_image(a, channel_axis=channel_axis, channel=channel)
-    pred.refine = refine
-    out = pred.predict(points=points, point_labels=point_labels, boxes=boxes, mask=mask, multimask=multimask)
-    if auto and pred.native:
+    pred, out = run(None if auto else input_scale)
+    if auto and pred.native:  # measured at the default magnification; again only if the objects are large
         scale = scale_for(median_radius(out.best()), pred.input_scale)
         if scale != pred.input_scale:
-            pred = SlicePredictor(m, normalize=normalize, input_scale=scale)
-            pred.set_image(a, channel_axis=channel_axis, channel=channel)
-            pred.refine = refine
-            out = pred.predict(points=points, point_labels=point_labels, boxes=boxes, mask=mask, multimask=multimask)
+            _, out = run(scale)
     return out
 
 

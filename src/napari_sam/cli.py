@@ -108,14 +108,16 @@ def _segment(args) -> int:
     t0 = time.time()
     channel_axis = -1 if vol.rgb else None
     scale = check_input_scale(args.input_scale)
-    auto = scale == "auto"
+    auto, cache = scale == "auto", None
     if auto:
         if args.embeddings:
             raise InputError("--input-scale auto chooses the magnification from the prompts, but --embeddings were "
                              "computed at a fixed one: pass the --input-scale they were made with")
+        from .core.cache import EmbeddingCache
         from .core.magnify import stack_scale
 
-        scale, radius = stack_scale(model, vol.data, prompts, channel_axis=channel_axis)
+        cache = EmbeddingCache(max_bytes=1 << 62)  # the slice measured at 2x is not encoded again at 2x
+        scale, radius = stack_scale(model, vol.data, prompts, channel_axis=channel_axis, cache=cache)
         print(f"--input-scale auto: prompted objects' median radius {radius:.1f} px -> {scale:g}x", file=sys.stderr)
     args.input_scale = scale
     disk = (_open_embeddings(args.embeddings, model, vol.data, channel_axis, args.input_scale)
@@ -125,11 +127,11 @@ def _segment(args) -> int:
 
         labels = propagate_labels(
             vol.data, prompts, model=model, z_range=z_range, refine=args.refine, channel_axis=channel_axis, disk=disk,
-            input_scale=args.input_scale,
+            input_scale=args.input_scale, cache=cache,
         )
     else:
         labels = segment_prompted_slices(vol.data, prompts, model, refine=args.refine, channel_axis=channel_axis,
-                                         disk=disk, input_scale=args.input_scale)
+                                         disk=disk, input_scale=args.input_scale, cache=cache)
     max_id = max(prompts)
     labels = labels.astype(label_dtype(max_id))
     if vol.is_2d:
@@ -197,7 +199,7 @@ def _version() -> str:
 
 
 def segment_prompted_slices(stack, prompts, model, *, refine=False, channel_axis=None, disk=None,
-                            input_scale=None) -> np.ndarray:
+                            input_scale=None, cache=None) -> np.ndarray:
     """Each object on each slice it was prompted on; (z, y, x) labels.
 
     All objects of a slice are decoded on one embedding; a single positive
@@ -205,6 +207,7 @@ def segment_prompted_slices(stack, prompts, model, *, refine=False, channel_axis
     ``core.choose``), richer prompts one mask.
     Where objects claim the same pixel, the higher predicted IoU wins.
     disk: a ``DiskCache`` of the stack (read first; what is encoded is added).
+    cache: an ``EmbeddingCache`` to read and fill (e.g. the slice ``--input-scale auto`` measured).
     """
     from .core.cache import embed_cached
     from .core.predictor import SlicePredictor
@@ -219,7 +222,7 @@ def segment_prompted_slices(stack, prompts, model, *, refine=False, channel_axis
         for z, s in zs.items():
             by_z.setdefault(z, []).append((oid, ObjectPrompt(np.array(s["points"], float).reshape(-1, 2), s["labels"], s["box"])))
     for z in sorted(by_z):
-        pred.set_embedding(embed_cached(pred, None, np.asarray(stack[z]), channel_axis=channel_axis, disk=disk, index=z))
+        pred.set_embedding(embed_cached(pred, cache, np.asarray(stack[z]), channel_axis=channel_axis, disk=disk, index=z))
         score = np.full(shape, -np.inf, np.float32)
         for multimask in (True, False):
             items = [(o, p) for o, p in by_z[z] if _is_single_point(p) == multimask]

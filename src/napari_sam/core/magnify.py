@@ -54,41 +54,36 @@ def scale_for(radius: float, default: float) -> float:
 
 
 def auto_scale(model, slice2d, objects, *, normalize: str = "percentile", channel_axis=None,
-               channel=None) -> tuple[float, float]:
+               cache=None) -> tuple[float, float]:
     """(magnification, measured median radius px) for ``objects`` (``ObjectPrompt``s) on ``slice2d``;
     a mask given alone (bool) is measured as it is. Models that always see SAM's 1024 canvas (ViTs)
-    get their own 1.0, radius nan."""
+    get their own 1.0, radius nan. cache: an ``EmbeddingCache`` the slice's embedding at the default
+    magnification goes into (a run that keeps that magnification does not encode it again)."""
+    from .cache import embed_cached
     from .predictor import SlicePredictor
 
     pred = SlicePredictor(model, normalize=normalize)
     if not pred.native or not objects:
         return pred.input_scale, float("nan")
-    given = [o.mask for o in objects if _mask_alone(o)]
-    ask = [o for o in objects if not _mask_alone(o)]
-    masks = list(given)
+    masks = [o.mask for o in objects if o.mask_alone]
+    ask = [o for o in objects if not o.mask_alone]
     if ask:
-        pred.set_image(np.asarray(slice2d), channel_axis=channel_axis, channel=channel)
+        pred.set_embedding(embed_cached(pred, cache, np.asarray(slice2d), channel_axis=channel_axis))
         masks += list(pred.predict_objects(ask, multimask=True).best())
     r = median_radius(masks)
     return scale_for(r, pred.input_scale), r
 
 
-def _mask_alone(o) -> bool:
-    return o.mask is not None and np.asarray(o.mask).dtype == bool and not len(o.points) and o.box is None
+def stack_scale(model, stack, prompts, *, normalize: str = "percentile", channel_axis=None,
+                cache=None) -> tuple[float, float]:
+    """``auto_scale`` for {object_id: {z: prompt}} prompts of a (z, y, x) stack (checked as
+    ``propagate_objects`` checks them), measured on the slice holding most prompted objects."""
+    from .propagate_inputs import check_prompts, check_stack
 
-
-def stack_scale(model, stack, prompts, *, normalize: str = "percentile", channel_axis=None) -> tuple[float, float]:
-    """``auto_scale`` for {object_id: {z: prompt}} prompts of a (z, y, x) stack (or
-    {object_id: prompt} for every slice): measured on the slice holding most prompted objects."""
-    from .propagate_inputs import as_prompt
-
-    shape2d = np.shape(stack)[1:3]
+    shape = check_stack(stack, channel_axis)
     per_z: dict[int, list] = {}
-    for oid, p in prompts.items():
-        if isinstance(p, dict) and p and all(isinstance(k, (int, np.integer)) for k in p):
-            for z, q in p.items():
-                per_z.setdefault(int(z), []).append(as_prompt(q, oid, z, shape2d))
-        else:  # the same prompt on every slice: measured on the middle one
-            per_z.setdefault(len(stack) // 2, []).append(as_prompt(p, oid, None, shape2d))
+    for zs in check_prompts(prompts, shape, (0, shape[0])).values():
+        for z, p in zs.items():
+            per_z.setdefault(z, []).append(p)
     z = max(per_z, key=lambda k: (len(per_z[k]), -k))
-    return auto_scale(model, np.asarray(stack[z]), per_z[z], normalize=normalize, channel_axis=channel_axis)
+    return auto_scale(model, stack[z], per_z[z], normalize=normalize, channel_axis=channel_axis, cache=cache)

@@ -40,6 +40,11 @@ class ObjectPrompt:
     def empty(self) -> bool:
         return len(self.points) == 0 and self.box is None and self.mask is None
 
+    @property
+    def mask_alone(self) -> bool:
+        """A full-size bool mask and nothing else: the user's own drawing, kept as it is."""
+        return self.mask is not None and np.asarray(self.mask).dtype == bool and not len(self.points) and self.box is None
+
 
 def box_from_corners(vertices: np.ndarray) -> np.ndarray:
     """A napari Shapes rectangle's vertices (4, 2) (row, col) -> (row0, col0, row1, col1)."""

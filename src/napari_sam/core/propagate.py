@@ -22,7 +22,7 @@ value and the ``labels`` of its last progress record.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,9 +30,9 @@ from .batch_decode import decode_objects
 from .cache import EmbeddingCache, embed_cached
 from .label_canvas import USER_SCORE, LabelCanvas
 from .magnify import check_scale, is_auto, stack_scale
-from .prompts import ObjectPrompt
 from .propagate_inputs import as_prompt, check_id, check_labels, check_prompts, check_stack, z_bounds
-from .propagate_rules import StepFeatures, StepRule, StopRule, Track, contrast, overlap_iou, select_by_overlap
+from .propagate_rules import StepFeatures, StepRule, StopRule, Track, contrast
+from .propagate_step import advance, recheck, track
 
 __all__ = ["Progress", "StepFeatures", "StepRule", "StopRule", "propagate_objects", "batch_prompts_through_z", "propagate_labels"]
 
@@ -47,7 +47,7 @@ class Progress:
     (y, x) copy of that slice's labels as they stand. objects: ids decoded on
     it. ended: (object id, "up"/"down", reason, z) for objects that stopped:
     here (z is this record's), or, on the last record, where the stop rule's
-    last look after the run cut them (``_recheck``).
+    last look after the run cut them (``propagate_step.recheck``).
     labels: the whole (z, y, x) result, on the last record only.
     """
 
@@ -80,10 +80,6 @@ def _source(anchors: list[int], z: int, up: bool):
     return above[0], False
 
 
-def _track(d, canvas, z, oid) -> Track:
-    return Track(d.r0, d.c0, canvas.crop(z, oid, d.r0, d.c0, d.mask.shape), d.low_res, d.score)
-
-
 def _start(t: Track, image2d, canvas, z) -> Track:
     """A track leaving its prompted slice: remember the object's contrast and area there."""
     t.contrast0 = contrast(image2d, canvas.labels[z], t.r0, t.c0, t.mask)
@@ -100,10 +96,6 @@ def _user_track(predictor, canvas, z, oid, mask) -> Track:
     return Track(r0, c0, canvas.crop(z, oid, r0, c0, (r1 - r0, c1 - c0)), low, 1.0)
 
 
-def _is_user_mask(p) -> bool:
-    return p.mask is not None and p.mask.dtype == bool and not len(p.points) and p.box is None
-
-
 def _decode_prompted(predictor, items, threshold):
     """The user prompts of one slice, [(oid, ObjectPrompt)] -> [(oid, Decoded or None, user mask or None)].
 
@@ -114,12 +106,12 @@ def _decode_prompted(predictor, items, threshold):
     single = [len(p.points) == 1 and p.box is None and p.mask is None for _, p in items]
     out = []
     for multi in (True, False):
-        group = [(o, p) for (o, p), s in zip(items, single) if s == multi and not _is_user_mask(p)]
+        group = [(o, p) for (o, p), s in zip(items, single) if s == multi and not p.mask_alone]
         if group:
             dec = decode_objects(predictor, [p for _, p in group], multimask=multi, refine=predictor.refine,
                                  threshold=threshold)
             out += [(o, d, None) for (o, _), d in zip(group, dec)]
-    return out + [(o, None, p.mask) for o, p in items if _is_user_mask(p)]
+    return out + [(o, None, p.mask) for o, p in items if p.mask_alone]
 
 
 def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: EmbeddingCache | None = None,
@@ -171,7 +163,7 @@ def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: Embeddi
             for o in done_here:  # after all of them are painted: overlaps resolved
                 d = at_anchor.get((o, z))
                 if d is not None:
-                    t = d if isinstance(d, Track) else _track(d, canvas, z, o)
+                    t = d if isinstance(d, Track) else track(d, canvas, z, o)
                     at_anchor[(o, z)] = _start(t, image2d, canvas, z)
         else:
             up = stage == "up"
@@ -185,36 +177,15 @@ def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: Embeddi
                     work.append((o, src[1], prev, abs(z - src[0])))
             if work:
                 image2d = embed(z)
-                stopped = _step(predictor, canvas, z, image2d, work, step, stop, moving, up, outward)
+                stopped = advance(predictor, canvas, z, image2d, work, step, stop, moving, up, outward)
                 ended.update((o, up) for o, _ in stopped)
                 done_here = [o for o, *_ in work]
         ends = tuple((o, stage, r, z) for o, r in stopped)
         if n == len(visits):
-            ends += _recheck(canvas, outward, stop)
+            ends += recheck(canvas, outward, stop)
         yield Progress(n, len(visits), z, stage, canvas.labels[z].copy(), tuple(done_here),
                        ends, canvas.labels if n == len(visits) else None)
     return canvas.labels
-
-
-def _recheck(canvas, outward, stop) -> tuple:
-    """The stop rule again, on what each object kept once every object has
-    painted. A pass meets the objects ahead of it before they have spread
-    towards it: an object running on past its end into the object above it
-    wins those slices until that object's own pass comes down and takes them
-    back with better scores (``StepRule.decay``), leaving it fragments. Each
-    object's outward slices are walked from its prompt; at the first one the
-    rule now rejects, that slice and the ones beyond it are erased."""
-    ends = []
-    for (o, up), feats in outward.items():
-        for k, f in enumerate(feats):
-            crop = canvas.crop(f.z, o, *canvas.box(f.z, o))
-            why = stop.reason(replace(f, kept=int(crop.sum())))
-            if why:
-                for g in feats[k:]:
-                    canvas.erase(g.z, o)
-                ends.append((o, "up" if up else "down", f"after the run: {why}", f.z))
-                break
-    return tuple(ends)
 
 
 def _embedder(predictor, stack, cache, channel_axis, disk):
@@ -227,55 +198,6 @@ def _embedder(predictor, stack, cache, channel_axis, disk):
         return image2d if channel_axis is None else image2d.mean(axis=channel_axis)
 
     return embed
-
-
-def _step(predictor, canvas, z, image2d, work, step, stop, moving, up, outward) -> list[tuple[int, str]]:
-    """Decode every object in ``work`` on slice z (one batched call), apply the
-    stop rule to those propagating outward, paint the rest; returns the stopped
-    ones. The accepted outward steps are appended to ``outward`` for ``_recheck``."""
-    shape2d = image2d.shape[:2]
-    prompts = [step.prompt(prev, shape2d) for _, _, prev, _ in work]
-    select = [select_by_overlap(prev) for _, _, prev, _ in work] if step.multimask else None
-    windows = None if step.window is None else [step.window_box(prev, shape2d) for _, _, prev, _ in work]
-    decoded = decode_objects(predictor, prompts, multimask=step.multimask, select=select, refine=predictor.refine,
-                             windows=windows, threshold=step.threshold)
-    for _ in range(step.iterate):
-        redo = [k for k, d in enumerate(decoded) if d.mask.any()]
-        if redo:
-            again = [Track(decoded[k].r0, decoded[k].c0, decoded[k].mask, decoded[k].low_res, decoded[k].score) for k in redo]
-            ps = [ObjectPrompt(points=t.deepest_point()[None], mask=t.low_res) for t in again]
-            ws = None if windows is None else [windows[k] for k in redo]
-            for k, d in zip(redo, decode_objects(predictor, ps, refine=predictor.refine, windows=ws,
-                                                         threshold=step.threshold)):
-                decoded[k] = d
-    direction = "up" if up else "down"
-    stopped, keep = [], []
-    for (o, in_gap, prev, dist), d in zip(work, decoded):
-        f = StepFeatures(o, z, direction, d.score, overlap_iou(prev, d.r0, d.c0, d.mask), d.area, prev.area,
-                         max(prev.peak_area, d.area))
-        why = None if in_gap else stop.reason(f)
-        if why:
-            stopped.append((o, why))
-        else:
-            keep.append((o, in_gap, prev, f, d, dist))
-    for o, _, _, _, d, dist in keep:
-        if d.mask.any():
-            canvas.paint(z, o, d.r0, d.c0, d.mask, d.logits - step.decay * dist)
-    for o, in_gap, prev, f, d, _ in keep:
-        t = _track(d, canvas, z, o)
-        t.contrast0, t.peak_area = prev.contrast0, f.peak_area
-        f.kept = t.area
-        if not in_gap and prev.contrast0 > 0:
-            f.contrast = contrast(image2d, canvas.labels[z], t.r0, t.c0, t.mask) / prev.contrast0
-        why = None if in_gap else stop.reason(f)
-        if why:
-            canvas.erase(z, o)
-            stopped.append((o, why))
-        elif f.kept:
-            moving[(o, up)] = t
-            if not in_gap:
-                outward.setdefault((o, up), []).append(f)
-    return stopped
 
 
 def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: EmbeddingCache | None = None,
@@ -344,8 +266,10 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
     if refine is None:
         refine = bool(getattr(model, "native_resolution", False))
     input_scale = check_scale(input_scale)
-    if is_auto(input_scale):
-        input_scale, _ = stack_scale(model, stack, prompts, normalize=normalize, channel_axis=channel_axis)
+    if is_auto(input_scale):  # measured at the default magnification; its embedding is kept for the run
+        cache = cache if cache is not None else EmbeddingCache(max_bytes=1 << 62)
+        per_z = {o: {(zb[0] + zb[1]) // 2: p} for o, p in prompts.items()} if through_z else prompts
+        input_scale, _ = stack_scale(model, stack, per_z, normalize=normalize, channel_axis=channel_axis, cache=cache)
     predictor = SlicePredictor(model, normalize=normalize, refine=refine, input_scale=input_scale)
     run = batch_prompts_through_z if through_z else propagate_objects
     gen = run(predictor, stack, prompts, z_range=z_range, cache=cache, labels=labels, channel_axis=channel_axis,
