@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import eval_propagation as ev  # noqa: E402
 
 PERMISSIVE = dict(min_score=0.2, min_overlap=0.1, max_growth=3.0, min_shrink=0.0, min_peak=0.0, min_area=1,
-                  min_kept=0.2, min_contrast=-1e9)
+                  min_kept=0.2, min_contrast=-1e9, min_contrast_large=-1e9)
 GRID = dict(
     min_score=[0.2, 0.5, 0.6, 0.7, 0.8],
     min_overlap=[0.1, 0.3, 0.5, 0.6],
@@ -68,16 +68,22 @@ def tuning_stacks(n):
 
 
 class Recorder:
-    """A StopRule that records every step after overlaps are resolved, and applies PERMISSIVE."""
+    """A StopRule that records every step after overlaps are resolved, and applies PERMISSIVE.
+
+    Only a step's first record is kept: the re-check after the run (``propagate_step.recheck``) asks the
+    rule again about steps already recorded."""
 
     def __init__(self):
         from napari_sam.core.propagate_rules import StopRule
 
         self.rule = StopRule(**PERMISSIVE)
         self.steps = []
+        self._seen = set()
 
     def reason(self, f):
-        if f.kept is not None:
+        key = (f.oid, f.direction, f.z)
+        if f.kept is not None and key not in self._seen:
+            self._seen.add(key)
             self.steps.append(replace(f))
         return self.rule.reason(f)
 
@@ -145,7 +151,9 @@ def simulate(t, rule: dict | None):
         ratio = a / np.maximum(pa, 1)
         fail = ((s < rule["min_score"]) | (ov < rule["min_overlap"]) | (ratio > rule["max_growth"])
                 | (ratio < rule["min_shrink"]) | (kept < rule["min_area"]) | (kept < rule["min_kept"] * a)
-                | (a < rule["min_peak"] * peak) | (con < rule["min_contrast"]))
+                | (a < rule["min_peak"] * peak)
+                | (con < np.where(peak >= rule.get("large_area", np.inf), rule.get("min_contrast_large", 0.0),
+                                  rule["min_contrast"])))
     cs = np.cumsum(fail)
     gstart = np.maximum.accumulate(np.where(t["start"], np.arange(len(fail)), 0))
     before = (cs - fail)[gstart]
