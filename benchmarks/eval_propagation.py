@@ -22,7 +22,10 @@ Methods, on the same stacks and seed points:
   sharpest outline near the seed is often another nucleus);
 * classical: per slice, Otsu threshold + watershed on the distance transform
   seeded at each object's point, following the object from its previous
-  centroid while the overlap (IoU) with its previous slice stays >= 0.5.
+  centroid while the overlap (IoU) with its previous slice stays >= 0.5;
+* micro-sam (``--micro-sam``): micro-sam's own propagation function with its
+  3D annotator's defaults, on the same model and embeddings, one object at a
+  time (``micro_sam_baseline.py``).
 
 Timing: the 8 largest objects of stack 950000 propagated together through
 its 32 slices, against each of them alone (stop rule off, so every object is
@@ -194,6 +197,10 @@ def evaluate(model, stacks=STACKS, shape=SHAPE, methods=("propagation", "naive",
                 pred = run_propagation(predictor, image, seeds, cache, **prop_kw)
             elif m == "naive":  # SAM as it is: its own candidate order (the stronger one for this baseline)
                 pred = run_naive(SlicePredictor(model, refine=refine, rank="score"), image, seeds, cache)
+            elif m == "micro-sam":  # micro-sam's propagation on our model (micro_sam_baseline.py)
+                from micro_sam_baseline import run_micro_sam
+
+                pred, _ = run_micro_sam(predictor, image, seeds, cache)
             else:
                 pred = run_classical(image, seeds)
             dt = time.perf_counter() - t
@@ -236,7 +243,8 @@ def time_objects(model, seed=950000, kind="nuclei", n=8, repeats=3, refine=None)
         embed_cached(predictor, warm, st.image[z])
     seeds = seed_points(st.labels)
     big = sorted(seeds, key=lambda i: -np.count_nonzero(st.labels == i))[:n]
-    never = StopRule(min_score=-1e9, min_overlap=-1.0, max_growth=1e9, min_area=0, min_kept=0.0, min_contrast=-1e9)
+    never = StopRule(min_score=-1e9, min_overlap=-1.0, max_growth=1e9, min_area=0, min_kept=0.0, min_contrast=-1e9,
+                     min_contrast_large=-1e9)
 
     def best_of(ids, cold):
         t_best = np.inf
@@ -294,6 +302,9 @@ def main(argv=None):
     ap.add_argument("--model", default="embedded", help="registry name or checkpoint path")
     ap.add_argument("--write", type=Path, help="replace the results section of this markdown file")
     ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--micro-sam", action="store_true",
+                    help="add micro-sam's propagation on the same model and embeddings (needs micro_sam importable; "
+                         "see benchmarks/micro_sam_baseline.py)")
     ap.add_argument("--stardist-3d", action="store_true",
                     help="instead: StarDist's 3D test stack of synthetic nuclei from another generator (implies --no-timing)")
     args = ap.parse_args(argv)
@@ -302,7 +313,13 @@ def main(argv=None):
     model = load_model(args.model, device="cpu")
     if args.stardist_3d:
         args.no_timing = True
-    res = evaluate(model, data=stardist_3d() if args.stardist_3d else None)
+    methods = ("propagation", "naive", "classical")
+    if args.micro_sam:
+        from micro_sam_baseline import micro_sam_version
+
+        print(f"micro_sam {micro_sam_version()}")
+        methods += ("micro-sam",)
+    res = evaluate(model, data=stardist_3d() if args.stardist_3d else None, methods=methods)
     tab = table(res) + "\n\nBy the object's area on its middle slice (median / p10 3D IoU / within 1 slice):\n\n" + size_table(res)
     print(tab)
     timing = ""
