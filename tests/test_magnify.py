@@ -53,7 +53,9 @@ def test_auto_segments_cell_bodies_at_1x_and_better_than_2x(embedded_model):
     auto, fixed = [], []
     for i, p in zip(ids, pts):
         gt = img.labels == i
-        auto.append(_iou(segment(img.image, points=[p], model=embedded_model, input_scale="auto").best()[0], gt))
+        got = segment(img.image, points=[p], model=embedded_model)  # "auto" is the default
+        assert np.array_equal(got.best(), segment(img.image, points=[p], model=embedded_model, input_scale=1.0).best())
+        auto.append(_iou(got.best()[0], gt))
         fixed.append(_iou(segment(img.image, points=[p], model=embedded_model, input_scale=2.0).best()[0], gt))
     # benchmarks/eval_sizes.py: cells of radius 25-40 px, one click, median 0.92 at 1x, 0.84 at 2x
     assert np.median(auto) >= 0.85 and np.median(auto) > np.median(fixed), (auto, fixed)
@@ -74,7 +76,7 @@ def test_auto_keeps_2x_for_nuclei_and_picks_1x_for_a_stack_of_cells(embedded_mod
 
 
 @needs_embedded
-def test_cli_auto_records_the_scale_it_chose_and_refuses_fixed_embeddings(tmp_path, capsys):
+def test_cli_auto_by_default_records_its_scale_and_embeddings_keep_theirs(tmp_path, capsys):
     from napari_sam.cli import main
 
     img = make_image((256, 256), seed=970001, kind="cells", radius_range=(25, 40))
@@ -82,9 +84,8 @@ def test_cli_auto_records_the_scale_it_chose_and_refuses_fixed_embeddings(tmp_pa
     ids, pts = _clicks(img.labels, n=3)
     (tmp_path / "p.csv").write_text("y,x,object\n" + "".join(f"{r},{c},{k + 1}\n" for k, (r, c) in enumerate(pts)))
     out = tmp_path / "labels.tif"
-    code = main(["segment", str(tmp_path / "cells.tif"), "--points", str(tmp_path / "p.csv"), "--out", str(out),
-                 "--input-scale", "auto"])
-    err = capsys.readouterr().err
+    code = main(["segment", str(tmp_path / "cells.tif"), "--points", str(tmp_path / "p.csv"), "--out", str(out)])
+    err = capsys.readouterr().err  # --input-scale auto is the default
     assert code == 0, err
     assert "--input-scale auto: prompted objects' median radius" in err and "-> 1x" in err
     rec = json.loads((tmp_path / "labels.prompts.json").read_text())
@@ -96,6 +97,16 @@ def test_cli_auto_records_the_scale_it_chose_and_refuses_fixed_embeddings(tmp_pa
                  str(tmp_path / "x.tif"), "--input-scale", "auto", "--embeddings", str(tmp_path / "e.zarr")])
     err = capsys.readouterr().err
     assert code == 2 and "pass the --input-scale they were made with" in err and not (tmp_path / "x.tif").exists()
+    # without --input-scale, embeddings made at 1x are used at 1x (the default follows the cache)
+    assert main(["embed", str(tmp_path / "cells.tif"), "--out", str(tmp_path / "e1.zarr"), "--input-scale", "1.0"]) == 0
+    capsys.readouterr()
+    code = main(["segment", str(tmp_path / "cells.tif"), "--points", str(tmp_path / "p.csv"), "--out",
+                 str(tmp_path / "y.tif"), "--embeddings", str(tmp_path / "e1.zarr")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    rec = json.loads((tmp_path / "y.prompts.json").read_text())
+    assert rec["input_scale"] == 1.0 and rec["input_scale_auto"] is False
+    assert min(_iou(tifffile.imread(tmp_path / "y.tif") == k + 1, img.labels == i) for k, i in enumerate(ids)) >= 0.8
     code = main(["segment", str(tmp_path / "cells.tif"), "--points", str(tmp_path / "p.csv"), "--out",
                  str(tmp_path / "x.tif"), "--input-scale", "big"])
     err = capsys.readouterr().err

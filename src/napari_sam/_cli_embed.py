@@ -28,8 +28,8 @@ def add_embed_parser(subparsers) -> None:
     e.add_argument("--normalize", default="percentile", choices=["percentile", "minmax", "none"],
                    help="intensity normalisation (must match the one used when segmenting)")
     e.add_argument("--input-scale", type=float, default=None,
-                   help="magnification before the embedded model's encoder (default the model's; must match the one "
-                        "used when segmenting)")
+                   help="magnification before the embedded model's encoder (default the model's, 2.0; 'segment "
+                        "--embeddings' uses the one the cache was made at)")
     e.add_argument("--z-range", help="A:B, embed slices A..B-1 only")
     e.add_argument("--start", type=int, help="slice to start from, then outward (default: the first of the range)")
     e.add_argument("--batch", type=int, help="slices per encoder call (default: 1 on the CPU, as many as fit on a GPU)")

@@ -37,7 +37,7 @@ def segment(
     channel: int | None = None,
     normalize: str = "percentile",
     refine: bool = False,
-    input_scale: float | str | None = None,
+    input_scale: float | str | None = "auto",
 ):
     """SAM on one 2D slice.
 
@@ -50,10 +50,12 @@ def segment(
     fragments not connected to the prompt (``core.refine``; off by default:
     it removes every stray fragment but does not raise the IoU on average,
     see docs/embedded-model.md). input_scale: magnification of the slice
-    before the embedded model's encoder (default its own, 2.0, for nuclei; 1.0
-    is better, and faster, for cell bodies of radius over ~12 px: docs/embedded-model.md);
-    "auto": decode at 2x, and if the prompted objects are large (median radius
-    >= 18 px) again at 1x (``core.magnify``).
+    before the embedded model's encoder. "auto" (default): decode at the
+    model's own (2.0, best for nuclei of radius ~5-20 px) and, if the
+    prompted objects are large (median radius >= 18 px), again at 1.0 (better
+    and faster for cell bodies and large nuclei: docs/embedded-model.md,
+    ``core.magnify``); a number fixes it; None: the model's own. Official
+    ViT checkpoints always see SAM's 1024 px canvas and ignore it.
 
     Returns a :class:`napari_sam.core.predictor.Prediction`: ``masks``
     (n_objects, n_candidates, H, W) bool, ``scores`` (n, c) SAM's predicted

@@ -36,9 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--propagate", action="store_true", help="propagate each object through z from its prompted slices")
     s.add_argument("--z-range", help="A:B, slices A..B-1 (with --propagate)")
     s.add_argument("--input-scale", default=None,
-                   help="magnify slices before the embedded model's encoder (default the model's, 2.0, for nuclei; "
-                        "1.0 is better, and faster, for cell bodies of radius over ~12 px; 'auto': 1.0 when the "
-                        "prompted objects measure a median radius of 18 px or more at 2x)")
+                   help="magnify slices before the embedded model's encoder: 'auto' (default) keeps the model's 2.0 "
+                        "(best for nuclei) unless the prompted objects measure a median radius of 18 px or more, then "
+                        "1.0 (better, and faster, for cell bodies and large nuclei); or a number. With --embeddings, "
+                        "the default is the magnification they were made at")
     s.add_argument("--refine", action="store_true", help="snap boundaries to the image and drop fragments not connected to the prompt")
     s.add_argument("--embeddings", help="embedding cache of this image made by 'napari-sam embed' (same model): "
                    "slices in it cost no encoder time; slices encoded here are added to it")
@@ -108,6 +109,8 @@ def _segment(args) -> int:
     t0 = time.time()
     channel_axis = -1 if vol.rgb else None
     scale = check_input_scale(args.input_scale)
+    if args.input_scale is None:
+        scale = _embeddings_scale(args.embeddings) if args.embeddings else "auto"
     auto, cache = scale == "auto", None
     if auto:
         if args.embeddings:
@@ -163,6 +166,16 @@ def check_input_scale(value):
         return check_scale(value)
     except ValueError as e:
         raise InputError("--input-scale" + str(e).removeprefix("input_scale")) from None
+
+
+def _embeddings_scale(path):
+    """The magnification an embedding cache was made at (None: unreadable; ``_open_embeddings`` says why)."""
+    from .core.disk_cache import CacheMismatch, DiskCache
+
+    try:
+        return DiskCache.open(path, readonly=True).settings.get("input_scale")
+    except (CacheMismatch, FileNotFoundError):
+        return None
 
 
 def _open_embeddings(path, model, stack, channel_axis, input_scale=None):

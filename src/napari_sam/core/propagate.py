@@ -237,7 +237,7 @@ def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: E
 
 def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = False, labels=None,
                      normalize: str = "percentile", refine: bool | None = None, cache=None,
-                     progress=None, channel_axis: int | None = None, disk=None, input_scale: float | str | None = None,
+                     progress=None, channel_axis: int | None = None, disk=None, input_scale: float | str | None = "auto",
                      **kwargs) -> np.ndarray:
     """Run :func:`propagate_objects` (or, with ``through_z``,
     :func:`batch_prompts_through_z`) to the end and return the (z, y, x) labels.
@@ -245,8 +245,9 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
     model: a ``LoadedModel``. refine: boundary refinement (default: on for
     native-resolution models, as ``segment``). progress: called with every
     :class:`Progress`. channel_axis, disk: see :func:`propagate_objects`.
-    input_scale: see ``SlicePredictor``; "auto": chosen from the prompted
-    objects' size (``core.magnify.stack_scale``).
+    input_scale: see ``SlicePredictor``; "auto" (default): chosen from the
+    prompted objects' size (``core.magnify.stack_scale``), or with ``disk`` the
+    magnification its embeddings were made at.
     Other keywords (stop, step, min_score) go to the generator.
     """
     from .predictor import SlicePredictor
@@ -266,6 +267,8 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
     if refine is None:
         refine = bool(getattr(model, "native_resolution", False))
     input_scale = check_scale(input_scale)
+    if is_auto(input_scale) and disk is not None:
+        input_scale = disk.settings.get("input_scale")
     if is_auto(input_scale):  # measured at the default magnification; its embedding is kept for the run
         cache = cache if cache is not None else EmbeddingCache(max_bytes=1 << 62)
         per_z = {o: {(zb[0] + zb[1]) // 2: p} for o, p in prompts.items()} if through_z else prompts
