@@ -3,6 +3,7 @@
     napari-sam segment IMAGE --points P.csv [--boxes B.csv] --out LABELS.tif
                        [--model NAME_OR_PATH] [--device auto] [--overwrite]
                        [--propagate [--z-range A:B]] [--refine] [--embeddings CACHE.zarr]
+    napari-sam segment IMAGE IMAGE... --points P.csv|DIR [--boxes B.csv|DIR] --out DIR [...]
     napari-sam demo [--out DIR] [--no-viewer]
     napari-sam embed STACK.tif --out CACHE.zarr [--model NAME_OR_PATH]
 
@@ -26,10 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="napari-sam", description="Segment Anything for microscopy, headless.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("segment", help="segment objects from point/box prompts in a 2D image or (z, y, x) stack")
-    s.add_argument("image", help="2D or 3D (z, y, x) TIFF; RGB last axis allowed")
-    s.add_argument("--points", help="CSV: z,y,x (y,x for 2D) or axis-0,axis-1[,axis-2]; optional positive, object")
-    s.add_argument("--boxes", help="CSV: z,y0,x0,y1,x1 (y0,x0,y1,x1 for 2D); optional object")
-    s.add_argument("--out", required=True, help="labels TIFF to write (a .prompts.json record is written beside it)")
+    s.add_argument("image", nargs="+", help="2D or 3D (z, y, x) TIFF, RGB last axis allowed; several images: see "
+                                            "--out, --points and --boxes")
+    s.add_argument("--points", help="CSV: z,y,x (y,x for 2D) or axis-0,axis-1[,axis-2]; optional positive, object. "
+                                    "Several images: one CSV for all of them, or a folder of IMAGE-NAME.csv")
+    s.add_argument("--boxes", help="CSV: z,y0,x0,y1,x1 (y0,x0,y1,x1 for 2D); optional object. Several images: as --points")
+    s.add_argument("--out", required=True, help="labels TIFF to write (a .prompts.json record is written beside it); "
+                                                "several images: a folder, IMAGE-NAME.tif each")
     s.add_argument("--model", default="embedded", help="registry name (embedded, vit_b, vit_l, vit_h, vit_b_lm, ...) or checkpoint path")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -42,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                         "the default is the magnification they were made at")
     s.add_argument("--refine", action="store_true", help="snap boundaries to the image and drop fragments not connected to the prompt")
     s.add_argument("--embeddings", help="embedding cache of this image made by 'napari-sam embed' (same model): "
-                   "slices in it cost no encoder time; slices encoded here are added to it")
+                   "slices in it cost no encoder time; slices encoded here are added to it. Several images: a "
+                   "folder of IMAGE-NAME.zarr caches")
     d = sub.add_parser("demo", help="synthetic nuclei stack -> prompts -> labels + overlay, then open napari")
     d.add_argument("--out", default="napari-sam-demo", help="folder for stack.tif, points.csv, labels.tif, overlay.png")
     d.add_argument("--no-viewer", action="store_true", help="do not open napari even when a display exists")
@@ -93,27 +98,46 @@ def _parse_z_range(text, nz):
 
 
 def _segment(args) -> int:
-    from .io import check_output, label_dtype, read_image, read_prompts, write_labels_atomic
+    if len(args.image) > 1:
+        from ._cli_batch import run_batch
+
+        return run_batch(args)
+    from .io import check_output, read_image, read_prompts
 
     if not args.points and not args.boxes:
         raise InputError("give prompts: --points POINTS.csv and/or --boxes BOXES.csv")
     out = check_output(args.out, args.overwrite)
-    vol = read_image(args.image)
+    vol = read_image(args.image[0])
     prompts = read_prompts(args.points, args.boxes, vol.spatial_shape)
-    if args.propagate and vol.is_2d:
+    z_range = check_propagation(args, vol.spatial_shape)
+    model = _load(args.model, args.device)
+    print(segment_volume(args, args.image[0], vol, prompts, z_range, model, out), file=sys.stderr)
+    return 0
+
+
+def check_propagation(args, spatial_shape):
+    """``--propagate`` / ``--z-range`` against an image's (y, x) or (z, y, x) shape: the z range or None."""
+    if args.propagate and len(spatial_shape) == 2:
         raise InputError("--propagate needs a (z, y, x) stack; this image is 2D")
-    z_range = _parse_z_range(args.z_range, vol.data.shape[0]) if args.z_range else None
+    z_range = _parse_z_range(args.z_range, spatial_shape[0]) if args.z_range else None
     if z_range and not args.propagate:
         raise InputError("--z-range only applies with --propagate")
-    model = _load(args.model, args.device)
+    return z_range
+
+
+def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddings=None) -> str:
+    """Segment one checked image as ``args`` say and write ``out`` with its record; a one-line summary."""
+    from .io import label_dtype, write_labels_atomic
+
+    embeddings = args.embeddings if embeddings is None else embeddings
     t0 = time.time()
     channel_axis = -1 if vol.rgb else None
     scale = check_input_scale(args.input_scale)
     if args.input_scale is None:
-        scale = _embeddings_scale(args.embeddings) if args.embeddings else "auto"
-    auto, cache = scale == "auto", None
+        scale = _embeddings_scale(embeddings) if embeddings else "auto"
+    auto, cache, note = scale == "auto", None, ""
     if auto:
-        if args.embeddings:
+        if embeddings:
             raise InputError("--input-scale auto chooses the magnification from the prompts, but --embeddings were "
                              "computed at a fixed one: pass the --input-scale they were made with")
         from .core.cache import EmbeddingCache
@@ -121,41 +145,37 @@ def _segment(args) -> int:
 
         cache = EmbeddingCache(max_bytes=1 << 62)  # the slice measured at 2x is not encoded again at 2x
         scale, radius = stack_scale(model, vol.data, prompts, channel_axis=channel_axis, cache=cache)
-        print(f"--input-scale auto: prompted objects' median radius {radius:.1f} px -> {scale:g}x", file=sys.stderr)
-    args.input_scale = scale
-    disk = (_open_embeddings(args.embeddings, model, vol.data, channel_axis, args.input_scale)
-            if args.embeddings else None)
+        note = f"; --input-scale auto: prompted objects' median radius {radius:.1f} px -> {scale:g}x"
+    disk = _open_embeddings(embeddings, model, vol.data, channel_axis, scale) if embeddings else None
     if args.propagate:
         from .core.propagate import propagate_labels
 
         labels = propagate_labels(
             vol.data, prompts, model=model, z_range=z_range, refine=args.refine, channel_axis=channel_axis, disk=disk,
-            input_scale=args.input_scale, cache=cache,
+            input_scale=scale, cache=cache,
         )
     else:
         labels = segment_prompted_slices(vol.data, prompts, model, refine=args.refine, channel_axis=channel_axis,
-                                         disk=disk, input_scale=args.input_scale, cache=cache)
-    max_id = max(prompts)
-    labels = labels.astype(label_dtype(max_id))
+                                         disk=disk, input_scale=scale, cache=cache)
+    labels = labels.astype(label_dtype(max(prompts)))
     if vol.is_2d:
         labels = labels[0]
     record = {
-        "image": str(Path(args.image).resolve()),
+        "image": str(Path(image_path).resolve()),
         "model": model.name,
         "model_sha256": model.checksum,
         "device": str(model.device),
         "mode": "propagate" if args.propagate else "per-slice",
         "z_range": z_range,
         "refine": args.refine,
-        "input_scale": args.input_scale,
+        "input_scale": scale,
         "input_scale_auto": auto,
         "prompts": {str(o): {str(z): s for z, s in zs.items()} for o, zs in prompts.items()},
         "napari_sam_version": _version(),
     }
     write_labels_atomic(out, labels, record)
     n = len(np.unique(labels[labels > 0]))
-    print(f"wrote {out} ({n} objects, {labels.dtype}, {time.time() - t0:.1f}s)", file=sys.stderr)
-    return 0
+    return f"wrote {out} ({n} objects, {labels.dtype}, {time.time() - t0:.1f}s{note})"
 
 
 def check_input_scale(value):

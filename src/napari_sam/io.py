@@ -47,29 +47,62 @@ def read_image(path) -> Volume:
     """A 2D or 3D (z, y, x) TIFF, RGB last axis allowed."""
     import tifffile
 
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"image not found: {p}")
+    p = _existing(path)
     try:
         with tifffile.TiffFile(p) as tf:
             data = tf.asarray()
             photometric = tf.pages[0].photometric if len(tf.pages) else None
     except Exception as e:  # tifffile raises many kinds for non-TIFF input
         raise InputError(f"cannot read {p} as a TIFF image ({type(e).__name__}: {e})") from None
-    declared_rgb = photometric is not None and int(photometric) == 2
-    if declared_rgb and data.ndim >= 3 and data.shape[-1] not in (3, 4) and data.shape[-3] in (3, 4):
+    planes, rgb = _layout(data.shape, data.dtype, photometric)
+    if planes:
         data = np.moveaxis(data, -3, -1)  # RGB stored as separate planes: (..., 3, y, x)
-    rgb = declared_rgb or (
-        data.ndim in (3, 4) and data.shape[-1] in (3, 4) and data.dtype == np.uint8 and data.shape[-2] > 4
-    )
-    spatial = data.ndim - (1 if rgb else 0)
-    if spatial == 2:
-        return Volume(data[None], True, rgb)
-    if spatial == 3:
-        return Volume(data, False, rgb)
-    raise InputError(
-        f"{p} has shape {data.shape}: expected a 2D (y, x) or 3D (z, y, x) image, optionally with an RGB last axis"
-    )
+    spatial = _spatial_shape(p, data.shape, rgb)
+    return Volume(data[None] if len(spatial) == 2 else data, len(spatial) == 2, rgb)
+
+
+def image_spatial_shape(path) -> tuple[int, ...]:
+    """(y, x) or (z, y, x) of a TIFF as :func:`read_image` would give it, from its header (no pixels read)."""
+    import tifffile
+
+    p = _existing(path)
+    try:
+        with tifffile.TiffFile(p) as tf:
+            series = tf.series[0]
+            shape, dtype = tuple(series.shape), series.dtype
+            photometric = tf.pages[0].photometric if len(tf.pages) else None
+    except Exception as e:
+        raise InputError(f"cannot read {p} as a TIFF image ({type(e).__name__}: {e})") from None
+    planes, rgb = _layout(shape, dtype, photometric)
+    if planes:
+        shape = shape[:-3] + shape[-2:] + shape[-3:-2]
+    return _spatial_shape(p, shape, rgb)
+
+
+def _existing(path) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"image not found: {p}")
+    return p
+
+
+def _layout(shape, dtype, photometric) -> tuple[bool, bool]:
+    """(RGB stored as planes (..., 3, y, x), to move last; the image is RGB)."""
+    declared_rgb = photometric is not None and int(photometric) == 2
+    planes = declared_rgb and len(shape) >= 3 and shape[-1] not in (3, 4) and shape[-3] in (3, 4)
+    if planes:
+        return True, True
+    rgb = declared_rgb or (len(shape) in (3, 4) and shape[-1] in (3, 4) and np.dtype(dtype) == np.uint8 and shape[-2] > 4)
+    return False, rgb
+
+
+def _spatial_shape(p, shape, rgb) -> tuple[int, ...]:
+    spatial = len(shape) - (1 if rgb else 0)
+    if spatial not in (2, 3):
+        raise InputError(
+            f"{p} has shape {tuple(shape)}: expected a 2D (y, x) or 3D (z, y, x) image, optionally with an RGB last axis"
+        )
+    return tuple(int(v) for v in shape[:spatial])
 
 
 def _num(v: str, col: str, line: int, path) -> float:

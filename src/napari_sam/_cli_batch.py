@@ -1,0 +1,119 @@
+"""``napari-sam segment`` over several images: one model, every input checked first.
+
+    napari-sam segment a.tif b.tif c.tif --points prompts/ --out labels/ --propagate
+
+* ``--out`` is a folder (created if missing); each image writes
+  ``<out>/<image name>.tif`` and its ``.prompts.json`` record.
+* ``--points`` / ``--boxes``: one CSV applied to every image (objects that
+  stay put from one acquisition to the next), or a folder holding
+  ``<image name>.csv`` for each image.
+* ``--embeddings``: a folder of ``<image name>.zarr`` caches made by
+  ``napari-sam embed``.
+
+Before the model is loaded, every image's header, every prompt table (against
+that image's shape), every output path and cache is checked; the first
+problem is reported (exit 2) and nothing is written. Then images run one at a
+time; each output appears whole or not at all, and an interruption leaves the
+images already done and nothing half-written.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .io import InputError
+
+
+@dataclass
+class Job:
+    image: Path
+    prompts: dict
+    z_range: tuple | None
+    out: Path
+    embeddings: Path | None
+
+
+def plan(args) -> list[Job]:
+    """Every image checked against its prompts, output and cache; InputError at the first problem."""
+    from .cli import check_propagation
+    from .io import check_output, image_spatial_shape, read_prompts
+
+    from .core.magnify import is_auto
+
+    if not args.points and not args.boxes:
+        raise InputError("give prompts: --points POINTS.csv|FOLDER and/or --boxes BOXES.csv|FOLDER")
+    if args.embeddings and is_auto(args.input_scale):
+        raise InputError("--input-scale auto chooses the magnification from the prompts, but --embeddings were "
+                         "computed at a fixed one: pass the --input-scale they were made with, or leave it out")
+    images = [Path(p) for p in args.image]
+    names: dict[str, Path] = {}
+    for p in images:
+        if p.stem in names:
+            raise InputError(f"{names[p.stem]} and {p} would both write {p.stem}.tif: give images distinct names")
+        names[p.stem] = p
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; with several images --out is a folder (IMAGE-NAME.tif is written there)")
+    if not out.exists() and not out.parent.exists():
+        raise InputError(f"output folder's parent does not exist: {out.parent}")
+    jobs = []
+    for p in images:
+        where = f"{p.name}: "
+        try:
+            shape = image_spatial_shape(p)
+            pts, bxs = _per_image(args.points, p, "--points"), _per_image(args.boxes, p, "--boxes")
+            prompts = read_prompts(pts, bxs, shape)
+            z_range = check_propagation(args, shape)
+            target = out / f"{p.stem}.tif"
+            if out.exists():
+                check_output(target, args.overwrite)
+            emb = None
+            if args.embeddings:
+                emb = Path(args.embeddings) / f"{p.stem}.zarr"
+                if not emb.is_dir():
+                    raise InputError(f"no embedding cache {emb}; make one with: napari-sam embed {p} --out {emb}")
+        except InputError as e:
+            raise InputError(where + str(e)) from None
+        jobs.append(Job(p, prompts, z_range, target, emb))
+    return jobs
+
+
+def _per_image(path, image: Path, option: str) -> Path | None:
+    """A prompt table for ``image``: the file itself, or ``<folder>/<image name>.csv``."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        f = p / f"{image.stem}.csv"
+        if not f.is_file():
+            raise InputError(f"{option} folder {p} has no {f.name} for this image")
+        return f
+    if not p.is_file():
+        raise InputError(f"{option} {p} not found")
+    return p
+
+
+def run_batch(args) -> int:
+    from .cli import _load, check_input_scale, segment_volume
+    from .io import read_image
+
+    check_input_scale(args.input_scale)
+    jobs = plan(args)
+    model = _load(args.model, args.device)
+    Path(args.out).mkdir(exist_ok=True)
+    t0, done = time.time(), 0
+    try:
+        for k, job in enumerate(jobs, start=1):
+            vol = read_image(job.image)
+            msg = segment_volume(args, job.image, vol, job.prompts, job.z_range, model, job.out, job.embeddings)
+            done += 1
+            print(f"[{k}/{len(jobs)}] {job.image.name}: {msg}", file=sys.stderr)
+    except (InputError, KeyboardInterrupt) as e:
+        why = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
+        raise InputError(f"{jobs[done].image.name}: {why}; {done} of {len(jobs)} images were written, "
+                         f"the others not (run again with the rest)") from None
+    print(f"{len(jobs)} images in {time.time() - t0:.1f}s -> {args.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,145 @@
+"""`napari-sam segment` over several images: one run, every input checked before anything is written."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_sam.cli import main
+from napari_sam.synthetic import interior_point, make_stack
+
+from .conftest import needs_embedded
+
+
+def _run(argv, capsys):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def _clicks(labels, n=3, min_area=150):
+    """points CSV text: one click per object on its middle slice (objects 1..n); the true ids."""
+    rows, ids = ["z,y,x,positive,object"], []
+    for oid in np.unique(labels[labels > 0]):
+        zs = np.flatnonzero((labels == oid).any((1, 2)))
+        z = int(zs[0] + zs[-1]) // 2
+        if (labels[z] == oid).sum() >= min_area and 0 < zs[0] and zs[-1] < labels.shape[0] - 1:
+            r, c = interior_point(labels[z] == oid)
+            ids.append(int(oid))
+            rows.append(f"{z},{r},{c},1,{len(ids)}")
+        if len(ids) == n:
+            break
+    return "\n".join(rows) + "\n", ids
+
+
+@pytest.fixture(scope="module")
+def stacks(tmp_path_factory):
+    d = tmp_path_factory.mktemp("batch")
+    (d / "prompts").mkdir()
+    truth = {}
+    for k, seed in enumerate((900_610, 900_611)):
+        st = make_stack((12, 128, 128), seed=seed, radius_range=(10, 20), density=0.3)
+        name = f"stack{k}"
+        tifffile.imwrite(d / f"{name}.tif", st.image)
+        text, ids = _clicks(st.labels)
+        assert len(ids) >= 2
+        (d / "prompts" / f"{name}.csv").write_text(text)
+        truth[name] = (st.labels, ids)
+    return d, truth
+
+
+@needs_embedded
+def test_several_stacks_are_propagated_each_into_its_own_labels(stacks, tmp_path, capsys):
+    d, truth = stacks
+    out = tmp_path / "labels"
+    code, err = _run(["segment", d / "stack0.tif", d / "stack1.tif", "--points", d / "prompts", "--propagate",
+                      "--out", out], capsys)
+    assert code == 0, err
+    assert "[1/2] stack0.tif: wrote" in err and "[2/2] stack1.tif: wrote" in err
+    for name, (gt, ids) in truth.items():
+        lab = tifffile.imread(out / f"{name}.tif")
+        rec = json.loads((out / f"{name}.prompts.json").read_text())
+        assert rec["image"] == str((d / f"{name}.tif").resolve()) and rec["mode"] == "propagate"
+        assert set(np.unique(lab)) == {0, *range(1, len(ids) + 1)}, "the ids given in the CSV"
+        ious = []
+        for k, oid in enumerate(ids, start=1):
+            g, p = gt == oid, lab == k
+            ious.append((g & p).sum() / (g | p).sum())
+            assert p.any((1, 2)).sum() >= 3, "carried through z"
+        assert min(ious) >= 0.45 and np.median(ious) >= 0.65, (name, ious)
+
+
+@needs_embedded
+def test_one_table_for_every_image(stacks, tmp_path, capsys):
+    # e.g. repeated acquisitions of one field: the same clicks on every image
+    d, truth = stacks
+    again = tmp_path / "again.tif"
+    again.write_bytes((d / "stack0.tif").read_bytes())
+    code, err = _run(["segment", d / "stack0.tif", again, "--points", d / "prompts" / "stack0.csv",
+                      "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+    gt, ids = truth["stack0"]
+    a, b = tifffile.imread(tmp_path / "o" / "stack0.tif"), tifffile.imread(tmp_path / "o" / "again.tif")
+    assert np.array_equal(a, b) and set(np.unique(a)) == {0, *range(1, len(ids) + 1)}
+    ious = []
+    for k, oid in enumerate(ids, start=1):  # each object on its clicked slice only (no --propagate)
+        z = np.flatnonzero(a == k) // (a.shape[1] * a.shape[2])
+        assert len(set(z)) == 1
+        g, p = gt[z[0]] == oid, a[z[0]] == k
+        ious.append((g & p).sum() / (g | p).sum())
+    assert min(ious) >= 0.5 and np.median(ious) >= 0.75, ious
+    rec0 = json.loads((tmp_path / "o" / "stack0.prompts.json").read_text())
+    rec1 = json.loads((tmp_path / "o" / "again.prompts.json").read_text())
+    assert rec0["prompts"] == rec1["prompts"] and rec0["mode"] == "per-slice"
+
+
+def test_every_image_is_checked_before_anything_is_written(stacks, tmp_path, capsys):
+    d, _ = stacks
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, np.zeros((12, 64, 64), np.uint16))
+    out = tmp_path / "labels"
+    # stack0's table asks for points beyond the 64 px image
+    (tmp_path / "p").mkdir()
+    for name in ("stack0", "small"):
+        (tmp_path / "p" / f"{name}.csv").write_text((d / "prompts" / "stack0.csv").read_text())
+    code, err = _run(["segment", d / "stack0.tif", small, "--points", tmp_path / "p", "--out", out], capsys)
+    assert code == 2 and err.startswith("napari-sam: error: small.tif: ") and "outside the image of 64x64" in err, err
+    assert not out.exists(), "nothing written, not even the folder"
+
+    code, err = _run(["segment", d / "stack0.tif", d / "stack1.tif", "--points", tmp_path / "p", "--out", out], capsys)
+    assert code == 2 and "stack1.tif: --points folder" in err and "has no stack1.csv" in err, err
+    assert not out.exists()
+
+    out.mkdir()
+    (out / "stack1.tif").write_bytes(b"earlier result")
+    code, err = _run(["segment", d / "stack0.tif", d / "stack1.tif", "--points", d / "prompts", "--out", out], capsys)
+    assert code == 2 and "stack1.tif: " in err and "exists; pass --overwrite" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["stack1.tif"], "stack0 not written either"
+    assert (out / "stack1.tif").read_bytes() == b"earlier result"
+
+    code, err = _run(["segment", d / "stack0.tif", d / "stack0.tif", "--points", d / "prompts", "--out", out], capsys)
+    assert code == 2 and "would both write stack0.tif" in err
+    code, err = _run(["segment", d / "stack0.tif", d / "stack1.tif", "--points", d / "prompts", "--out",
+                      out / "stack1.tif"], capsys)
+    assert code == 2 and "with several images --out is a folder" in err
+    code, err = _run(["segment", d / "stack0.tif", d / "stack1.tif", "--points", d / "prompts", "--out", out,
+                      "--embeddings", tmp_path / "caches"], capsys)
+    assert code == 2 and "stack0.tif: no embedding cache" in err and "napari-sam embed" in err
+
+
+@needs_embedded
+def test_a_folder_of_embedding_caches_serves_each_image(stacks, tmp_path, capsys):
+    d, _ = stacks
+    for name in ("stack0", "stack1"):
+        assert main(["embed", str(d / f"{name}.tif"), "--out", str(tmp_path / "caches" / f"{name}.zarr")]) == 0
+    capsys.readouterr()
+    args = ["segment", d / "stack0.tif", d / "stack1.tif", "--points", d / "prompts", "--out"]
+    code, err = _run(args + [tmp_path / "cached", "--embeddings", tmp_path / "caches"], capsys)
+    assert code == 0, err
+    code, err = _run(args + [tmp_path / "plain"], capsys)
+    assert code == 0, err
+    for name in ("stack0", "stack1"):
+        a, b = tifffile.imread(tmp_path / "cached" / f"{name}.tif"), tifffile.imread(tmp_path / "plain" / f"{name}.tif")
+        # the caches hold fp16 embeddings (test_cli: nearly the same masks as fresh fp32 ones)
+        assert np.count_nonzero(a != b) <= 0.02 * np.count_nonzero(a | b), name
+        assert json.loads((tmp_path / "cached" / f"{name}.prompts.json").read_text())["input_scale"] == 2.0
