@@ -89,8 +89,8 @@ class SlicePredictor:
         ``core.fast_decoder`` (same weights; results equal up to float rounding);
         False runs segment-anything's own forward passes.
         input_scale: native-resolution encoders only: the slice is magnified by
-        this factor before encoding (long side at most the encoder's
-        ``max_size``); default the model's own (embedded model: see its
+        this factor before encoding (long side at most ``tiles.MAX_TILED``;
+        beyond the encoder's ``max_size`` it is encoded in tiles); default the model's own (embedded model: see its
         ``input_scale``). Official ViT models always see SAM's 1024 canvas.
         rank: how an ambiguous prompt's candidates are ordered, best first
         (``core.choose``): "score" (SAM's predicted IoU) or "score*edge";
@@ -122,8 +122,10 @@ class SlicePredictor:
         if self.native:
             from segment_anything.utils.transforms import ResizeLongestSide
 
+            from .tiles import MAX_TILED
+
             long = max(original)
-            target = min(int(round(long * self.input_scale)), self.sam.image_encoder.max_size)
+            target = min(int(round(long * self.input_scale)), MAX_TILED)
             resized = img8 if target == long else ResizeLongestSide(target).apply_image(img8)
         else:
             resized = self._resize.apply_image(img8)
@@ -145,8 +147,14 @@ class SlicePredictor:
         x = torch.nn.functional.pad(x, (0, wp - w, 0, hp - h))
         from .fast_vit import run_encoder
 
+        enc = self.sam.image_encoder
         with torch.inference_mode(), self._autocast():
-            feats = run_encoder(self.sam.image_encoder, x, fast=self.fast).float()
+            if self.native and max(hp, wp) > enc.max_size:  # larger than one encoder pass: tiles
+                from .tiles import encode_tiled
+
+                feats = encode_tiled(enc, x, lambda e, t: run_encoder(e, t, fast=self.fast)).float()
+            else:
+                feats = run_encoder(enc, x, fast=self.fast).float()
         return Embedding(feats, tuple(original), (int(h), int(w)), (int(hp), int(wp)), gray)
 
     def set_image(self, slice2d, *, channel_axis=None, channel=None) -> None:
