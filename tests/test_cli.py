@@ -173,15 +173,25 @@ def test_demo_writes_results_and_never_clobbers(tmp_path, capsys):
     assert (out / "labels.tif").read_bytes() == before and (tmp_path / "demo-2" / "labels.tif").exists()
 
 
-def test_planar_rgb_tiff_is_read_as_colour(tmp_path):
-    from napari_sam.io import read_image
+def test_planar_rgb_tiff_is_read_as_colour_and_a_4_slice_stack_as_slices(tmp_path):
+    from napari_sam.core.lazy import open_stack
+    from napari_sam.io import image_spatial_shape, read_image
 
-    rgb = np.zeros((3, 20, 30), np.uint16)
-    rgb[0, :, :10] = 1000
+    rgb = np.zeros((3, 20, 30), np.uint8)
+    rgb[0, :, :10] = 200
     tifffile.imwrite(tmp_path / "planar.tif", rgb, photometric="rgb", planarconfig="separate")
     vol = read_image(tmp_path / "planar.tif")
-    assert vol.rgb and vol.is_2d and vol.spatial_shape == (20, 30)
-    assert vol.data.shape == (1, 20, 30, 3) and (vol.data[0, :, :10, 0] == 1000).all()
+    assert vol.rgb and vol.is_2d and vol.spatial_shape == (20, 30) == image_spatial_shape(tmp_path / "planar.tif")
+    assert vol.data.shape == (1, 20, 30, 3) and (vol.data[0, :, :10, 0] == 200).all()
+    lazy = open_stack(tmp_path / "planar.tif")  # what 'napari-sam embed' reads: the same image
+    assert lazy.rgb and lazy.was_2d and np.array_equal(np.asarray(lazy.data[0]), vol.data[0])
+
+    # tifffile stores any (4, y, x) array as planar RGBA by default: 16-bit, it is a 4-slice z-stack
+    stack = np.arange(4 * 20 * 30, dtype=np.uint16).reshape(4, 20, 30)
+    tifffile.imwrite(tmp_path / "four.tif", stack)
+    vol, lazy = read_image(tmp_path / "four.tif"), open_stack(tmp_path / "four.tif")
+    assert not vol.rgb and vol.spatial_shape == (4, 20, 30) == image_spatial_shape(tmp_path / "four.tif")
+    assert not lazy.rgb and not lazy.was_2d and np.array_equal(np.asarray(lazy.data[2]), stack[2])
 
 
 @needs_embedded

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .core.lazy import tiff_layout
+
 
 class InputError(ValueError):
     """Bad user input: the message says what was wrong and what to do."""
@@ -54,7 +56,7 @@ def read_image(path) -> Volume:
             photometric = tf.pages[0].photometric if len(tf.pages) else None
     except Exception as e:  # tifffile raises many kinds for non-TIFF input
         raise InputError(f"cannot read {p} as a TIFF image ({type(e).__name__}: {e})") from None
-    planes, rgb = _layout(data.shape, data.dtype, photometric)
+    planes, rgb = tiff_layout(data.shape, data.dtype, photometric)
     if planes:
         data = np.moveaxis(data, -3, -1)  # RGB stored as separate planes: (..., 3, y, x)
     spatial = _spatial_shape(p, data.shape, rgb)
@@ -73,7 +75,7 @@ def image_spatial_shape(path) -> tuple[int, ...]:
             photometric = tf.pages[0].photometric if len(tf.pages) else None
     except Exception as e:
         raise InputError(f"cannot read {p} as a TIFF image ({type(e).__name__}: {e})") from None
-    planes, rgb = _layout(shape, dtype, photometric)
+    planes, rgb = tiff_layout(shape, dtype, photometric)
     if planes:
         shape = shape[:-3] + shape[-2:] + shape[-3:-2]
     return _spatial_shape(p, shape, rgb)
@@ -84,16 +86,6 @@ def _existing(path) -> Path:
     if not p.is_file():
         raise InputError(f"image not found: {p}")
     return p
-
-
-def _layout(shape, dtype, photometric) -> tuple[bool, bool]:
-    """(RGB stored as planes (..., 3, y, x), to move last; the image is RGB)."""
-    declared_rgb = photometric is not None and int(photometric) == 2
-    planes = declared_rgb and len(shape) >= 3 and shape[-1] not in (3, 4) and shape[-3] in (3, 4)
-    if planes:
-        return True, True
-    rgb = declared_rgb or (len(shape) in (3, 4) and shape[-1] in (3, 4) and np.dtype(dtype) == np.uint8 and shape[-2] > 4)
-    return False, rgb
 
 
 def _spatial_shape(p, shape, rgb) -> tuple[int, ...]:

@@ -65,10 +65,24 @@ class _AddZ:
         return 1
 
 
-def _is_rgb(shape, dtype, photometric=None) -> bool:
-    if photometric is not None and int(photometric) == 2 and shape[-1] in (3, 4):
-        return True  # (a planar RGB TIFF, (3, y, x), is read as three slices)
-    return len(shape) in (3, 4) and shape[-1] in (3, 4) and np.dtype(dtype) == np.uint8 and shape[-2] > 4
+def tiff_layout(shape, dtype, photometric=None) -> tuple[bool, bool]:
+    """(planar, rgb) for pixels of ``shape`` / ``dtype`` (a TIFF's ``photometric``, if any): rgb, the
+    image is colour; planar, its colour is stored as separate planes (..., 3|4, y, x), to be moved last.
+    The one rule for ``open_stack`` and ``napari_sam.io``.
+
+    A TIFF declared RGB with its colour in planes is colour only when 8-bit: tifffile writes any
+    (3|4, y, x) array that way by default, so a 16-bit "planar RGB(A)" file is almost always a z-stack
+    of 3 or 4 slices, and napari shows it as one."""
+    declared_rgb = photometric is not None and int(photometric) == 2
+    if declared_rgb and len(shape) >= 3 and shape[-1] not in (3, 4) and shape[-3] in (3, 4):
+        return (True, True) if np.dtype(dtype) == np.uint8 else (False, False)
+    if declared_rgb:
+        return False, True
+    return False, len(shape) in (3, 4) and shape[-1] in (3, 4) and np.dtype(dtype) == np.uint8 and shape[-2] > 4
+
+
+def _is_rgb(shape, dtype) -> bool:
+    return tiff_layout(shape, dtype)[1]
 
 
 def _wrap(a, rgb, kind, path) -> LazyStack:
@@ -120,7 +134,9 @@ def _open_tiff(p: Path) -> LazyStack:
             shape, dtype = series.shape, series.dtype
     except Exception as e:  # tifffile raises many kinds for non-TIFF input
         raise ValueError(f"cannot read {p} as a TIFF image ({type(e).__name__}: {e})") from None
-    rgb = _is_rgb(shape, dtype, photometric)
+    planar, rgb = tiff_layout(shape, dtype, photometric)
+    if planar:  # one colour image stored as planes: read whole, colour last (as napari_sam.io does)
+        return _wrap(np.moveaxis(np.asarray(tifffile.imread(p)), -3, -1), True, "array", p)
     try:
         return _wrap(tifffile.memmap(p, mode="r"), rgb, "memmap", p)
     except ValueError:  # compressed or scattered pixels
