@@ -111,3 +111,22 @@ def test_cli_auto_by_default_records_its_scale_and_embeddings_keep_theirs(tmp_pa
                  str(tmp_path / "x.tif"), "--input-scale", "big"])
     err = capsys.readouterr().err
     assert code == 2 and "--input-scale takes a number (e.g. 1.0 or 2.0) or 'auto', not 'big'" in err
+
+
+def test_cli_default_does_not_claim_auto_for_a_sam_vit(tmp_path, capsys):
+    # ViT checkpoints always see SAM's 1024 px canvas: nothing to choose, nothing to report
+    from napari_sam.cli import main
+
+    from ._sam_helpers import save_tiny_vit
+
+    ckpt = save_tiny_vit(tmp_path / "tiny.pth", embed_dim=32)
+    img = make_image((64, 64), seed=970004, kind="nuclei", radius_range=(6, 10))
+    tifffile.imwrite(tmp_path / "img.tif", img.image)
+    (tmp_path / "p.csv").write_text("y,x\n30,30\n")
+    code = main(["segment", str(tmp_path / "img.tif"), "--points", str(tmp_path / "p.csv"), "--out",
+                 str(tmp_path / "o.tif"), "--model", str(ckpt)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "auto" not in err
+    rec = json.loads((tmp_path / "o.prompts.json").read_text())
+    assert rec["input_scale_auto"] is False and rec["input_scale"] is None

@@ -133,8 +133,9 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
     t0 = time.time()
     channel_axis = -1 if vol.rgb else None
     scale = check_input_scale(args.input_scale)
-    if args.input_scale is None:
-        scale = _embeddings_scale(embeddings) if embeddings else "auto"
+    if args.input_scale is None:  # the default: "auto" for the embedded model; ViTs see SAM's 1024 px canvas
+        native = getattr(model, "native_resolution", False)
+        scale = _embeddings_scale(embeddings) if embeddings else ("auto" if native else None)
     auto, cache, note = scale == "auto", None, ""
     if auto:
         if embeddings:
