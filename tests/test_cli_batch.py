@@ -143,3 +143,15 @@ def test_a_folder_of_embedding_caches_serves_each_image(stacks, tmp_path, capsys
         # the caches hold fp16 embeddings (test_cli: nearly the same masks as fresh fp32 ones)
         assert np.count_nonzero(a != b) <= 0.02 * np.count_nonzero(a | b), name
         assert json.loads((tmp_path / "cached" / f"{name}.prompts.json").read_text())["input_scale"] == 2.0
+
+
+@needs_embedded
+def test_a_glob_that_matched_one_image_still_writes_into_the_folder(stacks, tmp_path, capsys):
+    d, truth = stacks
+    out = tmp_path / "labels"
+    out.mkdir()
+    code, err = _run(["segment", d / "stack1.tif", "--points", d / "prompts", "--out", out], capsys)
+    assert code == 0, err
+    assert "[1/1] stack1.tif: wrote" in err
+    lab = tifffile.imread(out / "stack1.tif")
+    assert set(np.unique(lab)) == {0, *range(1, len(truth["stack1"][1]) + 1)}

@@ -2,7 +2,8 @@
 
     napari-sam segment a.tif b.tif c.tif --points prompts/ --out labels/ --propagate
 
-* ``--out`` is a folder (created if missing); each image writes
+* ``--out`` is a folder (created if missing; also with one image when
+  ``--out`` is an existing folder or ``--points`` a folder); each image writes
   ``<out>/<image name>.tif`` and its ``.prompts.json`` record.
 * ``--points`` / ``--boxes``: one CSV applied to every image (objects that
   stay put from one acquisition to the next), or a folder holding
@@ -27,6 +28,13 @@ from pathlib import Path
 from .io import InputError
 
 
+def is_batch(args) -> bool:
+    """Several images, or one written into a folder / prompted from a folder (a glob that matched one file)."""
+    folders = [Path(p).is_dir() for p in (args.points, args.boxes) if p]  # (a cache is itself a folder)
+    out = str(args.out)
+    return len(args.image) > 1 or Path(out).is_dir() or out.endswith(("/", "\\")) or any(folders)
+
+
 @dataclass
 class Job:
     image: Path
@@ -39,9 +47,8 @@ class Job:
 def plan(args) -> list[Job]:
     """Every image checked against its prompts, output and cache; InputError at the first problem."""
     from .cli import check_propagation
-    from .io import check_output, image_spatial_shape, read_prompts
-
     from .core.magnify import is_auto
+    from .io import check_output, image_spatial_shape, read_prompts
 
     if not args.points and not args.boxes:
         raise InputError("give prompts: --points POINTS.csv|FOLDER and/or --boxes BOXES.csv|FOLDER")

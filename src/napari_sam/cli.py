@@ -98,9 +98,9 @@ def _parse_z_range(text, nz):
 
 
 def _segment(args) -> int:
-    if len(args.image) > 1:
-        from ._cli_batch import run_batch
+    from ._cli_batch import is_batch, run_batch
 
+    if is_batch(args):
         return run_batch(args)
     from .io import check_output, read_image, read_prompts
 
