@@ -16,7 +16,8 @@ Prints, for the same slice and the same checkpoint in the same process:
 3. Propagation of 1 vs 8 objects through 32 cached slices (embedded model on
    a synthetic nuclei stack, where objects really continue through z).
 4. Memory per cached slice (in-memory fp16, and on disk as zarr).
-5. The embedded model's embedding time for a 512 x 512 slice (median of 10).
+5. The embedded model's embedding time for a 512 x 512 slice (median of 10), and for a
+   1024 x 1024 slice at its 2x (encoded in tiles) and at 1x (median of 3).
 
 The machine (CPU model, cores, torch threads) and the load average are printed
 with the figures: on a busy machine, the times are not worth recording.
@@ -311,6 +312,14 @@ def bench_embedded(size=512, n=10):
     t = timed(lambda: pred.embed(img), n)
     print(f"\n[5] Embedded model ({path.name}): {size}x{size} slice embedding median {statistics.median(t) * 1e3:.0f} ms"
           f" (min {min(t) * 1e3:.0f}, max {max(t) * 1e3:.0f}, {n} runs)")
+    big, _ = slice_image(2 * size, seed=6)
+    for scale in (None, 1.0):  # the model's own 2x: larger than one encoder pass, in tiles (core/tiles.py)
+        p = SlicePredictor(model, input_scale=scale)
+        emb = p.embed(big)
+        tb = timed(lambda: p.embed(big), 3)
+        print(f"    {2 * size}x{2 * size} slice at {p.input_scale:g}x (encoder input {emb.input_size[0]} px): median "
+              f"{statistics.median(tb):.2f} s of 3; embedding {tuple(emb.features.shape[1:])}, "
+              f"{emb.features.numel() * 2 / 2**20:.1f} MiB as fp16")
     return model, statistics.median(t)
 
 
