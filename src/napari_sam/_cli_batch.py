@@ -47,14 +47,10 @@ class Job:
 def plan(args) -> list[Job]:
     """Every image checked against its prompts, output and cache; InputError at the first problem."""
     from .cli import check_propagation
-    from .core.magnify import is_auto
     from .io import check_output, image_spatial_shape, read_prompts
 
     if not args.points and not args.boxes:
         raise InputError("give prompts: --points POINTS.csv|FOLDER and/or --boxes BOXES.csv|FOLDER")
-    if args.embeddings and is_auto(args.input_scale):
-        raise InputError("--input-scale auto chooses the magnification from the prompts, but --embeddings were "
-                         "computed at a fixed one: pass the --input-scale they were made with, or leave it out")
     images = [Path(p) for p in args.image]
     names: dict[str, Path] = {}
     for p in images:
@@ -107,7 +103,7 @@ def run_batch(args) -> int:
     from .cli import _load, check_input_scale, segment_volume
     from .io import read_image
 
-    check_input_scale(args.input_scale)
+    check_input_scale(args.input_scale, args.embeddings)
     jobs = plan(args)
     model = _load(args.model, args.device)
     Path(args.out).mkdir(exist_ok=True)

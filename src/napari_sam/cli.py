@@ -107,6 +107,7 @@ def _segment(args) -> int:
     if not args.points and not args.boxes:
         raise InputError("give prompts: --points POINTS.csv and/or --boxes BOXES.csv")
     out = check_output(args.out, args.overwrite)
+    check_input_scale(args.input_scale, args.embeddings)
     vol = read_image(args.image[0])
     prompts = read_prompts(args.points, args.boxes, vol.spatial_shape)
     z_range = check_propagation(args, vol.spatial_shape)
@@ -137,10 +138,7 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
         native = getattr(model, "native_resolution", False)
         scale = _embeddings_scale(embeddings) if embeddings else ("auto" if native else None)
     auto, cache, note = scale == "auto", None, ""
-    if auto:
-        if embeddings:
-            raise InputError("--input-scale auto chooses the magnification from the prompts, but --embeddings were "
-                             "computed at a fixed one: pass the --input-scale they were made with")
+    if auto:  # (never with embeddings: check_input_scale refused that before anything ran)
         from .core.cache import EmbeddingCache
         from .core.magnify import stack_scale
 
@@ -179,14 +177,19 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
     return f"wrote {out} ({n} objects, {labels.dtype}, {time.time() - t0:.1f}s{note})"
 
 
-def check_input_scale(value):
-    """``--input-scale``: a number, "auto" or None; refused with the reason before anything runs."""
+def check_input_scale(value, embeddings=None):
+    """``--input-scale``: a number, "auto" or None; refused with the reason before anything runs
+    (also "auto" with ``--embeddings``, which were computed at one magnification)."""
     from .core.magnify import check_scale
 
     try:
-        return check_scale(value)
+        scale = check_scale(value)
     except ValueError as e:
         raise InputError("--input-scale" + str(e).removeprefix("input_scale")) from None
+    if scale == "auto" and embeddings:
+        raise InputError("--input-scale auto chooses the magnification from the prompts, but --embeddings were "
+                         "computed at a fixed one: pass the --input-scale they were made with, or leave it out")
+    return scale
 
 
 def _embeddings_scale(path):
