@@ -18,6 +18,8 @@ Prints, for the same slice and the same checkpoint in the same process:
 4. Memory per cached slice (in-memory fp16, and on disk as zarr).
 5. The embedded model's embedding time for a 512 x 512 slice (median of 10), and for a
    1024 x 1024 slice at its 2x (encoded in tiles) and at 1x (median of 3).
+6. MobileSAM (TinyViT encoder) slice embedding, official ``SamPredictor.set_image``
+   vs ours, as in 1 (randomly initialised MobileSAM, saved and loaded by path).
 
 The machine (CPU model, cores, torch threads) and the load average are printed
 with the figures: on a busy machine, the times are not worth recording.
@@ -128,7 +130,7 @@ def _fast_predictor(model, **kw):
     return pred, patched
 
 
-def bench_encoder(model, img, repeats):
+def bench_encoder(model, img, repeats, title="[1] ViT-B"):
     from segment_anything import SamPredictor
 
     from napari_sam.core.image import to_sam_rgb
@@ -145,7 +147,7 @@ def bench_encoder(model, img, repeats):
     ref = official.features
     rel = float((emb.features - ref).abs().max() / ref.abs().max())
     mo, mu = statistics.median(t_off), statistics.median(t_ours)
-    print(f"\n[1] ViT-B slice embedding ({img.shape[0]}x{img.shape[1]} slice, {repeats} runs each, interleaved)")
+    print(f"\n{title} slice embedding ({img.shape[0]}x{img.shape[1]} slice, {repeats} runs each, interleaved)")
     print(f"    official SamPredictor.set_image  median {mo:6.2f} s   runs {fmt(t_off)}")
     print(f"    ours SlicePredictor.embed        median {mu:6.2f} s   runs {fmt(t_ours)}")
     print(f"    ratio ours/official {mu / mo:.3f}   embeddings max |diff| / max |official| = {rel:.1e}")
@@ -338,12 +340,22 @@ def vit_b_model(checkpoint: str | None, tmp: Path):
     return load_model(str(path), device="cpu"), "randomly initialised ViT-B (weights do not change the time)"
 
 
+def mobile_sam_model(tmp: Path):
+    from napari_sam.core.mobile_sam import build_mobile_sam
+    from napari_sam.core.models import load_model
+
+    torch.manual_seed(0)
+    path = tmp / "mobile_sam_random.pt"
+    torch.save(build_mobile_sam("5m").state_dict(), path)
+    return load_model(str(path), device="cpu")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", help="an official-format ViT-B checkpoint (default: random ViT-B)")
     ap.add_argument("--size", type=int, default=512, help="slice size for the ViT-B runs")
     ap.add_argument("--repeats", type=int, default=3, help="embedding runs each for official and ours")
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: encoder,click,propagation,memory,embedded")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: encoder,click,propagation,memory,embedded,mobile")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     print(f"machine: {machine()}")
@@ -361,6 +373,11 @@ def main(argv=None) -> int:
                 bench_click(official, ours, img, labels)
                 bench_upsampling(args.size)
             del official, ours, model
+        if "mobile" not in skip:
+            model = mobile_sam_model(Path(d))
+            print("\nMobileSAM: randomly initialised TinyViT-5M + SAM decoder (weights do not change the time)")
+            bench_encoder(model, slice_image(args.size)[0], args.repeats, title="[6] MobileSAM")
+            del model
         if "propagation" not in skip:
             if emb_model is None:
                 from napari_sam.core.models import load_model

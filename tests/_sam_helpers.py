@@ -20,3 +20,13 @@ def save_tiny_vit(path, embed_dim=64):
     sam = _build_sam(encoder_embed_dim=embed_dim, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=[1])
     torch.save(sam.state_dict(), path)
     return path
+
+
+def save_mobile_sam(path, seed=0):
+    """A randomly initialised MobileSAM (TinyViT-5M encoder) saved as MobileSAM's state dict layout."""
+    from napari_sam.core.mobile_sam import build_mobile_sam
+
+    torch.manual_seed(seed)
+    sam = distinctive(build_mobile_sam("5m"), seed=seed)
+    torch.save(sam.state_dict(), path)
+    return sam, path

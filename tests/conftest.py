@@ -1,5 +1,8 @@
 """Shared test helpers: the shipped embedded model, loaded once."""
 
+import functools
+import http.server
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,3 +32,32 @@ def _workers_finish_before_the_next_test():
         from qtpy.QtCore import QThreadPool
 
         QThreadPool.globalInstance().waitForDone(30000)
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """An HTTP server on 127.0.0.1 serving tmp_path/"served"; yields (base_url, folder, requests_seen)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    seen: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep pytest output clean
+            pass
+
+        def do_GET(self):
+            seen.append(self.path)
+            super().do_GET()
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", folder, seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)

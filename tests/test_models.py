@@ -1,18 +1,15 @@
 """core/models.py and core/checkpoints.py: registry, download, devices, loading, errors.
 
 Nothing is downloaded from the internet: "downloads" come from an http.server on
-127.0.0.1 serving a tiny randomly initialised SAM (ViT, embed dim 64, 2 blocks).
+127.0.0.1 (the ``server`` fixture of conftest.py) serving a tiny randomly initialised SAM (ViT, embed dim 64, 2 blocks).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -41,35 +38,6 @@ def tiny_sam(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny") / "tiny_sam.pth"
     torch.save(sam.state_dict(), path)
     return sam.eval(), path
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    """An HTTP server on 127.0.0.1 serving tmp_path/"served"; yields (base_url, folder, requests_seen)."""
-    folder = tmp_path / "served"
-    folder.mkdir()
-    seen: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):  # keep pytest output clean
-            pass
-
-        def do_GET(self):
-            seen.append(self.path)
-            super().do_GET()
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    for var in ("NO_PROXY", "no_proxy"):
-        monkeypatch.setenv(var, "127.0.0.1,localhost")
-    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", folder, seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 def _sha256(path: Path) -> str:
@@ -273,7 +241,7 @@ def test_state_dict_of_unknown_architecture_names_keys(tmp_path):
     assert "does not match any model napari-sam can build" in msg
     assert "missing keys (" in msg and "image_encoder." in msg
     assert "unexpected keys (2): decoder.fc.bias, encoder.conv.weight" in msg
-    assert "SAM ViT-B/L/H" in msg and "MobileSAM and SAM 2 are not supported" in msg
+    assert "SAM ViT-B/L/H" in msg and "MobileSAM" in msg and "SAM 2 is not supported yet" in msg
 
 
 def test_incomplete_or_misshaped_sam_names_keys(tmp_path, tiny_sam):

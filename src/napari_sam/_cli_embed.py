@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from .core.models import model_help
 from .io import InputError
 
 
@@ -23,7 +24,7 @@ def add_embed_parser(subparsers) -> None:
     e = subparsers.add_parser("embed", help="compute the SAM embedding of every slice of a stack into a zarr cache")
     e.add_argument("image", help="2D or 3D (z, y, x) .tif/.tiff, .zarr or .npy; RGB last axis allowed")
     e.add_argument("--out", required=True, help="embedding cache to write or resume (a .zarr folder)")
-    e.add_argument("--model", default="embedded", help="registry name (embedded, vit_b, vit_l, vit_h, vit_b_lm, ...) or checkpoint path")
+    e.add_argument("--model", default="embedded", help=model_help())
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     e.add_argument("--normalize", default="percentile", choices=["percentile", "minmax", "none"],
                    help="intensity normalisation (must match the one used when segmenting)")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .core.models import model_help
 from .io import InputError
 
 
@@ -34,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--boxes", help="CSV: z,y0,x0,y1,x1 (y0,x0,y1,x1 for 2D); optional object. Several images: as --points")
     s.add_argument("--out", required=True, help="labels TIFF to write (a .prompts.json record is written beside it); "
                                                 "several images: a folder, IMAGE-NAME.tif each")
-    s.add_argument("--model", default="embedded", help="registry name (embedded, vit_b, vit_l, vit_h, vit_b_lm, ...) or checkpoint path")
+    s.add_argument("--model", default="embedded", help=model_help())
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     s.add_argument("--propagate", action="store_true", help="propagate each object through z from its prompted slices")

@@ -5,6 +5,8 @@ Three kinds of file are understood, all read with
 
 * an official SAM state dict (ViT-B/L/H), or any SAM-format ViT whose size is
   inferred from the tensor shapes (micro-sam's models, a small test model);
+* a MobileSAM state dict (TinyViT image encoder, ``core.mobile_sam``): MobileSAM's
+  own weights and micro-sam's ``vit_t`` models;
   wrapped or not in ``{"state_dict" | "model_state" | "model": ...}``, keys
   with or without a ``sam.`` / ``module.`` prefix;
 * napari-sam's embedded model: ``{"format": "napari-sam-embedded/1",
@@ -22,12 +24,14 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .mobile_sam import infer_tiny_vit, tiny_vit_widths, unknown_widths
+
 if TYPE_CHECKING:
     import torch
 
 SUPPORTED = (
-    "supported checkpoints are official SAM ViT-B/L/H (segment-anything), micro-sam models "
-    "in SAM format, and napari-sam's embedded model; MobileSAM and SAM 2 are not supported yet"
+    "supported checkpoints are official SAM ViT-B/L/H (segment-anything), MobileSAM, micro-sam models "
+    "in SAM format (vit_b/l/h and vit_t), and napari-sam's embedded model; SAM 2 is not supported yet"
 )
 EMBEDDED_FORMAT = "napari-sam-embedded"
 EMBEDDED_VERSION = 1
@@ -189,6 +193,12 @@ def build_sam(obj: Any, path: Path):
 
         arch, kwargs = found
         sam = _build_sam(**kwargs, checkpoint=None)
+    elif (variant := infer_tiny_vit(sd)) is not None:
+        from .mobile_sam import ARCH, build_mobile_sam
+
+        sam, arch = build_mobile_sam(variant), ARCH
+    elif (widths := tiny_vit_widths(sd)) is not None:
+        raise ModelError(f"{path} has the layout of a MobileSAM checkpoint, but {unknown_widths(widths)}; {SUPPORTED}.")
     else:
         from segment_anything import sam_model_registry
 

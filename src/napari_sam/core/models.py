@@ -43,7 +43,7 @@ class ModelSpec:
 
     url: download address (None for the embedded model, which ships with the package)
     known_hash: pooch-style checksum "alg:hexdigest" (None for embedded: see embedded.json)
-    arch: "vit_b" / "vit_l" / "vit_h" / "embedded"
+    arch: "vit_b" / "vit_l" / "vit_h" / "vit_t" (MobileSAM) / "embedded"
     filename: name of the file in the cache folder
     """
 
@@ -75,16 +75,39 @@ REGISTRY: dict[str, ModelSpec] = {
         "sha256:a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
         "vit_h", "official SAM ViT-H (2.6 GB)", "sam_vit_h_4b8939.pth",
     ),
-    # micro-sam's models as published on BioImage.IO (plain SAM state dicts; both files are named vit_b.pt)
+    # MobileSAM's own weights (TinyViT encoder distilled from SAM ViT-H), from micro-sam's mirror
+    "vit_t": ModelSpec(
+        "https://owncloud.gwdg.de/index.php/s/TuDzuwVDHd1ZDnQ/download",
+        "xxh128:8eadbc88aeb9d8c7e0b4b60c3db48bd0",
+        "vit_t", "MobileSAM (TinyViT encoder distilled from SAM ViT-H, ~40 MB)",
+        "mobile_sam.pt",
+    ),
+    # micro-sam's models as published on BioImage.IO (plain SAM state dicts; upstream file names repeat)
     "vit_b_lm": ModelSpec(
         _MICRO_SAM + "diplomatic-bug/1.2/files/vit_b.pt",
         "xxh128:fe9252a29f3f4ea53c15a06de471e186",
         "vit_b", "micro-sam ViT-B for light microscopy (cells, nuclei)", "micro_sam_vit_b_lm.pt",
     ),
+    "vit_l_lm": ModelSpec(
+        _MICRO_SAM + "idealistic-rat/1.2/files/vit_l.pt",
+        "xxh128:017f20677997d628426dec80a8018f9d",
+        "vit_l", "micro-sam ViT-L for light microscopy (cells, nuclei; 1.2 GB)", "micro_sam_vit_l_lm.pt",
+    ),
+    "vit_t_lm": ModelSpec(
+        _MICRO_SAM + "faithful-chicken/1.1/files/vit_t.pt",
+        "xxh128:72ec5074774761a6e5c05a08942f981e",
+        "vit_t", "micro-sam MobileSAM (TinyViT) for light microscopy: fast on a CPU", "micro_sam_vit_t_lm.pt",
+    ),
     "vit_b_em_organelles": ModelSpec(
         _MICRO_SAM + "noisy-ox/1.2/files/vit_b.pt",
         "xxh128:f3bf2ed83d691456bae2c3f9a05fb438",
         "vit_b", "micro-sam ViT-B for electron microscopy organelles", "micro_sam_vit_b_em_organelles.pt",
+    ),
+    "vit_t_em_organelles": ModelSpec(
+        _MICRO_SAM + "greedy-whale/1/files/vit_t.pt",
+        "xxh128:253474720c497cce605e57c9b1d18fd9",
+        "vit_t", "micro-sam MobileSAM (TinyViT) for electron microscopy organelles",
+        "micro_sam_vit_t_em_organelles.pt",
     ),
 }
 
@@ -95,7 +118,7 @@ class LoadedModel:
 
     sam: ``segment_anything`` ``Sam`` in eval mode on ``device``, fp32 weights
     name: registry name, or the checkpoint's file name when loaded from a path
-    arch: "vit_b" / "vit_l" / "vit_h" / "vit_custom" / "embedded"
+    arch: "vit_b" / "vit_l" / "vit_h" / "vit_custom" / "vit_t" (MobileSAM) / "embedded"
     checksum: SHA-256 hex digest of the checkpoint file
     dtype: compute dtype for autocast (float32 on cpu and mps)
     native_resolution: True when the image encoder runs at the slice's own size
@@ -114,6 +137,11 @@ class LoadedModel:
 
 def _known() -> str:
     return ", ".join(REGISTRY)
+
+
+def model_help() -> str:
+    """The command line's ``--model`` help: every registry name, or a path."""
+    return f"registry name ({_known()}) or checkpoint path"
 
 
 def cache_dir() -> Path:
@@ -226,9 +254,11 @@ def load_model(name_or_path: str | os.PathLike = "embedded", *, device: Any = "a
                progress: Any = True) -> LoadedModel:
     """Load a SAM model by registry name (downloaded once, then cached) or from a checkpoint path.
 
-    Names: embedded (default), vit_b, vit_l, vit_h, vit_b_lm, vit_b_em_organelles.
-    A path may be any SAM-format checkpoint (its ViT size is read from the
-    weights' shapes) or a napari-sam embedded checkpoint.
+    Names: the keys of :data:`REGISTRY` (embedded, the default; SAM's vit_b/l/h;
+    MobileSAM's vit_t; micro-sam's vit_b_lm, vit_l_lm, vit_t_lm, vit_b_em_organelles,
+    vit_t_em_organelles). A path may be any SAM-format checkpoint (its ViT size is
+    read from the weights' shapes), a MobileSAM-format one (TinyViT encoder), or a
+    napari-sam embedded checkpoint.
     """
     torch_device = resolve_device(device)
     dtype = choose_dtype(torch_device, half)
