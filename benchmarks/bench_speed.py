@@ -20,6 +20,8 @@ Prints, for the same slice and the same checkpoint in the same process:
    1024 x 1024 slice at its 2x (encoded in tiles) and at 1x (median of 3).
 6. MobileSAM (TinyViT encoder) slice embedding, official ``SamPredictor.set_image``
    vs ours, as in 1 (randomly initialised MobileSAM, saved and loaded by path).
+7. SAM 2.1 Hiera-tiny slice embedding, Meta's ``SAM2ImagePredictor.set_image`` vs
+   ours (randomly initialised; needs the ``sam2`` package).
 
 The machine (CPU model, cores, torch threads) and the load average are printed
 with the figures: on a busy machine, the times are not worth recording.
@@ -134,22 +136,30 @@ def bench_encoder(model, img, repeats, title="[1] ViT-B"):
     from segment_anything import SamPredictor
 
     from napari_sam.core.image import to_sam_rgb
+    from napari_sam.core.sam2_model import image_predictor, is_sam2
 
     rgb8 = np.clip(np.rint(to_sam_rgb(img)), 0, 255).astype(np.uint8)
-    official = SamPredictor(model.sam)
-    ours, patched = _fast_predictor(model)
+    sam2 = is_sam2(model.sam)
+    official = image_predictor(model.sam) if sam2 else SamPredictor(model.sam)
+    if sam2:  # SAM 2 runs its own modules: nothing to patch
+        from napari_sam.core.predictor import SlicePredictor
+
+        ours, patched = SlicePredictor(model), []
+    else:
+        ours, patched = _fast_predictor(model)
     t_off, t_ours = [], []
     emb = None
     for _ in range(repeats):  # interleaved, so drifting load hits both alike
         t_off += timed(lambda: official.set_image(rgb8))
         t_ours += timed(lambda: ours.set_image(img))
         emb = ours.embedding
-    ref = official.features
+    ref = official._features["image_embed"] if sam2 else official.features
     rel = float((emb.features - ref).abs().max() / ref.abs().max())
     mo, mu = statistics.median(t_off), statistics.median(t_ours)
     print(f"\n{title} slice embedding ({img.shape[0]}x{img.shape[1]} slice, {repeats} runs each, interleaved)")
-    print(f"    official SamPredictor.set_image  median {mo:6.2f} s   runs {fmt(t_off)}")
-    print(f"    ours SlicePredictor.embed        median {mu:6.2f} s   runs {fmt(t_ours)}")
+    name = "SAM2ImagePredictor.set_image" if sam2 else "SamPredictor.set_image"
+    print(f"    official {name:<30} median {mo:6.2f} s   runs {fmt(t_off)}")
+    print(f"    ours     {'SlicePredictor.embed':<30} median {mu:6.2f} s   runs {fmt(t_ours)}")
     print(f"    ratio ours/official {mu / mo:.3f}   embeddings max |diff| / max |official| = {rel:.1e}")
     if patched:
         print(f"    (not yet in SlicePredictor, patched in for this run: {', '.join(patched)})")
@@ -350,12 +360,22 @@ def mobile_sam_model(tmp: Path):
     return load_model(str(path), device="cpu")
 
 
+def sam2_model(tmp: Path):
+    from napari_sam.core.models import load_model
+    from napari_sam.core.sam2_model import build_sam2_model
+
+    torch.manual_seed(0)
+    path = tmp / "sam2.1_hiera_tiny_random.pt"
+    torch.save({"model": build_sam2_model("sam2.1_hiera_tiny").state_dict()}, path)
+    return load_model(str(path), device="cpu")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", help="an official-format ViT-B checkpoint (default: random ViT-B)")
     ap.add_argument("--size", type=int, default=512, help="slice size for the ViT-B runs")
     ap.add_argument("--repeats", type=int, default=3, help="embedding runs each for official and ours")
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: encoder,click,propagation,memory,embedded,mobile")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: encoder,click,propagation,memory,embedded,mobile,sam2")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     print(f"machine: {machine()}")
@@ -377,6 +397,11 @@ def main(argv=None) -> int:
             model = mobile_sam_model(Path(d))
             print("\nMobileSAM: randomly initialised TinyViT-5M + SAM decoder (weights do not change the time)")
             bench_encoder(model, slice_image(args.size)[0], args.repeats, title="[6] MobileSAM")
+            del model
+        if "sam2" not in skip:
+            model = sam2_model(Path(d))
+            print("\nSAM 2.1: randomly initialised Hiera-tiny (weights do not change the time)")
+            bench_encoder(model, slice_image(args.size)[0], args.repeats, title="[7] SAM 2.1 Hiera-tiny")
             del model
         if "propagation" not in skip:
             if emb_model is None:

@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 from napari_sam.core import models  # noqa: E402
 from napari_sam.core.models import ModelError, ModelSpec, load_model  # noqa: E402
 
-from ._sam_helpers import save_mobile_sam  # noqa: E402
+from ._sam_helpers import click_and_commit_in_widget, predictor_pair, same_weights, save_mobile_sam  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -32,22 +32,7 @@ def mobile(tmp_path_factory):
 def pair(mobile):
     from segment_anything import SamPredictor
 
-    from napari_sam.core.predictor import SlicePredictor
-
-    loaded = load_model(mobile[1], device="cpu")
-    rng = np.random.default_rng(3)
-    img = (rng.random((260, 380, 3)) * 60).astype(np.uint8)
-    img[90:170, 120:230] = (230, 210, 190)
-    ours = SlicePredictor(loaded, normalize="none")
-    ours.set_image(img, channel_axis=-1)
-    official = SamPredictor(loaded.sam)
-    official.set_image(img)
-    return loaded, ours, official
-
-
-def _same_weights(a, b) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    return predictor_pair(mobile[1], SamPredictor)
 
 
 def test_mobile_sam_checkpoint_loads_by_path_as_vit_t(mobile, pair):
@@ -55,7 +40,7 @@ def test_mobile_sam_checkpoint_loads_by_path_as_vit_t(mobile, pair):
     loaded = pair[0]
     assert (loaded.arch, loaded.name, loaded.native_resolution) == ("vit_t", "mobile_sam.pt", False)
     assert type(loaded.sam.image_encoder).__name__ == "TinyViT"
-    assert not loaded.sam.training and _same_weights(loaded.sam, sam)
+    assert not loaded.sam.training and same_weights(loaded.sam, sam)
 
 
 def test_embedding_and_masks_equal_official_sam_predictor(pair):
@@ -88,7 +73,7 @@ def test_vit_t_downloads_by_name_verified_and_loads(pair, mobile, server, monkey
     loaded = load_model("vit_t_test", device="cpu", progress=False)
     assert (loaded.name, loaded.arch, loaded.path.name) == ("vit_t_test", "vit_t", "vt.pt")
     assert seen == ["/s/vit_t/download"] and loaded.path.read_bytes() == data
-    assert _same_weights(loaded.sam, pair[0].sam)
+    assert same_weights(loaded.sam, pair[0].sam)
 
 
 def test_registry_knows_mobile_sam_and_micro_sams_vit_t_models():
@@ -119,27 +104,15 @@ def test_missing_kornia_says_how_to_install(mobile, monkeypatch):
 def test_widget_runs_a_mobile_sam_checkpoint_like_the_official_predictor(mobile, make_napari_viewer, qtbot):
     """The dock widget loads a MobileSAM file; a click's preview is the official predictor's top mask,
     and committing it writes it as object 1 on that slice only."""
-    from napari.utils._proxies import PublicOnlyProxy
     from segment_anything import SamPredictor
 
-    from napari_sam._qt.widget import SamWidget
     from napari_sam.core.image import to_sam_rgb
-    from napari_sam.synthetic import make_stack
 
-    st = make_stack((3, 200, 240), seed=4, radius_range=(12, 25), density=0.3)
-    viewer = make_napari_viewer()
-    viewer.add_image(st.image, name="cells")
-    widget = SamWidget(PublicOnlyProxy(viewer), model=str(mobile[1]))
-    viewer.window.add_dock_widget(widget, name="SAM")
-    qtbot.waitUntil(lambda: widget.model is not None and not widget.busy, timeout=60000)
-    assert widget.model.arch == "vit_t"
-    viewer.dims.current_step = (1, 0, 0)
-    viewer.layers["cells SAM points"].add([[1, 100, 120]])
-    qtbot.waitUntil(lambda: not widget.busy and "candidate" in widget._ui.status.text(), timeout=60000)
-    preview = np.asarray(viewer.layers["SAM preview"].data).reshape(200, 240) > 0
+    image, preview, labels = click_and_commit_in_widget(make_napari_viewer, qtbot, mobile[1])
+    rgb8 = np.clip(np.rint(to_sam_rgb(image)), 0, 255).astype(np.uint8)
 
     official = SamPredictor(mobile[0])
-    official.set_image(np.clip(np.rint(to_sam_rgb(st.image[1])), 0, 255).astype(np.uint8))
+    official.set_image(rgb8)
     logits, scores, _ = official.predict(point_coords=np.array([[120.0, 100.0]]), point_labels=np.array([1]),
                                          return_logits=True)
     top = logits[int(np.argmax(scores))]
@@ -149,9 +122,5 @@ def test_widget_runs_a_mobile_sam_checkpoint_like_the_official_predictor(mobile,
     assert preview.sum() > 100 and differ.sum() <= 0.001 * preview.size
     assert np.abs(top[differ]).max(initial=0) < 1e-3
 
-    viewer.window._qt_viewer._key_map_handler.press_key("C")
-    labels = np.asarray(viewer.layers["cells SAM labels"].data)
     np.testing.assert_array_equal(labels[1], np.where(preview, 1, 0))
     assert not labels[[0, 2]].any()
-    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
-    viewer.window.remove_dock_widget(widget)

@@ -19,6 +19,8 @@ from napari_sam.core import models
 from napari_sam.core.checkpoints import infer_vit
 from napari_sam.core.models import ModelError, ModelSpec, choose_dtype, load_model, resolve_device
 
+from ._sam_helpers import same_weights
+
 TINY_KWARGS = dict(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=[1])
 
 
@@ -56,11 +58,6 @@ def _decode(sam, seed=0):
             image_embeddings=emb, image_pe=sam.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
         )
-
-
-def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
 
 
 # --- import cost -------------------------------------------------------------------------------
@@ -241,7 +238,7 @@ def test_state_dict_of_unknown_architecture_names_keys(tmp_path):
     assert "does not match any model napari-sam can build" in msg
     assert "missing keys (" in msg and "image_encoder." in msg
     assert "unexpected keys (2): decoder.fc.bias, encoder.conv.weight" in msg
-    assert "SAM ViT-B/L/H" in msg and "MobileSAM" in msg and "SAM 2 is not supported yet" in msg
+    assert "SAM ViT-B/L/H" in msg and "MobileSAM" in msg and "SAM 2 and 2.1" in msg
 
 
 def test_incomplete_or_misshaped_sam_names_keys(tmp_path, tiny_sam):
@@ -280,7 +277,7 @@ def test_small_vit_loads_by_path_with_identical_weights_and_outputs(tiny_sam):
     assert (loaded.device, loaded.dtype, loaded.native_resolution) == (torch.device("cpu"), torch.float32, False)
     assert not loaded.sam.training
     assert all(p.dtype == torch.float32 for p in loaded.sam.parameters())
-    assert _same_weights(loaded.sam, sam)
+    assert same_weights(loaded.sam, sam)
     (masks_a, iou_a), (masks_b, iou_b) = _decode(loaded.sam), _decode(sam)
     assert torch.equal(masks_a, masks_b) and torch.equal(iou_a, iou_b)
 
@@ -291,7 +288,7 @@ def test_wrapped_and_prefixed_state_dict_loads(tmp_path, tiny_sam):
     wpath = tmp_path / "micro_sam_style.pt"
     torch.save(wrapped, wpath)
     loaded = load_model(wpath, device="cpu")
-    assert loaded.arch == "vit_custom" and _same_weights(loaded.sam, sam)
+    assert loaded.arch == "vit_custom" and same_weights(loaded.sam, sam)
 
 
 def test_embedded_format_loads_in_fp32(tmp_path):
@@ -377,7 +374,7 @@ def test_download_verifies_caches_and_loads(server, tiny_sam, monkeypatch, tmp_p
     loaded = load_model("tiny", device="cpu", progress=False)
     assert (loaded.name, loaded.arch, loaded.checksum) == ("tiny", "vit_custom", digest)
     assert loaded.path == (tmp_path / "cache" / "tiny.pth").resolve()
-    assert _same_weights(loaded.sam, sam)
+    assert same_weights(loaded.sam, sam)
     assert seen == ["/tiny.pth"]
     load_model("tiny", device="cpu", progress=False)  # cached: no second download
     assert seen == ["/tiny.pth"]

@@ -70,7 +70,9 @@ def decode_objects(predictor, prompts: list[ObjectPrompt], *, multimask: bool = 
     hold it, or None for the whole slice: see ``core.decode_window``.
     threshold: logit above which a pixel is in the mask (default SAM's, 0).
     """
-    thr = float(predictor.sam.mask_threshold if threshold is None else threshold)
+    from .sam2_model import mask_threshold
+
+    thr = float(mask_threshold(predictor.sam) if threshold is None else threshold)
     groups: dict[tuple, list[int]] = {}
     for i, o in enumerate(prompts):
         groups.setdefault(_kind(o), []).append(i)
@@ -78,8 +80,9 @@ def decode_objects(predictor, prompts: list[ObjectPrompt], *, multimask: bool = 
     emb = predictor.embedding
     for idx in groups.values():
         win = None if windows is None else token_windows(predictor, [windows[i] for i in idx])
-        n_tok = (emb.features.shape[-2] * emb.features.shape[-1]) if win is None else win.size[0] * win.size[1]
-        chunk = max(1, DECODER_BUDGET // max(n_tok * emb.features.shape[1], 1))
+        per_object = (sum(t[0].numel() for t in emb.tensors) if win is None
+                      else win.size[0] * win.size[1] * emb.features.shape[1])
+        chunk = max(1, DECODER_BUDGET // max(per_object, 1))
         for s in range(0, len(idx), chunk):
             part = idx[s : s + chunk]
             sub = None if win is None else win.part(slice(s, s + chunk))
@@ -106,8 +109,10 @@ def decode_prompts(predictor, objs: list[ObjectPrompt], multimask: bool, window:
 
     from .fast_decoder import decode, dense_pe
 
+    from .sam2_model import prompt_encoder
+
     sam, emb, dev = predictor.sam, predictor.embedding, predictor.model.device
-    pe = sam.prompt_encoder
+    pe = prompt_encoder(sam)
     if predictor.native:
         from .embedded import set_grid
 
@@ -129,6 +134,12 @@ def decode_prompts(predictor, objs: list[ObjectPrompt], multimask: bool, window:
         _, bx = to_sam(None, np.stack([o.box for o in objs]), scale)
         bx = bx - np.tile(shift[:, ::-1], 2).astype(np.float32)
         boxes = torch.as_tensor(bx, dtype=torch.float, device=dev)
+    if getattr(predictor, "sam2", None) is not None:
+        from .sam2_model import decode as decode_sam2
+
+        with torch.inference_mode():
+            masks = {j: predictor._mask_input(o.mask) for j, o in enumerate(objs) if o.mask is not None}
+            return decode_sam2(sam, emb, points, boxes, masks, multimask)
     with torch.inference_mode():
         if points is None and boxes is None:  # mask-only prompts: SAM gets no sparse tokens
             sparse = torch.empty((len(objs), 0, pe.embed_dim), device=dev)

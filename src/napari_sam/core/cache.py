@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import replace
 
 import numpy as np
 
@@ -68,13 +67,11 @@ class EmbeddingCache:
                 return None
             self._d.move_to_end(key)
             self.hits += 1
-        f = e.features.float()
-        if device is not None:
-            f = f.to(device)
-        return replace(e, features=f)
+        return e.with_tensors(lambda t: t.float() if device is None else t.float().to(device))
 
-    def put(self, key, emb: Embedding) -> None:
-        stored = replace(emb, features=emb.features.detach().to("cpu").half())
+    def put(self, key, emb: Embedding) -> int:
+        """Store ``emb`` (its feature maps as fp16 on the CPU); returns the bytes it takes."""
+        stored = emb.with_tensors(lambda t: t.detach().to("cpu").half())
         with self._lock:
             old = self._d.pop(key, None)
             if old is not None:
@@ -84,6 +81,7 @@ class EmbeddingCache:
             while self._bytes > self.max_bytes and len(self._d) > 1:
                 _, ev = self._d.popitem(last=False)
                 self._bytes -= ev.nbytes
+        return stored.nbytes
 
     def clear(self) -> None:
         with self._lock:

@@ -7,6 +7,8 @@ Three kinds of file are understood, all read with
   inferred from the tensor shapes (micro-sam's models, a small test model);
 * a MobileSAM state dict (TinyViT image encoder, ``core.mobile_sam``): MobileSAM's
   own weights and micro-sam's ``vit_t`` models;
+* a SAM 2 / SAM 2.1 checkpoint (Hiera tiny/small/base+/large, ``core.sam2_model``;
+  needs Meta's ``sam2`` package);
   wrapped or not in ``{"state_dict" | "model_state" | "model": ...}``, keys
   with or without a ``sam.`` / ``module.`` prefix;
 * napari-sam's embedded model: ``{"format": "napari-sam-embedded/1",
@@ -25,13 +27,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .mobile_sam import infer_tiny_vit, tiny_vit_widths, unknown_widths
+from .sam2_model import infer_sam2
 
 if TYPE_CHECKING:
     import torch
 
 SUPPORTED = (
     "supported checkpoints are official SAM ViT-B/L/H (segment-anything), MobileSAM, micro-sam models "
-    "in SAM format (vit_b/l/h and vit_t), and napari-sam's embedded model; SAM 2 is not supported yet"
+    "in SAM format (vit_b/l/h and vit_t), SAM 2 and 2.1 (Hiera tiny/small/base+/large, with the sam2 "
+    "package), and napari-sam's embedded model"
 )
 EMBEDDED_FORMAT = "napari-sam-embedded"
 EMBEDDED_VERSION = 1
@@ -193,6 +197,10 @@ def build_sam(obj: Any, path: Path):
 
         arch, kwargs = found
         sam = _build_sam(**kwargs, checkpoint=None)
+    elif (sam2_arch := infer_sam2(sd)) is not None:
+        from .sam2_model import build_sam2_model
+
+        sam, arch = build_sam2_model(sam2_arch), sam2_arch
     elif (variant := infer_tiny_vit(sd)) is not None:
         from .mobile_sam import ARCH, build_mobile_sam
 

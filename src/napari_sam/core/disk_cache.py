@@ -8,6 +8,7 @@ Layout of ``CACHE.zarr`` (a zarr group)::
 
     attrs["napari_sam_embeddings"]  format, settings, geometry (see below)
     features   (*lead, C, h, w) float16   one chunk per slice
+    high_res_i (*lead, C_i, h_i, w_i) float16   SAM 2 only: its finer feature maps
     gray       (*lead, H, W)    uint8     the normalised slice (for boundary refinement)
     signature  (*lead, 16)      uint8     xxh3-128 of the slice's bytes; all zero = not done
 
@@ -43,11 +44,13 @@ class Geometry:
     original_size: tuple[int, int]
     input_size: tuple[int, int]
     padded_size: tuple[int, int]
+    high_res_shapes: tuple = ()  # SAM 2: (C, h, w) of each finer feature map
 
     @classmethod
     def of(cls, emb) -> Geometry:
         return cls(tuple(int(s) for s in emb.features.shape[1:]), tuple(emb.original_size),
-                   tuple(emb.input_size), tuple(emb.padded_size))
+                   tuple(emb.input_size), tuple(emb.padded_size),
+                   tuple(tuple(int(s) for s in t.shape[1:]) for t in emb.high_res))
 
     def as_json(self) -> dict:
         return {k: list(v) for k, v in self.__dict__.items()}
@@ -96,6 +99,7 @@ class DiskCache:
         self.geometry = geometry
         self.lead = lead
         self._features = group["features"]
+        self._high_res = [group[f"high_res_{i}"] for i in range(len(geometry.high_res_shapes))]
         self._gray = group["gray"]
         self._sig = group["signature"]
 
@@ -115,7 +119,7 @@ class DiskCache:
             raise CacheMismatch(f"{p} is not a napari-sam embedding cache (no '{ATTR}' record in a zarr group)") from None
         if meta.get("format") != FORMAT:
             raise CacheMismatch(f"{p} is an embedding cache in format {meta.get('format')!r}; this napari-sam reads {FORMAT}")
-        geo = Geometry(**{k: tuple(v) for k, v in meta["geometry"].items()})
+        geo = Geometry(**{k: _tuples(v) for k, v in meta["geometry"].items()})
         cache = cls(g, p, meta["settings"], geo, tuple(meta["lead"]))
         if settings is not None:
             cache.check(settings)
@@ -137,6 +141,8 @@ class DiskCache:
         H, W = geometry.original_size
         one = (1,) * len(lead)
         _create(g, "features", (*lead, C, h, w), (*one, C, h, w), "float16")
+        for i, shape in enumerate(geometry.high_res_shapes):
+            _create(g, f"high_res_{i}", (*lead, *shape), (*one, *shape), "float16")
         _create(g, "gray", (*lead, H, W), (*one, H, W), "uint8")
         _create(g, "signature", (*lead, 16), (*one, 16), "uint8")
         g.attrs[ATTR] = {"format": FORMAT, "settings": settings, "geometry": geometry.as_json(), "lead": list(lead)}
@@ -200,11 +206,13 @@ class DiskCache:
         index = _index(index)
         if not self._matches(index, signature):
             return None
-        f = torch.from_numpy(np.asarray(self._features[index])[None].astype(np.float32))
-        if device is not None:
-            f = f.to(device)
+        def read(array):
+            t = torch.from_numpy(np.asarray(array[index])[None].astype(np.float32))
+            return t if device is None else t.to(device)
+
         g = self.geometry
-        return Embedding(f, g.original_size, g.input_size, g.padded_size, np.asarray(self._gray[index]))
+        return Embedding(read(self._features), g.original_size, g.input_size, g.padded_size,
+                         np.asarray(self._gray[index]), tuple(read(a) for a in self._high_res))
 
     def put(self, index, signature: str, emb) -> None:
         """Store one slice: features and gray first, its signature last (what marks it done)."""
@@ -213,12 +221,19 @@ class DiskCache:
             raise CacheMismatch(f"slice {_fmt(index)} has geometry {Geometry.of(emb)}, the cache {self.geometry}")
         self._sig[index] = np.zeros(16, np.uint8)  # not done while being rewritten
         self._features[index] = emb.features[0].detach().to("cpu").half().numpy()
+        for array, t in zip(self._high_res, emb.high_res):
+            array[index] = t[0].detach().to("cpu").half().numpy()
         if emb.gray is not None:
             self._gray[index] = emb.gray
         self._sig[index] = np.frombuffer(bytes.fromhex(signature), np.uint8)
 
     def nbytes_on_disk(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+def _tuples(v):
+    """JSON lists back into (nested) tuples."""
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
 
 
 def _lead_ndim(settings: dict) -> int:

@@ -116,9 +116,9 @@ REGISTRY: dict[str, ModelSpec] = {
 class LoadedModel:
     """A SAM model ready to run, and where it came from.
 
-    sam: ``segment_anything`` ``Sam`` in eval mode on ``device``, fp32 weights
+    sam: ``segment_anything`` ``Sam`` (SAM 2: ``sam2``'s ``SAM2Base``) in eval mode on ``device``, fp32 weights
     name: registry name, or the checkpoint's file name when loaded from a path
-    arch: "vit_b" / "vit_l" / "vit_h" / "vit_custom" / "vit_t" (MobileSAM) / "embedded"
+    arch: "vit_b" / "vit_l" / "vit_h" / "vit_custom" / "vit_t" (MobileSAM) / "sam2.1_hiera_tiny" etc. / "embedded"
     checksum: SHA-256 hex digest of the checkpoint file
     dtype: compute dtype for autocast (float32 on cpu and mps)
     native_resolution: True when the image encoder runs at the slice's own size
@@ -257,8 +257,9 @@ def load_model(name_or_path: str | os.PathLike = "embedded", *, device: Any = "a
     Names: the keys of :data:`REGISTRY` (embedded, the default; SAM's vit_b/l/h;
     MobileSAM's vit_t; micro-sam's vit_b_lm, vit_l_lm, vit_t_lm, vit_b_em_organelles,
     vit_t_em_organelles). A path may be any SAM-format checkpoint (its ViT size is
-    read from the weights' shapes), a MobileSAM-format one (TinyViT encoder), or a
-    napari-sam embedded checkpoint.
+    read from the weights' shapes), a MobileSAM-format one (TinyViT encoder), a
+    SAM 2 / 2.1 checkpoint (with the ``sam2`` package), or a napari-sam embedded
+    checkpoint.
     """
     torch_device = resolve_device(device)
     dtype = choose_dtype(torch_device, half)

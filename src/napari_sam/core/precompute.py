@@ -123,8 +123,7 @@ def precompute(predictor, stack, *, start=0, z_range: tuple[int, int] | None = N
                 if source == "encoder" and disk is not None:
                     disk.put(zi, si, emb)
                 if cache is not None:
-                    slice_bytes = emb.nbytes - emb.features.nelement() * 2  # stored as fp16
-                    cache.put(key(si), emb)
+                    slice_bytes = cache.put(key(si), emb)
             done += 1
             new = yield PrecomputeProgress(done, total, zi, source, dt)
             if new is not None:
@@ -168,7 +167,7 @@ def embed_batch(predictor, slices: Sequence[np.ndarray], *, channel_axis=None, c
     Off CUDA, or for a single slice, this is ``predictor.embed`` per slice.
     """
     dev = predictor.model.device
-    if dev.type != "cuda" or len(slices) == 1 or predictor.native:
+    if dev.type != "cuda" or len(slices) == 1 or predictor.native or getattr(predictor, "sam2", None) is not None:
         return [predictor.embed(s, channel_axis=channel_axis, channel=channel) for s in slices]
     return _embed_batch_cuda(predictor, slices, channel_axis, channel)
 

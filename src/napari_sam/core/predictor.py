@@ -7,13 +7,16 @@ postprocessing), so on an official checkpoint our masks equal
 
 * native-resolution encoders (the embedded CNN model) run at the slice's own
   pixel size, padded to a multiple of 16, instead of SAM's fixed 1024 canvas;
+* SAM 2 / 2.1 models run their own image path (``core.sam2_model``): same
+  interface, masks equal to ``SAM2ImagePredictor``'s;
 * many objects (several boxes, or per-object prompt sets) are decoded in one
   batched decoder call on the cached embedding.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -38,6 +41,7 @@ class Embedding:
     features: torch tensor (1, C, h, w) on the model's device.
     original_size: (H, W) of the slice. input_size: (h, w) after resizing,
     before padding. padded_size: (Hp, Wp) the encoder saw.
+    high_res: SAM 2 only: its finer feature maps, (1, C_i, h_i, w_i) each.
     """
 
     features: "object"
@@ -45,11 +49,21 @@ class Embedding:
     input_size: tuple[int, int]
     padded_size: tuple[int, int]
     gray: np.ndarray | None = None  # normalised slice (H, W) uint8, for boundary refinement
+    high_res: tuple = ()
+
+    @property
+    def tensors(self) -> tuple:
+        """All feature maps: ``features`` first, then ``high_res``."""
+        return (self.features, *self.high_res)
+
+    def with_tensors(self, convert) -> Embedding:
+        """A copy with ``convert`` (tensor -> tensor) applied to every feature map."""
+        return replace(self, features=convert(self.features), high_res=tuple(convert(t) for t in self.high_res))
 
     @property
     def nbytes(self) -> int:
         extra = 0 if self.gray is None else self.gray.nbytes
-        return int(self.features.element_size() * self.features.nelement()) + extra
+        return sum(int(t.element_size() * t.nelement()) for t in self.tensors) + extra
 
 
 @dataclass
@@ -97,6 +111,8 @@ class SlicePredictor:
         default "score*edge" for the embedded model, "score" for SAM's ViTs."""
         from segment_anything.utils.transforms import ResizeLongestSide
 
+        from .sam2_model import image_predictor, is_sam2
+
         self.model = model
         self.sam = model.sam
         self.normalize = normalize
@@ -104,13 +120,15 @@ class SlicePredictor:
         self.fast = fast
         enc = self.sam.image_encoder
         self.native = bool(getattr(enc, "native_resolution", False))
+        self.sam2 = image_predictor(self.sam) if is_sam2(self.sam) else None  # SAM 2: its official predictor
+        self._sam2_lock = threading.Lock()  # it holds the image it encodes: one slice at a time
         scale = getattr(enc, "input_scale", 1.0) if input_scale is None else input_scale
         self.input_scale = float(scale) if self.native else 1.0
         problem = input_scale_problem(self.input_scale)
         if problem:
             raise ValueError(f"input_scale {problem}")
         self.rank = check_rule(default_rule(self.native) if rank is None else rank)
-        self._resize = None if self.native else ResizeLongestSide(enc.img_size)
+        self._resize = None if self.native or self.sam2 else ResizeLongestSide(enc.img_size)
         self.embedding: Embedding | None = None
 
     # ------------------------------------------------------------ encoding --
@@ -127,6 +145,8 @@ class SlicePredictor:
             long = max(original)
             target = min(int(round(long * self.input_scale)), MAX_TILED)
             resized = img8 if target == long else ResizeLongestSide(target).apply_image(img8)
+        elif self.sam2 is not None:  # SAM2ImagePredictor resizes it
+            resized = img8
         else:
             resized = self._resize.apply_image(img8)
         return resized, original, np.clip(np.rint(rgb.mean(-1)), 0, 255).astype(np.uint8)
@@ -136,6 +156,13 @@ class SlicePredictor:
         import torch
 
         resized, original, gray = self._prepare(slice2d, channel_axis, channel)
+        if self.sam2 is not None:
+            from .sam2_model import encode
+
+            with self._sam2_lock, torch.inference_mode(), self._autocast():
+                feats, high_res = encode(self.sam2, resized)
+            side = int(self.sam.image_size)
+            return Embedding(feats, tuple(original), (side, side), (side, side), gray, high_res)
         dev = self.model.device
         x = torch.as_tensor(resized, device=dev).permute(2, 0, 1).contiguous()[None]
         h, w = x.shape[-2:]
@@ -232,6 +259,10 @@ class SlicePredictor:
 
         low, iou = decode_prompts(self, objs, multimask)
         masks = self._masks(low)
+        if self.sam2 is not None:  # masks from the raw logits, the logits handed back clamped (as SAM 2 does)
+            from .sam2_model import CLAMP
+
+            low = low.clamp(-CLAMP, CLAMP)
         if self.refine:
             from .refine import refine_mask
 
@@ -245,14 +276,21 @@ class SlicePredictor:
         only where an object can be (``core.fast_post``)."""
         from .fast_post import masks_from_low_res
 
+        from .sam2_model import mask_threshold
+
         emb = self.embedding
+        thr = mask_threshold(self.sam)
+        if self.sam2 is not None:  # one resize, low-res -> slice (SAM2Transforms.postprocess_masks)
+            return masks_from_low_res(low, emb.original_size, emb.original_size, emb.original_size, thr)
         canvas = emb.padded_size if self.native else (self.sam.image_encoder.img_size,) * 2
-        return masks_from_low_res(low, canvas, emb.input_size, emb.original_size, float(self.sam.mask_threshold))
+        return masks_from_low_res(low, canvas, emb.input_size, emb.original_size, thr)
 
     def _postprocess(self, low):
         import torch.nn.functional as F
 
         emb = self.embedding
+        if self.sam2 is not None:
+            return F.interpolate(low, emb.original_size, mode="bilinear", align_corners=False)
         if not self.native:
             return self.sam.postprocess_masks(low, emb.input_size, emb.original_size)
         m = F.interpolate(low, emb.padded_size, mode="bilinear", align_corners=False)
@@ -271,12 +309,14 @@ class SlicePredictor:
         import torch
         import torch.nn.functional as F
 
+        from .sam2_model import prompt_encoder
+
         emb, dev = self.embedding, self.model.device
         if self.native:  # the mask grid follows the slice: set it for this embedding
             from .embedded import set_grid
 
             set_grid(self.sam, emb.padded_size)
-        grid = self.sam.prompt_encoder.mask_input_size
+        grid = prompt_encoder(self.sam).mask_input_size
         m = np.asarray(mask)
         if m.ndim == 3 and m.shape[0] == 1:
             m = m[0]
