@@ -590,3 +590,17 @@ def test_plugin_manifest_opens_the_widget(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: not widget.busy, timeout=60000)
     viewer.window.remove_dock_widget(dock)
     assert napari_sam.__version__
+
+
+def test_model_list_offers_every_registry_model_with_its_description(sam):
+    from qtpy.QtCore import Qt
+
+    from napari_sam.core.models import REGISTRY
+
+    _, widget, _ = sam
+    combo = widget._ui.model
+    names = [combo.itemText(i) for i in range(combo.count())]
+    assert names[:-1] == list(REGISTRY) and "vit_t_lm" in names and names[-1].startswith("from file")
+    tips = {combo.itemText(i): combo.itemData(i, Qt.ItemDataRole.ToolTipRole) for i in range(combo.count())}
+    assert tips["vit_t_lm"] == REGISTRY["vit_t_lm"].description
+    assert "SAM 2" in tips[names[-1]]

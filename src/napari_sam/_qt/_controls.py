@@ -56,7 +56,8 @@ def _choice(parent: QWidget, first: str, second: str, *, label: str = "", tips=(
 class Controls:
     """Every control of the SAM widget, laid out in ``parent``."""
 
-    def __init__(self, parent: QWidget, model_names: list[str]):
+    def __init__(self, parent: QWidget, models: dict[str, str]):
+        """models: registry name -> description (each item's tooltip)."""
         root = QVBoxLayout(parent)
         root.setContentsMargins(6, 6, 6, 6)
 
@@ -64,9 +65,12 @@ class Controls:
         form = QFormLayout(setup)
         self.image = _combo("The image layer SAM segments (2D, z-stack, t/z, RGB)")
         self.model = _combo("SAM model: 'embedded' ships with napari-sam; others download once")
-        for name in model_names:
+        for name, description in models.items():
             self.model.addItem(name, name)
+            self.model.setItemData(self.model.count() - 1, description, Qt.ItemDataRole.ToolTipRole)
         self.model.addItem(FROM_FILE, FROM_FILE)
+        self.model.setItemData(self.model.count() - 1, "a SAM, MobileSAM or SAM 2 checkpoint file on disk",
+                               Qt.ItemDataRole.ToolTipRole)
         self.device = _combo("Where SAM runs: auto = CUDA, then Apple MPS, then CPU")
         self.device.addItems(DEVICES)
         form.addRow("Image", self.image)

@@ -45,7 +45,7 @@ class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, Propagating, Pr
     def __init__(self, napari_viewer: napari.Viewer, model: str = "embedded", device: str = "auto"):
         super().__init__()
         self._viewer = napari_viewer
-        self._ui = Controls(self, list(REGISTRY))
+        self._ui = Controls(self, {name: spec.description for name, spec in REGISTRY.items()})
         self._session = Session()
         self._jobs = Jobs(self._ui.set_busy)
         self._keys = KeyBindings(napari_viewer, self)
