@@ -57,7 +57,7 @@ def segment(
     ``core.magnify``); a number fixes it; None: the model's own. Official
     ViT checkpoints always see SAM's 1024 px canvas and ignore it.
 
-    Returns a :class:`napari_sam.core.predictor.Prediction`: ``masks``
+    Returns a :class:`napari_sam.core.embedding.Prediction`: ``masks``
     (n_objects, n_candidates, H, W) bool, ``scores`` (n, c) SAM's predicted
     IoU, ``low_res_logits``; ``.best()`` gives (n, H, W), each object's
     candidate shown first (highest predicted IoU; for the embedded model,

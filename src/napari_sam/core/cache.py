@@ -20,7 +20,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .predictor import Embedding
+from .embedding import Embedding
 
 
 def slice_signature(slice2d: np.ndarray) -> str:

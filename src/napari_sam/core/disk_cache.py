@@ -38,7 +38,7 @@ class CacheMismatch(ValueError):
 
 @dataclass(frozen=True)
 class Geometry:
-    """Shapes every slice of the stack shares (see ``core.predictor.Embedding``)."""
+    """Shapes every slice of the stack shares (see ``core.embedding.Embedding``)."""
 
     feature_shape: tuple[int, int, int]  # (C, h, w)
     original_size: tuple[int, int]
@@ -201,7 +201,7 @@ class DiskCache:
         """The slice's ``Embedding`` (features fp32 on ``device``) if stored for these bytes, else None."""
         import torch
 
-        from .predictor import Embedding
+        from .embedding import Embedding
 
         index = _index(index)
         if not self._matches(index, signature):

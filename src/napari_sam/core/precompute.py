@@ -176,7 +176,7 @@ def _embed_batch_cuda(predictor, slices, channel_axis, channel) -> list:  # prag
     import torch
 
     from .fast_vit import run_encoder
-    from .predictor import Embedding
+    from .embedding import Embedding
 
     prepared = [predictor._prepare(s, channel_axis, channel) for s in slices]
     shapes = {p[0].shape for p in prepared}
