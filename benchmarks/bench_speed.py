@@ -21,7 +21,8 @@ Prints, for the same slice and the same checkpoint in the same process:
 6. MobileSAM (TinyViT encoder) slice embedding, official ``SamPredictor.set_image``
    vs ours, as in 1 (randomly initialised MobileSAM, saved and loaded by path).
 7. SAM 2.1 Hiera-tiny slice embedding, Meta's ``SAM2ImagePredictor.set_image`` vs
-   ours (randomly initialised; needs the ``sam2`` package).
+   ours, and a click (``predict``), masks compared (randomly initialised; needs the
+   ``sam2`` package).
 
 The machine (CPU model, cores, torch threads) and the load average are printed
 with the figures: on a busy machine, the times are not worth recording.
@@ -200,6 +201,24 @@ def bench_click(official, ours, img, labels, n=40):
           f"   (masks cover {100 * frac:.1f} % of the slice)")
     print(f"    on the same features, our 3 masks differ from official's in {diff} of {ref.size} pixels")
     return {"official_ms": mo * 1e3, "ours_ms": mu * 1e3, "ratio": mu / mo, "mask_fraction": frac, "diff": diff}
+
+
+def bench_click_sam2(official, ours, img, labels, n=40):
+    """A click on the slice both predictors hold: SAM2ImagePredictor.predict vs ours; masks compared."""
+    from napari_sam.synthetic import interior_point
+
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    r, c = interior_point(labels == int(ids[np.argmax(counts)]))
+    pt = np.array([[c, r]], np.float32)
+    official.predict(pt, np.array([1]), multimask_output=True)
+    ours.predict(points=[[r, c]])
+    t_off = timed(lambda: official.predict(pt, np.array([1]), multimask_output=True), n)
+    t_ours = timed(lambda: ours.predict(points=[[r, c]]), n)
+    ref, _, _ = official.predict(pt, np.array([1]), multimask_output=True)
+    diff = int((ref != ours.predict(points=[[r, c]]).masks[0]).sum())
+    mo, mu = statistics.median(t_off), statistics.median(t_ours)
+    print(f"    click (1 point, 3 masks, median of {n}): official {mo * 1e3:.1f} ms, ours {mu * 1e3:.1f} ms, "
+          f"ratio {mu / mo:.3f}; masks differ in {diff} of {ref.size} pixels")
 
 
 def bench_upsampling(size, n=30):
@@ -401,8 +420,11 @@ def main(argv=None) -> int:
         if "sam2" not in skip:
             model = sam2_model(Path(d))
             print("\nSAM 2.1: randomly initialised Hiera-tiny (weights do not change the time)")
-            bench_encoder(model, slice_image(args.size)[0], args.repeats, title="[7] SAM 2.1 Hiera-tiny")
-            del model
+            img, labels = slice_image(args.size)
+            official, ours, _ = bench_encoder(model, img, args.repeats, title="[7] SAM 2.1 Hiera-tiny")
+            # both now hold the slice: the official predictor as uint8 RGB, ours normalised the same way
+            bench_click_sam2(official, ours, img, labels)
+            del model, official, ours
         if "propagation" not in skip:
             if emb_model is None:
                 from napari_sam.core.models import load_model
