@@ -6,6 +6,7 @@ The model tests run the real embedded model on small synthetic stacks
 """
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -138,6 +139,11 @@ def test_stop_rule_reasons():
     assert "kept" in rule.reason(f(kept=40))
     assert StopRule(min_peak=0.5).reason(StepFeatures(1, 3, "up", 0.9, 0.8, 40, 45, peak_area=100))
     assert "contrast" in StopRule(min_contrast=0.5).reason(f(kept=100, contrast=0.3))
+    # an object that moved sideways keeping its shape goes on; one that changed shape or jumped stops
+    moved = StepFeatures(1, 3, "up", 0.9, 0.3, 100, 100, peak_area=100, aligned=0.8, shift=0.6)
+    assert rule.reason(moved) is None and StopRule(align=False).reason(moved).startswith("overlap")
+    assert "overlap" in rule.reason(replace(moved, aligned=0.5))
+    assert "overlap" in rule.reason(replace(moved, shift=1.2))
 
 
 def test_2d_input_gets_a_clear_message():
@@ -324,3 +330,31 @@ def test_a_cell_body_is_followed_to_its_faint_ends(predictor):
     assert got[0] <= 3 and got[1] >= 19, f"true z extent 2..20, got {got}; {records[-1].ended}"
     assert got[0] >= 1 and got[1] <= 21
     assert _iou3d(out == 1, gt == 1) > 0.85
+
+
+def _drift(a, d):
+    """Slice z moved by round(d * (z - n/2)) px down and right (edge pixels repeated): objects drifting
+    sideways through z, as in a tilted sample."""
+    out, n = np.empty_like(a), a.shape[0]
+    for z in range(n):
+        s = int(round(d * (z - n // 2)))
+        p = abs(s) + 1
+        out[z] = np.pad(a[z], p, mode="edge")[p - s : p - s + a.shape[1], p - s : p - s + a.shape[2]]
+    return out
+
+
+def test_an_object_drifting_sideways_through_z_is_followed(predictor):
+    # 4 px a slice along both axes (5.7 px, ~0.6 of this nucleus's radius): its mask on the next slice
+    # overlaps the previous one by IoU ~0.35, below min_overlap; the same shape moved over is accepted
+    st = make_stack((16, 128, 128), seed=960104, radius_range=(8, 12), density=0.15)
+    gt = _drift(st.labels, 4) == 11
+    image = _drift(st.image, 4)
+    assert _extent(gt) == (0, 10)
+    z, pt = _seed(gt.astype(np.uint8), 1)
+    out, records = _run(propagate_objects(predictor, image, {1: {z: {"points": pt[None]}}}))
+    got = _extent(out == 1)
+    assert got[0] <= 1 and 9 <= got[1] <= 11, f"true z extent 0..10, got {got}; {records[-1].ended}"
+    assert _iou3d(out == 1, gt) > 0.7
+    # the overlap alone (session 7's rule) stopped it next to its prompt
+    old, _ = _run(propagate_objects(predictor, image, {1: {z: {"points": pt[None]}}}, stop=StopRule(align=False)))
+    assert _extent(old == 1)[1] - _extent(old == 1)[0] <= 2

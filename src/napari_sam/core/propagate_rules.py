@@ -75,7 +75,9 @@ class StepFeatures:
     """What the stop rule sees of one object's step onto slice ``z``.
 
     score: SAM's predicted IoU. overlap: IoU of the new mask with the previous
-    slice's. area / prev_area: pixels of the new and previous masks.
+    slice's. aligned: the same IoU with the two masks' centroids brought
+    together; shift: how far the centroid moved, in units of the previous
+    mask's equivalent radius. area / prev_area: pixels of the new and previous masks.
     peak_area: the largest area of the object so far on this track (its
     prompted slice included). kept: pixels left to the object after overlaps
     with other objects were resolved, and contrast: the object's contrast on
@@ -93,6 +95,8 @@ class StepFeatures:
     peak_area: int
     kept: int | None = None
     contrast: float | None = None
+    aligned: float = 0.0  # not measured: no sideways move is accepted
+    shift: float = float("inf")
 
 
 @dataclass
@@ -104,7 +108,12 @@ class StopRule:
     direction, when any of these holds:
 
     min_score: SAM's predicted IoU of the mask is below this.
-    min_overlap: IoU between the mask and the previous slice's mask is below this.
+    min_overlap: IoU between the mask and the previous slice's mask is below this,
+        unless (with ``align``) the object moved sideways keeping its shape: the
+        IoU with the two masks' centroids brought together is at least
+        ``min_aligned`` and the centroid moved by at most ``max_shift`` times the
+        previous mask's equivalent radius (an object drifting through z, e.g. in
+        a tilted sample, is not taken for another one).
     max_growth: the area grew by more than this factor (bled into a neighbour
         or the background).
     min_shrink: the area fell below this fraction of the previous one.
@@ -136,13 +145,17 @@ class StopRule:
     min_contrast: float = 0.6
     large_area: int = 700
     min_contrast_large: float = 0.4
+    align: bool = True
+    min_aligned: float = 0.65
+    max_shift: float = 1.0
 
     def reason(self, f: StepFeatures) -> str | None:
         """Why the object stops here, or None to go on. Called once before
         overlaps are resolved (``f.kept`` None) and once after."""
         if f.score < self.min_score:
             return f"predicted IoU {f.score:.2f} < {self.min_score}"
-        if f.overlap < self.min_overlap:
+        moved = self.align and f.aligned >= self.min_aligned and f.shift <= self.max_shift
+        if f.overlap < self.min_overlap and not moved:
             return f"overlap with previous slice {f.overlap:.2f} < {self.min_overlap}"
         ratio = f.area / max(f.prev_area, 1)
         if ratio > self.max_growth:
@@ -215,6 +228,18 @@ def overlap_iou(a: Track, r0: int, c0: int, mask: np.ndarray) -> float:
     B[r0 - R0 : r0 - R0 + mask.shape[0], c0 - C0 : c0 - C0 + mask.shape[1]] = mask
     inter = np.count_nonzero(A & B)
     return inter / max(np.count_nonzero(A | B), 1)
+
+
+def aligned_overlap(a: Track, r0: int, c0: int, mask: np.ndarray) -> tuple[float, float]:
+    """(IoU of the track's mask and ``mask`` at (r0, c0) with their centroids brought together,
+    the centroid's move in units of the track mask's equivalent radius)."""
+    if not a.mask.any() or not mask.any():
+        return 0.0, float("inf")
+    ra, ca = np.argwhere(a.mask).mean(0) + (a.r0, a.c0)
+    rb, cb = np.argwhere(mask).mean(0) + (r0, c0)
+    dr, dc = int(round(rb - ra)), int(round(cb - ca))
+    radius = np.sqrt(a.area / np.pi)
+    return overlap_iou(a, r0 - dr, c0 - dc, mask), float(np.hypot(rb - ra, cb - ca) / max(radius, 1.0))
 
 
 def select_by_overlap(prev: Track):
