@@ -108,7 +108,6 @@ def decode_prompts(predictor, objs: list[ObjectPrompt], multimask: bool, window:
     import torch
 
     from .fast_decoder import decode, dense_pe
-
     from .sam2_model import prompt_encoder
 
     sam, emb, dev = predictor.sam, predictor.embedding, predictor.model.device

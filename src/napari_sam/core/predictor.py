@@ -217,7 +217,6 @@ class SlicePredictor:
         """(n, c, H, W) bool, identical to ``_postprocess(low) > mask_threshold``, computed
         only where an object can be (``core.fast_post``)."""
         from .fast_post import masks_from_low_res
-
         from .sam2_model import mask_threshold
 
         emb = self.embedding
