@@ -1,6 +1,7 @@
 """Evaluate z-propagation on held-out synthetic stacks, against two baselines.
 
     python benchmarks/eval_propagation.py [--model embedded] [--write docs/propagation.md]
+    python benchmarks/eval_propagation.py --drift 4 --without 950001 [--micro-sam]   # objects drifting in z
 
 Stacks: ``napari_sam.synthetic.make_stack`` seeds 950000..950005, shape
 (32, 256, 256), four of nuclei and two of cells (seeds never used for
@@ -170,6 +171,23 @@ def generated(stacks=STACKS, shape=SHAPE):
         yield seed, kind, st.image, st.labels
 
 
+def drifted(data, d: float):
+    """``data`` with objects drifting sideways through z: slice z moved by round(d * (z - nz/2)) px down and
+    right (edge pixels repeated), labels alike, as in a tilted sample."""
+    for name, kind, image, labels in data:
+        n = image.shape[0]
+        shifts = [int(round(d * (z - n // 2))) for z in range(n)]
+
+        def move(a):
+            out = np.empty_like(a)
+            for z, s in enumerate(shifts):
+                p = abs(s) + 1
+                out[z] = np.pad(a[z], p, mode="edge")[p - s : p - s + a.shape[1], p - s : p - s + a.shape[2]]
+            return out
+
+        yield name, kind, move(image), move(labels)
+
+
 def stardist_3d():
     """StarDist's 3D test stack (31, 61, 57): synthetic nuclei from another project's generator (other
     shapes, noise, z behaviour), with its masks; fetched once with the 2D real image (``eval_real.py``)."""
@@ -307,11 +325,15 @@ def main(argv=None):
                          "see benchmarks/micro_sam_baseline.py)")
     ap.add_argument("--stardist-3d", action="store_true",
                     help="instead: StarDist's 3D test stack of synthetic nuclei from another generator (implies --no-timing)")
+    ap.add_argument("--drift", type=float, default=0.0,
+                    help="instead: the held-out stacks with objects drifting this many px a slice sideways "
+                         "(both axes; implies --no-timing)")
+    ap.add_argument("--without", type=int, nargs="*", default=[], help="leave out these stack seeds (e.g. 950001)")
     args = ap.parse_args(argv)
     from napari_sam.core.models import load_model
 
     model = load_model(args.model, device="cpu")
-    if args.stardist_3d:
+    if args.stardist_3d or args.drift:
         args.no_timing = True
     methods = ("propagation", "naive", "classical")
     if args.micro_sam:
@@ -319,7 +341,12 @@ def main(argv=None):
 
         print(f"micro_sam {micro_sam_version()}")
         methods += ("micro-sam",)
-    res = evaluate(model, data=stardist_3d() if args.stardist_3d else None, methods=methods)
+    if args.stardist_3d:
+        data = stardist_3d()
+    else:
+        data = generated([s for s in STACKS if s[0] not in args.without])
+        data = drifted(data, args.drift) if args.drift else data
+    res = evaluate(model, data=data, methods=methods)
     tab = table(res) + "\n\nBy the object's area on its middle slice (median / p10 3D IoU / within 1 slice):\n\n" + size_table(res)
     print(tab)
     timing = ""
