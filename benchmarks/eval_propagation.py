@@ -172,20 +172,11 @@ def generated(stacks=STACKS, shape=SHAPE):
 
 
 def drifted(data, d: float):
-    """``data`` with objects drifting sideways through z: slice z moved by round(d * (z - nz/2)) px down and
-    right (edge pixels repeated), labels alike, as in a tilted sample."""
+    """``data`` with objects drifting ``d`` px a slice sideways through z (``synthetic.drift_sideways``)."""
+    from napari_sam.synthetic import drift_sideways
+
     for name, kind, image, labels in data:
-        n = image.shape[0]
-        shifts = [int(round(d * (z - n // 2))) for z in range(n)]
-
-        def move(a):
-            out = np.empty_like(a)
-            for z, s in enumerate(shifts):
-                p = abs(s) + 1
-                out[z] = np.pad(a[z], p, mode="edge")[p - s : p - s + a.shape[1], p - s : p - s + a.shape[2]]
-            return out
-
-        yield name, kind, move(image), move(labels)
+        yield name, kind, drift_sideways(image, d), drift_sideways(labels, d)
 
 
 def stardist_3d():

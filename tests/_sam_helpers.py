@@ -67,7 +67,8 @@ def predictor_pair(path, official_for):
 
 def click_and_commit_in_widget(make_napari_viewer, qtbot, checkpoint):
     """Dock the widget with ``checkpoint``, click (100, 120) on slice 1 of a synthetic stack, keep the
-    preview, press C. Returns (slice 1 of the image, preview (H, W) bool, labels after the commit)."""
+    preview, press C. Returns (slice 1 as the official predictors take it: normalised as the widget does,
+    uint8 RGB; preview (H, W) bool; labels after the commit)."""
     import numpy as np
     from napari.utils._proxies import PublicOnlyProxy
 
@@ -88,4 +89,6 @@ def click_and_commit_in_widget(make_napari_viewer, qtbot, checkpoint):
     labels = np.asarray(viewer.layers["cells SAM labels"].data).copy()
     qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
     viewer.window.remove_dock_widget(widget)
-    return st.image[1], preview, labels
+    from napari_sam.core.image import to_sam_rgb
+
+    return np.clip(np.rint(to_sam_rgb(st.image[1])), 0, 255).astype(np.uint8), preview, labels

@@ -106,10 +106,7 @@ def test_widget_runs_a_mobile_sam_checkpoint_like_the_official_predictor(mobile,
     and committing it writes it as object 1 on that slice only."""
     from segment_anything import SamPredictor
 
-    from napari_sam.core.image import to_sam_rgb
-
-    image, preview, labels = click_and_commit_in_widget(make_napari_viewer, qtbot, mobile[1])
-    rgb8 = np.clip(np.rint(to_sam_rgb(image)), 0, 255).astype(np.uint8)
+    rgb8, preview, labels = click_and_commit_in_widget(make_napari_viewer, qtbot, mobile[1])
 
     official = SamPredictor(mobile[0])
     official.set_image(rgb8)

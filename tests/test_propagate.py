@@ -21,7 +21,7 @@ from napari_sam.core.propagate import (
     propagate_labels,
     propagate_objects,
 )
-from napari_sam.synthetic import interior_point, make_stack
+from napari_sam.synthetic import drift_sideways, interior_point, make_stack
 
 SHAPE = (16, 128, 128)
 
@@ -332,23 +332,12 @@ def test_a_cell_body_is_followed_to_its_faint_ends(predictor):
     assert _iou3d(out == 1, gt == 1) > 0.85
 
 
-def _drift(a, d):
-    """Slice z moved by round(d * (z - n/2)) px down and right (edge pixels repeated): objects drifting
-    sideways through z, as in a tilted sample."""
-    out, n = np.empty_like(a), a.shape[0]
-    for z in range(n):
-        s = int(round(d * (z - n // 2)))
-        p = abs(s) + 1
-        out[z] = np.pad(a[z], p, mode="edge")[p - s : p - s + a.shape[1], p - s : p - s + a.shape[2]]
-    return out
-
-
 def test_an_object_drifting_sideways_through_z_is_followed(predictor):
     # 4 px a slice along both axes (5.7 px, ~0.6 of this nucleus's radius): its mask on the next slice
     # overlaps the previous one by IoU ~0.35, below min_overlap; the same shape moved over is accepted
     st = make_stack((16, 128, 128), seed=960104, radius_range=(8, 12), density=0.15)
-    gt = _drift(st.labels, 4) == 11
-    image = _drift(st.image, 4)
+    gt = drift_sideways(st.labels, 4) == 11
+    image = drift_sideways(st.image, 4)
     assert _extent(gt) == (0, 10)
     z, pt = _seed(gt.astype(np.uint8), 1)
     out, records = _run(propagate_objects(predictor, image, {1: {z: {"points": pt[None]}}}))

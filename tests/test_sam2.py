@@ -138,11 +138,9 @@ def test_missing_sam2_package_says_how_to_install(tiny, monkeypatch):
 def test_widget_runs_a_sam2_checkpoint_like_the_official_predictor(tiny, make_napari_viewer, qtbot):
     """The dock widget loads a SAM 2.1 file; a click's preview is SAM2ImagePredictor's top mask,
     and committing it writes it as object 1 on that slice only."""
-    from napari_sam.core.image import to_sam_rgb
     from napari_sam.core.sam2_model import image_predictor
 
-    image, preview, labels = click_and_commit_in_widget(make_napari_viewer, qtbot, tiny[1])
-    rgb8 = np.clip(np.rint(to_sam_rgb(image)), 0, 255).astype(np.uint8)
+    rgb8, preview, labels = click_and_commit_in_widget(make_napari_viewer, qtbot, tiny[1])
 
     official = image_predictor(tiny[0])
     official.set_image(rgb8)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["SyntheticStack", "make_stack", "make_image", "interior_point"]
+__all__ = ["SyntheticStack", "make_stack", "make_image", "interior_point", "drift_sideways"]
 
 
 @dataclass
@@ -325,3 +325,15 @@ def interior_point(mask: np.ndarray, rng: np.random.Generator | None = None, dep
         return np.array(np.unravel_index(int(np.argmax(dist)), mask.shape), float)
     cand = np.argwhere(dist >= depth * dist.max())
     return cand[rng.integers(len(cand))].astype(float)
+
+
+def drift_sideways(stack: np.ndarray, px_per_slice: float) -> np.ndarray:
+    """(z, y, x) ``stack`` with its content drifting sideways through z, as in a tilted sample:
+    slice z moved by round(px_per_slice * (z - nz // 2)) px down and right, edge pixels repeated.
+    Apply it to an image and its labels alike."""
+    out, n = np.empty_like(stack), stack.shape[0]
+    for z in range(n):
+        s = int(round(px_per_slice * (z - n // 2)))
+        p = abs(s) + 1
+        out[z] = np.pad(stack[z], p, mode="edge")[p - s : p - s + stack.shape[1], p - s : p - s + stack.shape[2]]
+    return out

@@ -133,12 +133,11 @@ def decode_prompts(predictor, objs: list[ObjectPrompt], multimask: bool, window:
         _, bx = to_sam(None, np.stack([o.box for o in objs]), scale)
         bx = bx - np.tile(shift[:, ::-1], 2).astype(np.float32)
         boxes = torch.as_tensor(bx, dtype=torch.float, device=dev)
-    if getattr(predictor, "sam2", None) is not None:
-        from .sam2_model import decode as decode_sam2
+    sam2 = getattr(predictor, "sam2", None) is not None
+    if sam2:
+        from .sam2_model import boxes_as_points
 
-        with torch.inference_mode():
-            masks = {j: predictor._mask_input(o.mask) for j, o in enumerate(objs) if o.mask is not None}
-            return decode_sam2(sam, emb, points, boxes, masks, multimask)
+        points, boxes = boxes_as_points(points, boxes)
     with torch.inference_mode():
         if points is None and boxes is None:  # mask-only prompts: SAM gets no sparse tokens
             sparse = torch.empty((len(objs), 0, pe.embed_dim), device=dev)
@@ -150,6 +149,10 @@ def decode_prompts(predictor, objs: list[ObjectPrompt], multimask: bool, window:
             dense = dense.clone()
             m = torch.stack([predictor._mask_input(objs[j].mask) for j in with_mask])
             dense[with_mask] = pe.mask_downscaling(m)
+        if sam2:
+            from .sam2_model import decode as decode_sam2
+
+            return decode_sam2(sam, emb, sparse, dense, multimask)
         if window is not None:
             return decode_in_windows(sam.mask_decoder, emb.features, dense_pe(pe), sparse, dense, window, multimask)
         if predictor.fast:

@@ -41,10 +41,6 @@ def infer_sam2(sd: dict[str, torch.Tensor]) -> str | None:
     return f"{version}_hiera_{size}"
 
 
-def is_sam2_arch(arch: str) -> bool:
-    return arch.startswith("sam2")
-
-
 def build_sam2_model(arch: str):
     """An untrained SAM 2 model of ``arch`` (from ``infer_sam2``), on the CPU, in eval mode."""
     try:
@@ -93,35 +89,28 @@ def encode(official, img8) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     return feats["image_embed"].float(), tuple(f.float() for f in feats["high_res_feats"])
 
 
-def decode(sam, emb, points, boxes, masks: dict, multimask: bool):
-    """Prompt encoder + mask decoder for n objects -> (low-res logits (n, c, 256, 256), iou (n, c)).
-
-    points: (xy (n, k, 2), labels (n, k)) tensors in the 1024 px input frame, or None;
-    boxes: (n, 4) XYXY tensor, or None; masks: {object index: (1, 256, 256) logits}.
-    The logits are not clamped (the masks are thresholded from them, as in SAM2ImagePredictor).
-    """
+def boxes_as_points(points, boxes):
+    """SAM 2 takes a box as two corner points labelled 2 and 3, before the clicks
+    (``SAM2ImagePredictor._predict``): -> (points, None). points: (xy (n, k, 2), labels (n, k))
+    tensors or None; boxes: (n, 4) XYXY tensor or None."""
     import torch
 
-    pe = sam.sam_prompt_encoder
-    n = len(boxes) if boxes is not None else len(points[0]) if points is not None else len(masks)
-    concat = points
-    if boxes is not None:  # corners labelled 2 and 3, before the clicks (SAM2ImagePredictor._predict)
-        corners = boxes.reshape(-1, 2, 2)
-        corner_labels = torch.tensor([[2, 3]], dtype=torch.int, device=boxes.device).repeat(n, 1)
-        concat = (corners, corner_labels) if points is None else (
-            torch.cat([corners, points[0]], 1), torch.cat([corner_labels, points[1]], 1))
-    if concat is None:  # a mask alone: no sparse tokens
-        sparse = torch.empty((n, 0, pe.embed_dim), device=emb.features.device)
-        dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, *pe.image_embedding_size)
-    else:
-        sparse, dense = pe(points=concat, boxes=None, masks=None)
-    if masks:
-        dense = dense.clone()
-        rows = sorted(masks)
-        dense[rows] = pe.mask_downscaling(torch.stack([masks[j] for j in rows]))
+    if boxes is None:
+        return points, None
+    corners = boxes.reshape(-1, 2, 2)
+    labels = torch.tensor([[2, 3]], dtype=torch.int, device=boxes.device).repeat(len(boxes), 1)
+    if points is None:
+        return (corners, labels), None
+    return (torch.cat([corners, points[0]], 1), torch.cat([labels, points[1]], 1)), None
+
+
+def decode(sam, emb, sparse, dense, multimask: bool):
+    """SAM 2's mask decoder for n objects on ``emb`` (its finer maps included)
+    -> (low-res logits (n, c, 256, 256), iou (n, c)). The logits are not clamped:
+    the masks are thresholded from them, as in SAM2ImagePredictor."""
     low, iou, _, _ = sam.sam_mask_decoder(
-        image_embeddings=emb.features, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense, multimask_output=multimask, repeat_image=n > 1,
-        high_res_features=list(emb.high_res),
+        image_embeddings=emb.features, image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
+        repeat_image=len(sparse) > 1, high_res_features=list(emb.high_res),
     )
     return low, iou
