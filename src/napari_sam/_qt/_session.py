@@ -42,11 +42,13 @@ def import_torch() -> None:
     whose bundled LLVM crashes the process (segfault) when Mesa's OpenGL
     driver has already loaded the system libLLVM, as in any napari viewer on
     Mesa (software rendering, AMD). Inference never needs triton (it serves
-    torch.compile), so in that situation torch is told it is not installed.
+    torch.compile), so in that situation torch is told it is not installed,
+    also when torch itself is already imported (by another plugin, say) but
+    triton is not yet: until session 9 that case was left alone and crashed.
     """
     import sys
 
-    if "torch" not in sys.modules and "triton" not in sys.modules and _llvm_loaded():
+    if "triton" not in sys.modules and _llvm_loaded():
         sys.modules["triton"] = None  # `import triton` raises ImportError; torch copes
     import segment_anything  # noqa: F401
     import torch  # noqa: F401
