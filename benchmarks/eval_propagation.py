@@ -2,6 +2,7 @@
 
     python benchmarks/eval_propagation.py [--model embedded] [--write docs/propagation.md]
     python benchmarks/eval_propagation.py --drift 4 --without 950001 [--micro-sam]   # objects drifting in z
+    python benchmarks/eval_propagation.py --model sam2.1_hiera_tiny.pt --memory --no-timing  # + SAM 2's memory
 
 Stacks: ``napari_sam.synthetic.make_stack`` seeds 950000..950005, shape
 (32, 256, 256), four of nuclei and two of cells (seeds never used for
@@ -91,6 +92,14 @@ def run_propagation(predictor, image, seeds, cache=None, **kw) -> np.ndarray:
     prompts = {i: {z: {"points": pt[None]}} for i, (z, pt) in seeds.items()}
     gen = propagate_objects(predictor, image, prompts, cache=cache, **kw)
     return _drain(gen)
+
+
+def run_memory(predictor, image, seeds) -> np.ndarray:
+    """SAM 2 models: the same seeds propagated with SAM 2's memory (``core.sam2_memory``)."""
+    from napari_sam.core.sam2_memory import propagate_memory
+
+    prompts = {i: {z: {"points": pt[None]}} for i, (z, pt) in seeds.items()}
+    return _drain(propagate_memory(predictor, image, prompts))
 
 
 def run_naive(predictor, image, seeds, cache=None, min_score=0.0) -> np.ndarray:
@@ -206,6 +215,8 @@ def evaluate(model, stacks=STACKS, shape=SHAPE, methods=("propagation", "naive",
                 pred = run_propagation(predictor, image, seeds, cache, **prop_kw)
             elif m == "naive":  # SAM as it is: its own candidate order (the stronger one for this baseline)
                 pred = run_naive(SlicePredictor(model, refine=refine, rank="score"), image, seeds, cache)
+            elif m == "memory":
+                pred = run_memory(predictor, image, seeds)
             elif m == "micro-sam":  # micro-sam's propagation on our model (micro_sam_baseline.py)
                 from micro_sam_baseline import run_micro_sam
 
@@ -320,6 +331,8 @@ def main(argv=None):
                     help="instead: the held-out stacks with objects drifting this many px a slice sideways "
                          "(both axes; implies --no-timing)")
     ap.add_argument("--without", type=int, nargs="*", default=[], help="leave out these stack seeds (e.g. 950001)")
+    ap.add_argument("--memory", action="store_true",
+                    help="SAM 2 / 2.1 models: add propagation with SAM 2's memory (core.sam2_memory) to the methods")
     args = ap.parse_args(argv)
     from napari_sam.core.models import load_model
 
@@ -332,6 +345,8 @@ def main(argv=None):
 
         print(f"micro_sam {micro_sam_version()}")
         methods += ("micro-sam",)
+    if args.memory:
+        methods += ("memory",)
     if args.stardist_3d:
         data = stardist_3d()
     else:

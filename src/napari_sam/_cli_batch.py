@@ -100,12 +100,13 @@ def _per_image(path, image: Path, option: str) -> Path | None:
 
 
 def run_batch(args) -> int:
-    from .cli import _load, check_input_scale, segment_volume
+    from .cli import _load, check_input_scale, check_memory, segment_volume
     from .io import read_image
 
     check_input_scale(args.input_scale, args.embeddings)
     jobs = plan(args)
     model = _load(args.model, args.device)
+    check_memory(args, model)
     Path(args.out).mkdir(exist_ok=True)
     t0, done = time.time(), 0
     try:

@@ -97,7 +97,8 @@ def propagate(stack, prompts, *, model=None, z_range=None, **kwargs):
     """Propagate objects through a (z, y, x) stack; returns (z, y, x) labels.
 
     prompts: {object_id: {z: ObjectPrompt or dict(points=, labels=, box=, mask=)}}.
-    See :func:`napari_sam.core.propagate.propagate_objects` for the options.
+    method: "slices" (default, every model) or "memory" (SAM 2 / 2.1: its video predictor,
+    ``core.sam2_memory``). See :func:`napari_sam.core.propagate.propagate_labels` for the options.
     """
     from .core.propagate import propagate_labels
 

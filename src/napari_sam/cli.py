@@ -2,7 +2,7 @@
 
     napari-sam segment IMAGE --points P.csv [--boxes B.csv] --out LABELS.tif
                        [--model NAME_OR_PATH] [--device auto] [--overwrite]
-                       [--propagate [--z-range A:B]] [--refine] [--embeddings CACHE.zarr]
+                       [--propagate [--z-range A:B] [--memory]] [--refine] [--embeddings CACHE.zarr]
     napari-sam segment IMAGE IMAGE... --points P.csv|DIR [--boxes B.csv|DIR] --out DIR [...]
     napari-sam demo [--out DIR] [--no-viewer]
     napari-sam embed STACK.tif --out CACHE.zarr [--model NAME_OR_PATH]
@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     s.add_argument("--propagate", action="store_true", help="propagate each object through z from its prompted slices")
     s.add_argument("--z-range", help="A:B, slices A..B-1 (with --propagate)")
+    s.add_argument("--memory", action="store_true",
+                   help="with --propagate and a SAM 2 / 2.1 checkpoint: follow objects with SAM 2's memory of the "
+                        "slices already segmented (its video predictor) instead of prompting each slice from the "
+                        "previous one")
     s.add_argument("--input-scale", default=None,
                    help="magnify slices before the embedded model's encoder: 'auto' (default) keeps the model's 2.0 "
                         "(best for nuclei) unless the prompted objects measure a median radius of 18 px or more, then "
@@ -113,6 +117,7 @@ def _segment(args) -> int:
     prompts = read_prompts(args.points, args.boxes, vol.spatial_shape)
     z_range = check_propagation(args, vol.spatial_shape)
     model = _load(args.model, args.device)
+    check_memory(args, model)
     print(segment_volume(args, args.image[0], vol, prompts, z_range, model, out), file=sys.stderr)
     return 0
 
@@ -124,7 +129,24 @@ def check_propagation(args, spatial_shape):
     z_range = _parse_z_range(args.z_range, spatial_shape[0]) if args.z_range else None
     if z_range and not args.propagate:
         raise InputError("--z-range only applies with --propagate")
+    if args.memory and not args.propagate:
+        raise InputError("--memory only applies with --propagate")
+    if args.memory and args.embeddings:
+        raise InputError("--memory propagates with SAM 2's video predictor, which encodes each slice itself: "
+                         "leave out --embeddings")
     return z_range
+
+
+def check_memory(args, model) -> None:
+    """``--memory`` needs a SAM 2 / 2.1 model: refused with the reason once the model is known."""
+    if args.memory:
+        from .core.sam2_memory import check_memory_model
+
+        try:
+            check_memory_model(model, "leave out --memory (slice by slice, every model), or give --model a SAM 2.1 "
+                                      "checkpoint")
+        except ValueError as e:
+            raise InputError(f"--memory: {e}") from None
 
 
 def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddings=None) -> str:
@@ -152,7 +174,7 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
 
         labels = propagate_labels(
             vol.data, prompts, model=model, z_range=z_range, refine=args.refine, channel_axis=channel_axis, disk=disk,
-            input_scale=scale, cache=cache,
+            input_scale=scale, cache=cache, method="memory" if args.memory else "slices",
         )
     else:
         labels = segment_prompted_slices(vol.data, prompts, model, refine=args.refine, channel_axis=channel_axis,
@@ -165,7 +187,7 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
         "model": model.name,
         "model_sha256": model.checksum,
         "device": str(model.device),
-        "mode": "propagate" if args.propagate else "per-slice",
+        "mode": ("propagate (SAM 2 memory)" if args.memory else "propagate") if args.propagate else "per-slice",
         "z_range": z_range,
         "refine": args.refine,
         "input_scale": scale,

@@ -152,6 +152,13 @@ class Controls:
         row.addWidget(self.propagate_object)
         row.addWidget(self.propagate_all)
         box.addLayout(row)
+        self.propagate_memory = QCheckBox("With SAM 2's memory")
+        self.propagate_memory.setEnabled(False)
+        self.propagate_memory.setToolTip(
+            "SAM 2 / 2.1 models: follow objects with SAM 2's memory of the slices already segmented (its video "
+            "predictor) instead of prompting each slice from the previous one's mask; objects end where SAM 2 "
+            "finds them gone. Each slice is encoded again, twice between prompted slices")
+        box.addWidget(self.propagate_memory)
         self.propagate_status = QLabel("")
         self.propagate_status.setWordWrap(True)
         self.propagate_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)

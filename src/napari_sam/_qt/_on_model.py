@@ -58,11 +58,21 @@ class ModelChoice:
         self._model_choice = key[1:]
         self._session.set_model(model)
         self._cancelled = None
+        self._show_memory_option(model)
         scale = self._show_magnification()
         self._say(f"Model {model.name} ({model.arch}) ready on {model.device}"
                   + (f", slices magnified {scale:g}×." if scale is not None else "."))
         self._reset_result()
         self._schedule()
+
+    def _show_memory_option(self, model) -> None:
+        """"With SAM 2's memory" is offered for SAM 2 / 2.1 models only (unchecked otherwise)."""
+        from napari_sam.core.sam2_model import is_sam2
+
+        box = self._ui.propagate_memory
+        box.setEnabled(is_sam2(model.sam))
+        if not box.isEnabled():
+            box.setChecked(False)
 
     def _show_magnification(self):
         """Show the predictor's input magnification (None, control disabled, for 1024-canvas models)."""

@@ -116,8 +116,11 @@ class Propagating:
         self._set_propagate_buttons(False)
         self._ui.propagate_status.setText("")
         self._sync_precompute()  # pauses the background run
+        memory = self._ui.propagate_memory.isEnabled() and self._ui.propagate_memory.isChecked()
+        if memory:
+            desc = desc.replace("…", " with SAM 2's memory…")
         self._jobs.start(key, desc, run_propagation, predictor, view, before, ids, self._session.cache,
-                         self._propagation_disk(plane), -1 if self._image.rgb else None,
+                         self._propagation_disk(plane), -1 if self._image.rgb else None, memory,
                          on_result=self._on_propagated, on_error=self._on_propagate_error,
                          on_yield=self._on_propagate_progress, on_done=self._on_propagate_done)
         self._say(desc)

@@ -95,16 +95,21 @@ def anchor_prompts(labels: np.ndarray, ids) -> dict[int, dict[int, dict]]:
 
 
 @reported
-def run_propagation(predictor, stack, labels: np.ndarray, ids, cache, disk=None, channel_axis=None):
+def run_propagation(predictor, stack, labels: np.ndarray, ids, cache, disk=None, channel_axis=None, memory=False):
     """Generator (runs in a worker): propagate ``ids`` of ``labels`` (z, H, W) through ``stack``.
 
     disk: the stack's disk cache, taking the z of ``stack`` as its index
     (``_precompute_work.SharedDisk.at(outer)``), or None. channel_axis: -1 for an RGB stack
-    (its slices are (H, W, 3)).
+    (its slices are (H, W, 3)). memory: with SAM 2's video predictor (``core.sam2_memory``; SAM 2
+    models only; it uses neither ``cache`` nor ``disk``).
     Yields ``core.propagate.Progress``; returns the (z, H, W) result (``labels`` is not changed).
     A RuntimeError inside (torch: out of memory...) is raised as ``_session.WorkerError``.
     """
     prompts = anchor_prompts(labels, ids)
+    if memory:
+        from napari_sam.core.sam2_memory import propagate_memory
+
+        return (yield from propagate_memory(predictor, stack, prompts, labels=labels, channel_axis=channel_axis))
     return (yield from propagate_objects(predictor, stack, prompts, cache=cache, labels=labels, disk=disk,
                                          channel_axis=channel_axis))
 

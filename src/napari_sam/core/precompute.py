@@ -178,7 +178,7 @@ def _embed_batch_cuda(predictor, slices, channel_axis, channel) -> list:  # prag
     from .fast_vit import run_encoder
     from .embedding import Embedding
 
-    prepared = [predictor._prepare(s, channel_axis, channel) for s in slices]
+    prepared = [predictor.prepare(s, channel_axis, channel) for s in slices]
     shapes = {p[0].shape for p in prepared}
     if len(shapes) != 1:
         return [predictor.embed(s, channel_axis=channel_axis, channel=channel) for s in slices]

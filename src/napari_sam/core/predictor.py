@@ -74,7 +74,7 @@ class SlicePredictor:
         self.embedding: Embedding | None = None
 
     # ------------------------------------------------------------ encoding --
-    def _prepare(self, slice2d, channel_axis=None, channel=None):
+    def prepare(self, slice2d, channel_axis=None, channel=None):
         """slice -> (uint8 RGB resized (h, w, 3), original (H, W), gray (H, W))."""
         rgb = to_sam_rgb(slice2d, channel_axis=channel_axis, channel=channel, normalize=self.normalize)
         original = rgb.shape[:2]
@@ -97,7 +97,7 @@ class SlicePredictor:
         """Run the image encoder on one slice (the expensive step)."""
         import torch
 
-        resized, original, gray = self._prepare(slice2d, channel_axis, channel)
+        resized, original, gray = self.prepare(slice2d, channel_axis, channel)
         if self.sam2 is not None:
             from .sam2_model import encode
 

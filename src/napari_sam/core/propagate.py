@@ -238,9 +238,10 @@ def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: E
 def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = False, labels=None,
                      normalize: str = "percentile", refine: bool | None = None, cache=None,
                      progress=None, channel_axis: int | None = None, disk=None, input_scale: float | str | None = "auto",
-                     **kwargs) -> np.ndarray:
+                     method: str = "slices", **kwargs) -> np.ndarray:
     """Run :func:`propagate_objects` (or, with ``through_z``,
-    :func:`batch_prompts_through_z`) to the end and return the (z, y, x) labels.
+    :func:`batch_prompts_through_z`; with ``method="memory"``,
+    ``core.sam2_memory.propagate_memory``) to the end and return the (z, y, x) labels.
 
     model: a ``LoadedModel``. refine: boundary refinement (default: on for
     native-resolution models, as ``segment``). progress: called with every
@@ -248,10 +249,14 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
     input_scale: see ``SlicePredictor``; "auto" (default): chosen from the
     prompted objects' size (``core.magnify.stack_scale``), or with ``disk`` the
     magnification its embeddings were made at.
-    Other keywords (stop, step, min_score) go to the generator.
+    method: "slices" (default: each slice prompted from the previous one's mask, any model) or "memory"
+    (SAM 2 / 2.1 models: SAM 2's video predictor; no ``through_z``, ``disk`` or ``cache``).
+    Other keywords (stop, step, min_score; decay for "memory") go to the generator.
     """
     from .predictor import SlicePredictor
 
+    if method not in ("slices", "memory"):
+        raise ValueError(f"method must be 'slices' or 'memory', not {method!r}")
     shape = check_stack(stack, channel_axis)
     zb = z_bounds(z_range, shape[0])
     if through_z:
@@ -264,6 +269,16 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
     check_labels(labels, shape)
     if model is None:
         raise ValueError("no model: load one with napari_sam.load_model() and pass it as model=")
+    if method == "memory":
+        from .sam2_memory import check_memory_model, propagate_memory
+
+        check_memory_model(model)
+        if through_z or disk is not None:
+            raise ValueError("method='memory' follows objects from their prompted slices with SAM 2's video "
+                             "predictor, which encodes each slice itself: it takes no through_z and no disk cache")
+        gen = propagate_memory(SlicePredictor(model, normalize=normalize), stack, prompts, z_range=z_range,
+                               labels=labels, channel_axis=channel_axis, **kwargs)
+        return _drain(gen, progress)
     if refine is None:
         refine = bool(getattr(model, "native_resolution", False))
     input_scale = check_scale(input_scale)
@@ -277,6 +292,11 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
     run = batch_prompts_through_z if through_z else propagate_objects
     gen = run(predictor, stack, prompts, z_range=z_range, cache=cache, labels=labels, channel_axis=channel_axis,
               disk=disk, **kwargs)
+    return _drain(gen, progress)
+
+
+def _drain(gen, progress):
+    """Run a propagation generator to its end, ``progress(record)`` for each record; its return value."""
     while True:
         try:
             p = next(gen)

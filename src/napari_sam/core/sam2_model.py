@@ -52,9 +52,14 @@ def build_sam2_model(arch: str):
             f"this is a SAM 2 checkpoint ({arch}); SAM 2 runs on Meta's sam2 package, which is not installed: "
             "pip install 'napari-sam[sam2]' (or pip install sam2)"
         ) from None
+    return build_sam2(config_name(arch), None, device="cpu", mode="eval")
+
+
+def config_name(arch: str) -> str:
+    """The ``sam2`` package's config of ``arch`` ("sam2.1_hiera_tiny" -> "configs/sam2.1/sam2.1_hiera_t.yaml")."""
     version, _, size = arch.partition("_hiera_")
     folder = "sam2.1" if version == "sam2.1" else "sam2"
-    return build_sam2(f"configs/{folder}/{version}_hiera_{_CONFIG_SUFFIX[size]}.yaml", None, device="cpu", mode="eval")
+    return f"configs/{folder}/{version}_hiera_{_CONFIG_SUFFIX[size]}.yaml"
 
 
 def is_sam2(sam) -> bool:

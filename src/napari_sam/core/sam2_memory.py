@@ -1,0 +1,186 @@
+"""Z-propagation with SAM 2's memory: the slices of a stack as the frames of a video.
+
+SAM 2 was trained to follow objects through video: each frame's features
+attend to a memory of the frames already segmented (the prompted ones and
+the last few it propagated to), and an object-score head says when the
+object is gone. For a SAM 2 / 2.1 checkpoint, ``propagate_memory`` runs Meta's
+own ``SAM2VideoPredictor`` over the stack's slices, as its video notebook
+does: prompts are added on their slices, then one pass forward from the first
+prompted slice and one backward from the last. Each slice of an object is
+taken from the pass that comes from its nearest prompted slice (below it:
+forward; above it: backward), as ``propagate_objects`` fills gaps.
+
+What differs from ``propagate_objects`` (``core.propagate``), which prompts
+each slice from the previous slice's mask and works with every model:
+
+* no stop rule: an object ends where SAM 2's object score says it is gone;
+* each pass encodes every slice it visits (the video predictor keeps only
+  the current frame's features), so a slice between the prompted ones is
+  encoded twice; SAM 2's image encoder is the expensive part on a CPU;
+* the slices reach SAM 2 as its video loader makes frames: the slice as
+  8-bit RGB (``SlicePredictor.prepare``: the same normalisation as a click),
+  resized to SAM 2's square input with Pillow and normalised with ImageNet's
+  mean and standard deviation (``sam2.utils.misc._load_img_as_tensor``).
+
+Overlaps are resolved as in ``propagate_objects``: per pixel by SAM 2's mask
+logit minus ``decay`` per slice from the object's nearest prompted slice, and
+pixels of objects not being propagated are never taken. It works on a copy of
+``labels``: closing the generator (cancel) leaves the caller's array as it was.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+
+import numpy as np
+
+from .label_canvas import USER_SCORE, LabelCanvas
+from .propagate import Progress
+from .propagate_inputs import check_labels, check_prompts, check_stack, z_bounds
+
+_VIDEO_PREDICTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model.sam -> its video predictor
+_LOADER_LOCK = threading.Lock()  # init_state's frame loader is swapped while a state is made
+
+
+def check_memory_model(model, hint: str = "use method='slices' (every model), or load a SAM 2.1 checkpoint") -> None:
+    """Raise a ValueError that says why and what to do, unless ``model`` is a SAM 2 / 2.1 model."""
+    from .sam2_model import is_sam2
+
+    if not is_sam2(model.sam):
+        raise ValueError(f"propagation with SAM 2's memory needs a SAM 2 / 2.1 checkpoint, and {model.name} is "
+                         f"not one (a {model.arch} model): {hint}")
+
+
+def video_predictor(model):
+    """Meta's ``SAM2VideoPredictor`` with ``model``'s weights (built once per model), with the settings of
+    ``sam2.build_sam.build_sam2_video_predictor`` (its default post-processing)."""
+    check_memory_model(model)
+    vp = _VIDEO_PREDICTORS.get(model.sam)
+    if vp is None:
+        import warnings
+
+        from sam2.build_sam import build_sam2_video_predictor
+
+        from .sam2_model import config_name
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            vp = build_sam2_video_predictor(config_name(model.arch), None, device=str(model.device))
+        vp.load_state_dict(model.sam.state_dict())
+        _VIDEO_PREDICTORS[model.sam] = vp
+    return vp
+
+
+class Frames:
+    """The slices z0..z1-1 of ``stack`` as SAM 2's video frames, made when the predictor asks for them:
+    (3, S, S) float32 tensors, exactly as ``sam2.utils.misc`` loads a JPEG frame of the same 8-bit RGB."""
+
+    def __init__(self, predictor, stack, z0: int, z1: int, channel_axis=None):
+        import torch
+
+        self.predictor, self.stack, self.z0, self.n, self.channel_axis = predictor, stack, z0, z1 - z0, channel_axis
+        self.size = int(predictor.sam.image_size)
+        self.mean = torch.tensor((0.485, 0.456, 0.406), dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor((0.229, 0.224, 0.225), dtype=torch.float32)[:, None, None]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        import torch
+        from PIL import Image
+
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        img8, _, _ = self.predictor.prepare(np.asarray(self.stack[self.z0 + i]), self.channel_axis)
+        rgb = np.array(Image.fromarray(img8).resize((self.size, self.size))) / 255.0
+        x = torch.from_numpy(rgb).permute(2, 0, 1).to(torch.float32)
+        return (x - self.mean) / self.std
+
+
+def _init_state(vp, frames: Frames, height: int, width: int):
+    """``vp.init_state`` on ``frames`` instead of a folder of JPEGs (its loader is swapped for the call)."""
+    import sam2.sam2_video_predictor as svp
+
+    with _LOADER_LOCK:
+        loader = svp.load_video_frames
+        svp.load_video_frames = lambda **kw: (frames, height, width)
+        try:
+            return vp.init_state(video_path=None)
+        finally:
+            svp.load_video_frames = loader
+
+
+def _owner(anchors: list[int], z: int) -> str:
+    """Which pass gives object slice z: "up" (forward) from the nearest prompted slice at or below it,
+    "down" (backward) from one above it when that is nearer or none is below."""
+    below = [a for a in anchors if a <= z]
+    above = [a for a in anchors if a > z]
+    if below and (not above or z - below[-1] <= above[0] - z):
+        return "up"
+    return "down"
+
+
+def propagate_memory(predictor, stack, prompts, *, z_range=None, labels=None, channel_axis: int | None = None,
+                     decay: float = 1.0) -> Iterator[Progress]:
+    """Propagate objects through ``stack`` (z, y, x) with SAM 2's memory (``SAM2VideoPredictor``).
+
+    predictor: a ``SlicePredictor`` of a SAM 2 / 2.1 model (its ``normalize`` applies).
+    prompts: as ``propagate_objects``: {object_id: {z: ObjectPrompt or dict(points=, labels=, box=, mask=)}};
+    a mask alone is given to SAM 2 as a mask prompt (``add_new_mask``) and kept as it is on its slice; with
+    points or a box, a mask in the same prompt is not used (SAM 2 takes one or the other on a frame).
+    z_range, labels, channel_axis: as ``propagate_objects``. decay: subtracted from an object's logits per
+    slice from its nearest prompted slice, when objects claim the same pixel.
+    Yields :class:`Progress` (stages "prompted", "up", "down"); returns the (z, y, x) labels.
+    """
+    import torch
+
+    shape = check_stack(stack, channel_axis)
+    zb = z_bounds(z_range, shape[0])
+    objs = check_prompts(prompts, shape, zb)
+    labels = check_labels(labels, shape)
+    vp = video_predictor(predictor.model)
+    canvas = LabelCanvas(shape, labels, objs, zb)
+    anchors = {o: sorted(p) for o, p in objs.items()}
+    first, last = min(min(a) for a in anchors.values()), max(max(a) for a in anchors.values())
+    state = _init_state(vp, Frames(predictor, stack, zb[0], zb[1], channel_axis), shape[1], shape[2])
+    for o, per_z in objs.items():
+        for z, p in per_z.items():
+            with torch.inference_mode():
+                if p.mask_alone:
+                    vp.add_new_mask(state, frame_idx=z - zb[0], obj_id=o, mask=np.asarray(p.mask, bool))
+                else:
+                    box = None if p.box is None else np.asarray(p.box, np.float32)[[1, 0, 3, 2]]
+                    pts = np.asarray(p.points, np.float32).reshape(-1, 2)[:, ::-1].copy() if len(p.points) else None
+                    vp.add_new_points_or_box(state, frame_idx=z - zb[0], obj_id=o, points=pts,
+                                             labels=np.asarray(p.labels, np.int32) if pts is not None else None,
+                                             box=box)
+    passes = [("up", first, False, zb[1] - first), ("down", last, True, last - zb[0] + 1)]
+    total, done = sum(n for *_, n in passes), 0
+    for stage, start, reverse, _ in passes:
+        for f, ids, logits in vp.propagate_in_video(state, start_frame_idx=start - zb[0], reverse=reverse):
+            z = zb[0] + int(f)
+            painted = []
+            for oid, lg in zip(ids, logits[:, 0].float().cpu().numpy()):
+                oid = int(oid)
+                if _owner(anchors[oid], z) != stage:
+                    continue
+                user = objs[oid].get(z)
+                if user is not None and user.mask_alone:  # the user's own drawing, kept as it is
+                    mask, score = np.asarray(user.mask, bool), USER_SCORE
+                else:
+                    mask = lg > 0
+                    score = lg - decay * min(abs(z - a) for a in anchors[oid])
+                if mask.any():
+                    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+                    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+                    sc = score if np.isscalar(score) else score[r0:r1, c0:c1]
+                    canvas.paint(z, oid, r0, c0, mask[r0:r1, c0:c1], sc)
+                painted.append(oid)
+            done += 1
+            stage_z = "prompted" if any(z in objs[o] for o in painted) else stage
+            yield Progress(done, total, z, stage_z, canvas.labels[z].copy(), tuple(painted), (),
+                           canvas.labels if done == total else None)
+    return canvas.labels
