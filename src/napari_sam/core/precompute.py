@@ -189,6 +189,6 @@ def _embed_batch_cuda(predictor, slices, channel_axis, channel) -> list:  # prag
     h, w = x.shape[-2:]
     hp = wp = sam.image_encoder.img_size
     x = torch.nn.functional.pad(x, (0, wp - w, 0, hp - h))
-    with torch.inference_mode(), predictor._autocast():
+    with torch.inference_mode(), predictor.autocast():
         feats = run_encoder(sam.image_encoder, x, fast=getattr(predictor, "fast", True)).float()
     return [Embedding(feats[i : i + 1], tuple(p[1]), (int(h), int(w)), (int(hp), int(wp)), p[2]) for i, p in enumerate(prepared)]

@@ -101,7 +101,7 @@ class SlicePredictor:
         if self.sam2 is not None:
             from .sam2_model import encode
 
-            with self._sam2_lock, torch.inference_mode(), self._autocast():
+            with self._sam2_lock, torch.inference_mode(), self.autocast():
                 feats, high_res = encode(self.sam2, resized)
             side = int(self.sam.image_size)
             return Embedding(feats, tuple(original), (side, side), (side, side), gray, high_res)
@@ -117,7 +117,7 @@ class SlicePredictor:
         from .fast_vit import run_encoder
 
         enc = self.sam.image_encoder
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self.autocast():
             if self.native and max(hp, wp) > enc.max_size:  # larger than one encoder pass: tiles
                 from .tiles import encode_tiled
 
@@ -135,7 +135,7 @@ class SlicePredictor:
     def reset_image(self) -> None:
         self.embedding = None
 
-    def _autocast(self):
+    def autocast(self):
         import contextlib
 
         import torch

@@ -145,10 +145,11 @@ def propagate_memory(predictor, stack, prompts, *, z_range=None, labels=None, ch
     canvas = LabelCanvas(shape, labels, objs, zb)
     anchors = {o: sorted(p) for o, p in objs.items()}
     first, last = min(min(a) for a in anchors.values()), max(max(a) for a in anchors.values())
-    state = _init_state(vp, Frames(predictor, stack, zb[0], zb[1], channel_axis), shape[1], shape[2])
+    with predictor.autocast():  # CUDA: the model's half precision, as SAM 2's own examples run it
+        state = _init_state(vp, Frames(predictor, stack, zb[0], zb[1], channel_axis), shape[1], shape[2])
     for o, per_z in objs.items():
         for z, p in per_z.items():
-            with torch.inference_mode():
+            with torch.inference_mode(), predictor.autocast():
                 if p.mask_alone:
                     vp.add_new_mask(state, frame_idx=z - zb[0], obj_id=o, mask=np.asarray(p.mask, bool))
                 else:
@@ -160,7 +161,13 @@ def propagate_memory(predictor, stack, prompts, *, z_range=None, labels=None, ch
     passes = [("up", first, False, zb[1] - first), ("down", last, True, last - zb[0] + 1)]
     total, done = sum(n for *_, n in passes), 0
     for stage, start, reverse, _ in passes:
-        for f, ids, logits in vp.propagate_in_video(state, start_frame_idx=start - zb[0], reverse=reverse):
+        frames = vp.propagate_in_video(state, start_frame_idx=start - zb[0], reverse=reverse)
+        while True:
+            with predictor.autocast():  # around each step only: nothing leaks into the caller between records
+                step = next(frames, None)
+            if step is None:
+                break
+            f, ids, logits = step
             z = zb[0] + int(f)
             painted = []
             for oid, lg in zip(ids, logits[:, 0].float().cpu().numpy()):
