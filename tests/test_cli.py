@@ -236,3 +236,30 @@ def test_propagate_from_the_shell_reads_the_embedding_cache(stack_files, tmp_pat
     code, err = _run(["segment", d / "stack.tif", "--points", tmp_path / "p.csv", "--out", tmp_path / "y.tif",
                       "--input-scale", "9"], capsys)
     assert code == 2 and "--input-scale must be between 0.25 and 4" in err and not (tmp_path / "y.tif").exists(), err
+
+
+def test_propagation_shows_a_progress_bar_in_a_terminal(monkeypatch):
+    import io
+
+    from napari_sam.cli import SliceBar
+    from napari_sam.core.propagate import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    bar = SliceBar("propagating")
+    for done, z, stage in [(1, 6, "prompted"), (2, 7, "up"), (3, 5, "down")]:
+        bar.update(Progress(done, 3, z, stage, np.zeros((2, 2), np.uint8), (1, 2)))
+    bar.close()
+    text = term.getvalue()
+    assert "propagating" in text and "3/3" in text and "z=5 down, 2 object(s)" in text
+    # not a terminal (a log file, a pipe): no bar
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    bar = SliceBar("propagating")
+    bar.update(Progress(1, 3, 6, "prompted", np.zeros((2, 2), np.uint8)))
+    bar.close()
+    assert log.getvalue() == ""

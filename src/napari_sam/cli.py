@@ -172,10 +172,15 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
     if args.propagate:
         from .core.propagate import propagate_labels
 
-        labels = propagate_labels(
-            vol.data, prompts, model=model, z_range=z_range, refine=args.refine, channel_axis=channel_axis, disk=disk,
-            input_scale=scale, cache=cache, method="memory" if args.memory else "slices",
-        )
+        bar = SliceBar("propagating")
+        try:
+            labels = propagate_labels(
+                vol.data, prompts, model=model, z_range=z_range, refine=args.refine, channel_axis=channel_axis,
+                disk=disk, input_scale=scale, cache=cache, method="memory" if args.memory else "slices",
+                progress=bar.update,
+            )
+        finally:
+            bar.close()
     else:
         labels = segment_prompted_slices(vol.data, prompts, model, refine=args.refine, channel_axis=channel_axis,
                                          disk=disk, input_scale=scale, cache=cache)
@@ -198,6 +203,28 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
     write_labels_atomic(out, labels, record)
     n = len(np.unique(labels[labels > 0]))
     return f"wrote {out} ({n} objects, {labels.dtype}, {time.time() - t0:.1f}s{note})"
+
+
+class SliceBar:
+    """A progress bar on stderr (a terminal only) fed with propagation ``Progress`` records."""
+
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    def update(self, p) -> None:
+        if self.bar is None:
+            try:
+                from tqdm import tqdm
+            except ImportError:  # pragma: no cover - tqdm comes with napari
+                return
+            self.bar = tqdm(total=p.total, desc=self.desc, unit="slice", file=sys.stderr,
+                            disable=not sys.stderr.isatty())
+        self.bar.update(p.done - self.bar.n)
+        self.bar.set_postfix_str(f"z={p.z} {p.stage}, {len(p.objects)} object(s)")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def check_input_scale(value, embeddings=None):

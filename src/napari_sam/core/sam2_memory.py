@@ -123,8 +123,20 @@ def _owner(anchors: list[int], z: int) -> str:
     return "down"
 
 
+STATE_BYTES = 1 << 20  # what SAM 2's video predictor keeps per object and slice visited (0.85 MB measured, rounded up)
+MAX_STATE_BYTES = 2 << 30  # default budget of one run's video state
+
+
+def object_groups(ids, n_slices: int, max_state_bytes: int = MAX_STATE_BYTES) -> list[list[int]]:
+    """``ids`` in runs of the video predictor whose state stays within ``max_state_bytes``
+    (``STATE_BYTES`` per object and slice); at least one object a run."""
+    per_run = max(1, int(max_state_bytes // (STATE_BYTES * max(int(n_slices), 1))))
+    ids = list(ids)
+    return [ids[i : i + per_run] for i in range(0, len(ids), per_run)]
+
+
 def propagate_memory(predictor, stack, prompts, *, z_range=None, labels=None, channel_axis: int | None = None,
-                     decay: float = 1.0) -> Iterator[Progress]:
+                     decay: float = 1.0, max_state_bytes: int = MAX_STATE_BYTES) -> Iterator[Progress]:
     """Propagate objects through ``stack`` (z, y, x) with SAM 2's memory (``SAM2VideoPredictor``).
 
     predictor: a ``SlicePredictor`` of a SAM 2 / 2.1 model (its ``normalize`` applies).
@@ -132,19 +144,42 @@ def propagate_memory(predictor, stack, prompts, *, z_range=None, labels=None, ch
     a mask alone is given to SAM 2 as a mask prompt (``add_new_mask``) and kept as it is on its slice; with
     points or a box, a mask in the same prompt is not used (SAM 2 takes one or the other on a frame).
     z_range, labels, channel_axis: as ``propagate_objects``. decay: subtracted from an object's logits per
-    slice from its nearest prompted slice, when objects claim the same pixel.
+    slice from its nearest prompted slice, when objects claim the same pixel. max_state_bytes: SAM 2 keeps
+    ~1 MB per object and slice until a run ends; more objects than fit are propagated in several runs
+    (``object_groups``; each run encodes the slices again; objects are followed independently either way).
     Yields :class:`Progress` (stages "prompted", "up", "down"); returns the (z, y, x) labels.
     """
-    import torch
-
     shape = check_stack(stack, channel_axis)
     zb = z_bounds(z_range, shape[0])
     objs = check_prompts(prompts, shape, zb)
     labels = check_labels(labels, shape)
     vp = video_predictor(predictor.model)
     canvas = LabelCanvas(shape, labels, objs, zb)
-    anchors = {o: sorted(p) for o, p in objs.items()}
+    groups = object_groups(sorted(objs), zb[1] - zb[0], max_state_bytes)
+    runs = [_passes({o: sorted(objs[o]) for o in g}, zb) for g in groups]
+    total, done = sum(n for passes in runs for *_, n in passes), 0
+    for group, passes in zip(groups, runs):
+        state = _start(vp, predictor, stack, {o: objs[o] for o in group}, zb, shape, channel_axis)
+        for stage, start, reverse, _ in passes:
+            for z, painted in _run_pass(vp, predictor, state, canvas, objs, stage, start - zb[0], reverse, zb,
+                                        decay):
+                done += 1
+                stage_z = "prompted" if any(z in objs[o] for o in painted) else stage
+                yield Progress(done, total, z, stage_z, canvas.labels[z].copy(), tuple(painted), (),
+                               canvas.labels if done == total else None)
+    return canvas.labels
+
+
+def _passes(anchors: dict, zb) -> list[tuple]:
+    """[(stage, start z, reverse, slices visited)]: forward from the first prompted slice, backward from the last."""
     first, last = min(min(a) for a in anchors.values()), max(max(a) for a in anchors.values())
+    return [("up", first, False, zb[1] - first), ("down", last, True, last - zb[0] + 1)]
+
+
+def _start(vp, predictor, stack, objs, zb, shape, channel_axis):
+    """A video state over the slices of ``zb`` with ``objs``' prompts added on their slices."""
+    import torch
+
     with predictor.autocast():  # CUDA: the model's half precision, as SAM 2's own examples run it
         state = _init_state(vp, Frames(predictor, stack, zb[0], zb[1], channel_axis), shape[1], shape[2])
     for o, per_z in objs.items():
@@ -158,36 +193,36 @@ def propagate_memory(predictor, stack, prompts, *, z_range=None, labels=None, ch
                     vp.add_new_points_or_box(state, frame_idx=z - zb[0], obj_id=o, points=pts,
                                              labels=np.asarray(p.labels, np.int32) if pts is not None else None,
                                              box=box)
-    passes = [("up", first, False, zb[1] - first), ("down", last, True, last - zb[0] + 1)]
-    total, done = sum(n for *_, n in passes), 0
-    for stage, start, reverse, _ in passes:
-        frames = vp.propagate_in_video(state, start_frame_idx=start - zb[0], reverse=reverse)
-        while True:
-            with predictor.autocast():  # around each step only: nothing leaks into the caller between records
-                step = next(frames, None)
-            if step is None:
-                break
-            f, ids, logits = step
-            z = zb[0] + int(f)
-            painted = []
-            for oid, lg in zip(ids, logits[:, 0].float().cpu().numpy()):
-                oid = int(oid)
-                if _owner(anchors[oid], z) != stage:
-                    continue
-                user = objs[oid].get(z)
-                if user is not None and user.mask_alone:  # the user's own drawing, kept as it is
-                    mask, score = np.asarray(user.mask, bool), USER_SCORE
-                else:
-                    mask = lg > 0
-                    score = lg - decay * min(abs(z - a) for a in anchors[oid])
-                if mask.any():
-                    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-                    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-                    sc = score if np.isscalar(score) else score[r0:r1, c0:c1]
-                    canvas.paint(z, oid, r0, c0, mask[r0:r1, c0:c1], sc)
-                painted.append(oid)
-            done += 1
-            stage_z = "prompted" if any(z in objs[o] for o in painted) else stage
-            yield Progress(done, total, z, stage_z, canvas.labels[z].copy(), tuple(painted), (),
-                           canvas.labels if done == total else None)
-    return canvas.labels
+    return state
+
+
+def _run_pass(vp, predictor, state, canvas, objs, stage, start, reverse, zb, decay):
+    """One pass of the video predictor; paints each object on the slices this pass owns (``_owner``) and
+    yields (z, ids painted) per slice."""
+    frames = vp.propagate_in_video(state, start_frame_idx=start, reverse=reverse)
+    while True:
+        with predictor.autocast():  # around each step only: nothing leaks into the caller between records
+            step = next(frames, None)
+        if step is None:
+            return
+        f, ids, logits = step
+        z = zb[0] + int(f)
+        painted = []
+        for oid, lg in zip(ids, logits[:, 0].float().cpu().numpy()):
+            oid = int(oid)
+            anchors = sorted(objs[oid])
+            if _owner(anchors, z) != stage:
+                continue
+            user = objs[oid].get(z)
+            if user is not None and user.mask_alone:  # the user's own drawing, kept as it is
+                mask, score = np.asarray(user.mask, bool), USER_SCORE
+            else:
+                mask = lg > 0
+                score = lg - decay * min(abs(z - a) for a in anchors)
+            if mask.any():
+                rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+                r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+                sc = score if np.isscalar(score) else score[r0:r1, c0:c1]
+                canvas.paint(z, oid, r0, c0, mask[r0:r1, c0:c1], sc)
+            painted.append(oid)
+        yield z, painted
