@@ -250,8 +250,9 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
     prompted objects' size (``core.magnify.stack_scale``), or with ``disk`` the
     magnification its embeddings were made at.
     method: "slices" (default: each slice prompted from the previous one's mask, any model) or "memory"
-    (SAM 2 / 2.1 models: SAM 2's video predictor; no ``through_z``, ``disk`` or ``cache``).
-    Other keywords (stop, step, min_score; decay for "memory") go to the generator.
+    (SAM 2 / 2.1 models: SAM 2's video predictor, which encodes each slice itself: ``cache`` is not
+    used, ``through_z`` and ``disk`` are refused).
+    Other keywords (stop, step, min_score; decay, max_state_bytes for "memory") go to the generator.
     """
     from .predictor import SlicePredictor
 
