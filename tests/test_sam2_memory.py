@@ -85,6 +85,17 @@ def test_memory_propagation_gives_the_sam2_video_predictors_masks_and_keeps_othe
     assert records[0].stage == "prompted" and records[-1].labels is not None
 
 
+def test_the_video_predictor_shares_the_loaded_models_weights(video):
+    from napari_sam.core.sam2_memory import video_predictor
+
+    model = video[0]
+    vp = video_predictor(model)
+    assert vp is video_predictor(model)  # built once per model
+    ours, theirs = dict(model.sam.named_parameters()), dict(vp.named_parameters())
+    assert ours.keys() == theirs.keys()
+    assert all(ours[k].data_ptr() == theirs[k].data_ptr() for k in ours)  # no second copy in memory
+
+
 def test_cancelling_memory_propagation_leaves_the_labels_as_they_were(video):
     from napari_sam.core.predictor import SlicePredictor
     from napari_sam.core.sam2_memory import propagate_memory

@@ -54,8 +54,8 @@ def check_memory_model(model, hint: str = "use method='slices' (every model), or
 
 
 def video_predictor(model):
-    """Meta's ``SAM2VideoPredictor`` with ``model``'s weights (built once per model), with the settings of
-    ``sam2.build_sam.build_sam2_video_predictor`` (its default post-processing)."""
+    """Meta's ``SAM2VideoPredictor`` on ``model``'s weights (built once per model; the same tensors, not a
+    copy), with the settings of ``sam2.build_sam.build_sam2_video_predictor`` (its default post-processing)."""
     check_memory_model(model)
     vp = _VIDEO_PREDICTORS.get(model.sam)
     if vp is None:
@@ -68,7 +68,8 @@ def video_predictor(model):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             vp = build_sam2_video_predictor(config_name(model.arch), None, device=str(model.device))
-        vp.load_state_dict(model.sam.state_dict())
+        # the image model's tensors themselves (assign): the video predictor adds no second copy of the weights
+        vp.load_state_dict(model.sam.state_dict(), assign=True)
         _VIDEO_PREDICTORS[model.sam] = vp
     return vp
 
