@@ -86,35 +86,30 @@ def score_objects(pred: np.ndarray, gt: np.ndarray, seeds) -> tuple[np.ndarray, 
     return np.array(ious), np.array(bleed)
 
 
-def run_propagation(predictor, image, seeds, cache=None, **kw) -> np.ndarray:
-    from napari_sam.core.propagate import propagate_objects
+def seed_prompts(seeds) -> dict:
+    """``seed_points``' result as propagation prompts: each object's point on its slice."""
+    return {i: {z: {"points": pt[None]}} for i, (z, pt) in seeds.items()}
 
-    prompts = {i: {z: {"points": pt[None]}} for i, (z, pt) in seeds.items()}
-    gen = propagate_objects(predictor, image, prompts, cache=cache, **kw)
-    return _drain(gen)
+
+def run_propagation(predictor, image, seeds, cache=None, **kw) -> np.ndarray:
+    from napari_sam.core.propagate import propagate_objects, run_to_end
+
+    return run_to_end(propagate_objects(predictor, image, seed_prompts(seeds), cache=cache, **kw))
 
 
 def run_memory(predictor, image, seeds) -> np.ndarray:
     """SAM 2 models: the same seeds propagated with SAM 2's memory (``core.sam2_memory``)."""
+    from napari_sam.core.propagate import run_to_end
     from napari_sam.core.sam2_memory import propagate_memory
 
-    prompts = {i: {z: {"points": pt[None]}} for i, (z, pt) in seeds.items()}
-    return _drain(propagate_memory(predictor, image, prompts))
+    return run_to_end(propagate_memory(predictor, image, seed_prompts(seeds)))
 
 
 def run_naive(predictor, image, seeds, cache=None, min_score=0.0) -> np.ndarray:
-    from napari_sam.core.propagate import batch_prompts_through_z
+    from napari_sam.core.propagate import batch_prompts_through_z, run_to_end
 
     prompts = {i: {"points": pt[None]} for i, (z, pt) in seeds.items()}
-    return _drain(batch_prompts_through_z(predictor, image, prompts, cache=cache, min_score=min_score))
-
-
-def _drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as fin:
-            return fin.value
+    return run_to_end(batch_prompts_through_z(predictor, image, prompts, cache=cache, min_score=min_score))
 
 
 def run_classical(image, seeds, min_overlap=0.5) -> np.ndarray:

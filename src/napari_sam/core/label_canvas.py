@@ -68,6 +68,17 @@ class LabelCanvas:
         owned[oid] = (r0, c0, sc.astype(np.float16))
         return win
 
+    def paint_full(self, z: int, oid: int, mask: np.ndarray, score: np.ndarray | float) -> tuple[int, int, int, int] | None:
+        """``paint`` a full-slice bool ``mask`` (score: one number, or per pixel at the slice's size), cropped
+        to its bounding box; the box (r0, c0, r1, c1), or None for an empty mask (nothing painted)."""
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        if not len(rows):
+            return None
+        r0, c0, r1, c1 = int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+        sc = score if np.ndim(score) == 0 else score[r0:r1, c0:c1]
+        self.paint(z, oid, r0, c0, mask[r0:r1, c0:c1], sc)
+        return r0, c0, r1, c1
+
     def erase(self, z: int, oid: int) -> None:
         """Remove what this run painted of ``oid`` on slice ``z``."""
         if oid not in self._scores.get(z, {}):

@@ -61,7 +61,7 @@ class Progress:
     labels: np.ndarray | None = field(default=None, repr=False)
 
 
-def _source(anchors: list[int], z: int, up: bool):
+def pass_source(anchors: list[int], z: int, up: bool):
     """(anchor the object comes from, in a gap?) for slice z in a pass, or None."""
     if z in anchors:
         return None
@@ -89,9 +89,7 @@ def _start(t: Track, image2d, canvas, z) -> Track:
 
 def _user_track(predictor, canvas, z, oid, mask) -> Track:
     """Paint a mask the user gave (it outranks any prediction) and start a track from it."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    r0, c0, r1, c1 = rows[0], cols[0], rows[-1] + 1, cols[-1] + 1
-    canvas.paint(z, oid, r0, c0, mask[r0:r1, c0:c1], USER_SCORE)
+    r0, c0, r1, c1 = canvas.paint_full(z, oid, mask, USER_SCORE)
     low = predictor._mask_input(mask)[0].cpu().numpy()
     return Track(r0, c0, canvas.crop(z, oid, r0, c0, (r1 - r0, c1 - c0)), low, 1.0)
 
@@ -169,7 +167,7 @@ def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: Embeddi
             up = stage == "up"
             work = []
             for o, a in anchors.items():
-                src = _source(a, z, up)
+                src = pass_source(a, z, up)
                 if src is None or (o, up) in ended:
                     continue
                 prev = at_anchor.get((o, z - 1 if up else z + 1)) or moving.get((o, up))
@@ -279,7 +277,7 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
                              "predictor, which encodes each slice itself: it takes no through_z and no disk cache")
         gen = propagate_memory(SlicePredictor(model, normalize=normalize), stack, prompts, z_range=z_range,
                                labels=labels, channel_axis=channel_axis, **kwargs)
-        return _drain(gen, progress)
+        return run_to_end(gen, progress)
     if refine is None:
         refine = bool(getattr(model, "native_resolution", False))
     input_scale = check_scale(input_scale)
@@ -293,10 +291,10 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
     run = batch_prompts_through_z if through_z else propagate_objects
     gen = run(predictor, stack, prompts, z_range=z_range, cache=cache, labels=labels, channel_axis=channel_axis,
               disk=disk, **kwargs)
-    return _drain(gen, progress)
+    return run_to_end(gen, progress)
 
 
-def _drain(gen, progress):
+def run_to_end(gen, progress=None):
     """Run a propagation generator to its end, ``progress(record)`` for each record; its return value."""
     while True:
         try:

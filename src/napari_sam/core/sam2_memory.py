@@ -37,7 +37,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .label_canvas import USER_SCORE, LabelCanvas
-from .propagate import Progress
+from .propagate import Progress, pass_source
 from .propagate_inputs import check_labels, check_prompts, check_stack, z_bounds
 
 _VIDEO_PREDICTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model.sam -> its video predictor
@@ -115,13 +115,9 @@ def _init_state(vp, frames: Frames, height: int, width: int):
 
 
 def _owner(anchors: list[int], z: int) -> str:
-    """Which pass gives object slice z: "up" (forward) from the nearest prompted slice at or below it,
-    "down" (backward) from one above it when that is nearer or none is below."""
-    below = [a for a in anchors if a <= z]
-    above = [a for a in anchors if a > z]
-    if below and (not above or z - below[-1] <= above[0] - z):
-        return "up"
-    return "down"
+    """Which pass gives object slice z: its prompted slices and the slices the upward pass of
+    ``propagate_objects`` would fill (``pass_source``) are "up" (forward), the rest "down"."""
+    return "up" if z in anchors or pass_source(anchors, z, True) is not None else "down"
 
 
 STATE_BYTES = 1 << 20  # what SAM 2's video predictor keeps per object and slice visited (0.85 MB measured, rounded up)
@@ -156,14 +152,15 @@ def propagate_memory(predictor, stack, prompts, *, z_range=None, labels=None, ch
     labels = check_labels(labels, shape)
     vp = video_predictor(predictor.model)
     canvas = LabelCanvas(shape, labels, objs, zb)
+    anchors = {o: sorted(p) for o, p in objs.items()}
     groups = object_groups(sorted(objs), zb[1] - zb[0], max_state_bytes)
-    runs = [_passes({o: sorted(objs[o]) for o in g}, zb) for g in groups]
+    runs = [_passes([anchors[o] for o in g], zb) for g in groups]
     total, done = sum(n for passes in runs for *_, n in passes), 0
     for group, passes in zip(groups, runs):
         state = _start(vp, predictor, stack, {o: objs[o] for o in group}, zb, shape, channel_axis)
         for stage, start, reverse, _ in passes:
-            for z, painted in _run_pass(vp, predictor, state, canvas, objs, stage, start - zb[0], reverse, zb,
-                                        decay):
+            for z, painted in _run_pass(vp, predictor, state, canvas, objs, anchors, stage, start - zb[0], reverse,
+                                        zb, decay):
                 done += 1
                 stage_z = "prompted" if any(z in objs[o] for o in painted) else stage
                 yield Progress(done, total, z, stage_z, canvas.labels[z].copy(), tuple(painted), (),
@@ -171,9 +168,10 @@ def propagate_memory(predictor, stack, prompts, *, z_range=None, labels=None, ch
     return canvas.labels
 
 
-def _passes(anchors: dict, zb) -> list[tuple]:
-    """[(stage, start z, reverse, slices visited)]: forward from the first prompted slice, backward from the last."""
-    first, last = min(min(a) for a in anchors.values()), max(max(a) for a in anchors.values())
+def _passes(anchors: list[list[int]], zb) -> list[tuple]:
+    """[(stage, start z, reverse, slices visited)] for objects prompted on ``anchors`` (sorted slices each):
+    forward from the first prompted slice, backward from the last."""
+    first, last = min(a[0] for a in anchors), max(a[-1] for a in anchors)
     return [("up", first, False, zb[1] - first), ("down", last, True, last - zb[0] + 1)]
 
 
@@ -197,7 +195,7 @@ def _start(vp, predictor, stack, objs, zb, shape, channel_axis):
     return state
 
 
-def _run_pass(vp, predictor, state, canvas, objs, stage, start, reverse, zb, decay):
+def _run_pass(vp, predictor, state, canvas, objs, anchors, stage, start, reverse, zb, decay):
     """One pass of the video predictor; paints each object on the slices this pass owns (``_owner``) and
     yields (z, ids painted) per slice."""
     frames = vp.propagate_in_video(state, start_frame_idx=start, reverse=reverse)
@@ -211,19 +209,12 @@ def _run_pass(vp, predictor, state, canvas, objs, stage, start, reverse, zb, dec
         painted = []
         for oid, lg in zip(ids, logits[:, 0].float().cpu().numpy()):
             oid = int(oid)
-            anchors = sorted(objs[oid])
-            if _owner(anchors, z) != stage:
+            if _owner(anchors[oid], z) != stage:
                 continue
             user = objs[oid].get(z)
             if user is not None and user.mask_alone:  # the user's own drawing, kept as it is
-                mask, score = np.asarray(user.mask, bool), USER_SCORE
+                canvas.paint_full(z, oid, np.asarray(user.mask, bool), USER_SCORE)
             else:
-                mask = lg > 0
-                score = lg - decay * min(abs(z - a) for a in anchors)
-            if mask.any():
-                rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-                r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-                sc = score if np.isscalar(score) else score[r0:r1, c0:c1]
-                canvas.paint(z, oid, r0, c0, mask[r0:r1, c0:c1], sc)
+                canvas.paint_full(z, oid, lg > 0, lg - decay * min(abs(z - a) for a in anchors[oid]))
             painted.append(oid)
         yield z, painted
