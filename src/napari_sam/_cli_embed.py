@@ -102,19 +102,15 @@ def run_embed(args) -> int:
 
 def _drain(gen, total: int) -> int:
     """Run the precompute generator to the end with a progress bar on stderr; the slices encoded."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm comes with napari
-        tqdm = None
-    bar = tqdm(total=total, desc="embedding", unit="slice", file=sys.stderr, disable=not sys.stderr.isatty()) if tqdm else None
+    from .cli import SliceBar
+
+    bar, done = SliceBar("embedding"), 0
     try:
         while True:
             p = next(gen)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(f"z={p.index} {p.source}")
+            done += 1
+            bar.show(done, total, f"z={p.index} {p.source}")
     except StopIteration as stop:
         return int(stop.value or 0)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()

@@ -206,21 +206,25 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
 
 
 class SliceBar:
-    """A progress bar on stderr (a terminal only) fed with propagation ``Progress`` records."""
+    """A progress bar in slices on stderr (a terminal only): ``show`` for any generator's records, ``update``
+    for propagation ``Progress`` records."""
 
     def __init__(self, desc: str):
         self.desc, self.bar = desc, None
 
-    def update(self, p) -> None:
+    def show(self, done: int, total: int, postfix: str) -> None:
         if self.bar is None:
             try:
                 from tqdm import tqdm
             except ImportError:  # pragma: no cover - tqdm comes with napari
                 return
-            self.bar = tqdm(total=p.total, desc=self.desc, unit="slice", file=sys.stderr,
+            self.bar = tqdm(total=total, desc=self.desc, unit="slice", file=sys.stderr,
                             disable=not sys.stderr.isatty())
-        self.bar.update(p.done - self.bar.n)
-        self.bar.set_postfix_str(f"z={p.z} {p.stage}, {len(p.objects)} object(s)")
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix_str(postfix)
+
+    def update(self, p) -> None:
+        self.show(p.done, p.total, f"z={p.z} {p.stage}, {len(p.objects)} object(s)")
 
     def close(self) -> None:
         if self.bar is not None:
