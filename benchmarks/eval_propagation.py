@@ -3,6 +3,7 @@
     python benchmarks/eval_propagation.py [--model embedded] [--write docs/propagation.md]
     python benchmarks/eval_propagation.py --drift 4 --without 950001 [--micro-sam]   # objects drifting in z
     python benchmarks/eval_propagation.py --model sam2.1_hiera_tiny.pt --memory --no-timing  # + SAM 2's memory
+    python benchmarks/eval_propagation.py --every-slice --no-timing   # + prompts applied to every slice
 
 Stacks: ``napari_sam.synthetic.make_stack`` seeds 950000..950005, shape
 (32, 256, 256), four of nuclei and two of cells (seeds never used for
@@ -25,6 +26,9 @@ Methods, on the same stacks and seed points:
 * classical: per slice, Otsu threshold + watershed on the distance transform
   seeded at each object's point, following the object from its previous
   centroid while the overlap (IoU) with its previous slice stays >= 0.5;
+* every-slice (``--every-slice``): the naive baseline as the product runs
+  it (``batch_prompts_through_z`` told the slice each point was clicked on):
+  slices where the object is not there are left empty (``PresenceRule``);
 * micro-sam (``--micro-sam``): micro-sam's own propagation function with its
   3D annotator's defaults, on the same model and embeddings, one object at a
   time (``micro_sam_baseline.py``).
@@ -110,6 +114,14 @@ def run_naive(predictor, image, seeds, cache=None, min_score=0.0) -> np.ndarray:
 
     prompts = {i: {"points": pt[None]} for i, (z, pt) in seeds.items()}
     return run_to_end(batch_prompts_through_z(predictor, image, prompts, cache=cache, min_score=min_score))
+
+
+def run_every_slice(predictor, image, seeds, cache=None) -> np.ndarray:
+    """The seed point applied to every slice, as the widget's "Every slice" and the CLI's --every-slice
+    do: knowing the slice it was clicked on, so slices the object is not on stay empty (``PresenceRule``)."""
+    from napari_sam.core.propagate import batch_prompts_through_z, run_to_end
+
+    return run_to_end(batch_prompts_through_z(predictor, image, seed_prompts(seeds), cache=cache))
 
 
 def run_classical(image, seeds, min_overlap=0.5) -> np.ndarray:
@@ -210,6 +222,8 @@ def evaluate(model, stacks=STACKS, shape=SHAPE, methods=("propagation", "naive",
                 pred = run_propagation(predictor, image, seeds, cache, **prop_kw)
             elif m == "naive":  # SAM as it is: its own candidate order (the stronger one for this baseline)
                 pred = run_naive(SlicePredictor(model, refine=refine, rank="score"), image, seeds, cache)
+            elif m == "every-slice":
+                pred = run_every_slice(predictor, image, seeds, cache)
             elif m == "memory":
                 pred = run_memory(predictor, image, seeds)
             elif m == "micro-sam":  # micro-sam's propagation on our model (micro_sam_baseline.py)
@@ -328,6 +342,9 @@ def main(argv=None):
     ap.add_argument("--without", type=int, nargs="*", default=[], help="leave out these stack seeds (e.g. 950001)")
     ap.add_argument("--memory", action="store_true",
                     help="SAM 2 / 2.1 models: add propagation with SAM 2's memory (core.sam2_memory) to the methods")
+    ap.add_argument("--every-slice", action="store_true",
+                    help="add the seed point applied to every slice knowing its slice (slices without the object "
+                         "left empty; the widget's Every slice, the CLI's --every-slice)")
     args = ap.parse_args(argv)
     from napari_sam.core.models import load_model
 
@@ -342,6 +359,8 @@ def main(argv=None):
         methods += ("micro-sam",)
     if args.memory:
         methods += ("memory",)
+    if args.every_slice:
+        methods += ("every-slice",)
     if args.stardist_3d:
         data = stardist_3d()
     else:

@@ -308,6 +308,38 @@ def test_batch_prompts_through_z(predictor, cache, stack):
     assert r.min() >= box[0] - 6 and r.max() <= box[2] + 6 and c.min() >= box[1] - 6 and c.max() <= box[3] + 6
 
 
+def test_every_slice_leaves_the_slices_without_the_object_empty(predictor, cache, stack):
+    """Prompts applied to every slice, knowing the slice they were clicked on: where the object is not,
+    SAM still answers something; those slices stay empty. Other objects are never touched."""
+    gt = stack.labels
+    i = _objects(gt, min_len=6)[0]
+    z, pt = _seed(gt, i)
+    t0, t1 = _extent(gt == i)
+    other = np.zeros(SHAPE, np.uint16)
+    other[:, :6, :6] = 77  # an existing object in a corner
+    out, records = _run(batch_prompts_through_z(predictor, stack.image, {i: {z: {"points": pt[None]}}},
+                                                cache=cache, labels=other))
+    assert [r.stage for r in records[:1]] == ["prompted"] and records[0].z == z
+    assert sorted(r.z for r in records) == list(range(SHAPE[0])) and records[-1].labels is out
+    e = _extent(out == i)
+    assert e is not None and abs(e[0] - t0) <= 1 and abs(e[1] - t1) <= 1, (e, (t0, t1))
+    assert _iou3d(out == i, gt == i) > 0.7
+    assert (out[:, :6, :6] == 77).all() and set(np.unique(out)) <= {0, i, 77}
+    absent = {(o, zz) for r in records for o, how, why, zz in r.ended if how == "absent"}
+    assert {(i, zz) for zz in range(SHAPE[0]) if zz < e[0] or zz > e[1]} <= absent
+    # the same prompt without its slice: SAM's answer everywhere (the naive baseline)
+    naive, _ = _run(batch_prompts_through_z(predictor, stack.image, {i: {"points": pt[None]}}, cache=cache))
+    assert (naive == i).any((1, 2)).all()
+
+
+def test_every_slice_takes_each_objects_prompts_from_one_slice(stack):
+    prompts = {3: {2: {"points": [[40, 40]]}, 9: {"points": [[41, 40]]}}}
+    with pytest.raises(ValueError, match="object 3 is prompted on slices 2, 9: .* propagate it"):
+        next(batch_prompts_through_z(None, stack.image, prompts))
+    with pytest.raises(ValueError, match="outside z_range 4:8"):
+        next(batch_prompts_through_z(None, stack.image, {3: {2: {"points": [[40, 40]]}}}, z_range=(4, 8)))
+
+
 def test_propagate_labels_api(model, stack):
     gt = stack.labels
     i = _objects(gt)[0]

@@ -30,11 +30,11 @@ from .batch_decode import decode_objects
 from .cache import EmbeddingCache, embed_cached
 from .label_canvas import USER_SCORE, LabelCanvas
 from .magnify import check_scale, is_auto, stack_scale
-from .propagate_inputs import as_prompt, check_id, check_labels, check_prompts, check_stack, z_bounds
-from .propagate_rules import StepFeatures, StepRule, StopRule, Track, contrast
+from .propagate_inputs import check_labels, check_prompts, check_stack, check_through_z, z_bounds
+from .propagate_rules import PresenceRule, StepFeatures, StepRule, StopRule, Track, contrast
 from .propagate_step import advance, recheck, track
 
-__all__ = ["Progress", "StepFeatures", "StepRule", "StopRule", "propagate_objects", "batch_prompts_through_z", "propagate_labels"]
+__all__ = ["Progress", "PresenceRule", "StepFeatures", "StepRule", "StopRule", "propagate_objects", "batch_prompts_through_z", "propagate_labels"]
 
 
 @dataclass
@@ -97,19 +97,25 @@ def _user_track(predictor, canvas, z, oid, mask) -> Track:
 def _decode_prompted(predictor, items, threshold):
     """The user prompts of one slice, [(oid, ObjectPrompt)] -> [(oid, Decoded or None, user mask or None)].
 
-    One positive point alone is ambiguous: SAM's 3 candidates, the first by
-    the predictor's ``rank`` (``core.choose``). A mask alone (bool) is the
-    user's own drawing: kept as it is.
+    As :func:`_decode_grouped`; a mask alone (bool) is the user's own drawing: kept as it is.
     """
+    dec = _decode_grouped(predictor, [(o, p) for o, p in items if not p.mask_alone], threshold)
+    return [(o, d, None) for o, d in dec] + [(o, None, p.mask) for o, p in items if p.mask_alone]
+
+
+def _decode_grouped(predictor, items, threshold: float | None = None):
+    """[(oid, ObjectPrompt)] of one slice -> [(oid, Decoded)]: a positive point alone with SAM's 3
+    candidates (the first by the predictor's ``rank``, ``core.choose``), richer prompts one mask; each kind
+    in one batched call."""
     single = [len(p.points) == 1 and p.box is None and p.mask is None for _, p in items]
     out = []
     for multi in (True, False):
-        group = [(o, p) for (o, p), s in zip(items, single) if s == multi and not p.mask_alone]
+        group = [(o, p) for (o, p), s in zip(items, single) if s == multi]
         if group:
             dec = decode_objects(predictor, [p for _, p in group], multimask=multi, refine=predictor.refine,
                                  threshold=threshold)
-            out += [(o, d, None) for (o, _), d in zip(group, dec)]
-    return out + [(o, None, p.mask) for o, p in items if p.mask_alone]
+            out += [(o, d) for (o, _), d in zip(group, dec)]
+    return out
 
 
 def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: EmbeddingCache | None = None,
@@ -200,37 +206,103 @@ def _embedder(predictor, stack, cache, channel_axis, disk):
 
 def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: EmbeddingCache | None = None,
                             labels=None, min_score: float = 0.0, channel_axis: int | None = None,
-                            disk=None) -> Iterator[Progress]:
+                            disk=None, presence: PresenceRule | None = None) -> Iterator[Progress]:
     """The same prompts on every slice of ``z_range``, for objects that stay put.
 
-    prompts: {object_id: ObjectPrompt or dict(points=, labels=, box=)}. All
-    objects are decoded together on each slice; overlaps resolved by score;
-    a slice where SAM's predicted IoU is below ``min_score`` stays empty.
-    channel_axis, disk: as in :func:`propagate_objects`. Yields :class:`Progress`; returns the (z, y, x) labels.
+    prompts: ``{object_id: prompt}``, or ``{object_id: {z: prompt}}`` with one
+    slice per object: the slice the prompt was drawn on (within ``z_range``).
+    All objects are decoded together on each slice; overlaps resolved by
+    score; a slice where SAM's predicted IoU is below ``min_score`` stays
+    empty. With the slice the prompt was drawn on, the object is also left
+    out of slices it is not on (``presence``, default :class:`PresenceRule`:
+    too little contrast against its surroundings compared with that slice,
+    and beyond the first such slice up and down): those slices are visited
+    first, for their own objects (the reference), then every slice of the
+    range for the others. Without it, every slice
+    keeps SAM's answer.
+    channel_axis, disk: as in :func:`propagate_objects`. Yields
+    :class:`Progress` (stage "prompted" for the slices prompts were drawn on,
+    else "batch"; ``ended``: (object, "absent", reason, z) for each slice an
+    object was left out of); returns the (z, y, x) labels.
     """
     shape = check_stack(stack, channel_axis)
     zb = z_bounds(z_range, shape[0])
-    if not isinstance(prompts, dict) or not prompts:
-        raise ValueError("no prompts: give {object_id: dict(points=..., box=...)}")
-    objs = {check_id(o): as_prompt(p, o, None, shape[1:]) for o, p in prompts.items()}
+    objs = check_through_z(prompts, shape, zb)
+    presence = PresenceRule() if presence is None else presence
     labels = check_labels(labels, shape)
     embed = _embedder(predictor, stack, cache, channel_axis, disk)
     canvas = LabelCanvas(shape, labels, objs, zb)
     ids = list(objs)
-    total = zb[1] - zb[0]
-    for n, z in enumerate(range(*zb), 1):
-        embed(z)
-        single = [len(objs[o].points) == 1 and objs[o].box is None and objs[o].mask is None for o in ids]
-        for multi in (True, False):
-            group = [o for o, s in zip(ids, single) if s == multi]
-            if group:
-                for o, d in zip(group, decode_objects(predictor, [objs[o] for o in group], multimask=multi,
-                                                      refine=predictor.refine)):
-                    if d.score >= min_score and d.mask.any():
-                        canvas.paint(z, o, d.r0, d.c0, d.mask, d.logits)
-        yield Progress(n, total, z, "batch", canvas.labels[z].copy(), tuple(ids), (),
-                       canvas.labels if n == total else None)
+    refs = sorted({z for z, _ in objs.values() if z is not None})
+    # the slices prompts were drawn on first (their own objects only: the references), then every slice
+    visits = [(z, [o for o in ids if objs[o][0] == z]) for z in refs]
+    visits += [(z, g) for z in range(*zb) if (g := [o for o in ids if objs[o][0] != z])]
+    reference: dict[int, tuple[float, int]] = {}  # oid -> (contrast, area) on the slice it was prompted on
+    absent: list[tuple[int, int]] = []  # (oid, z) left out so far
+    footprint: dict = {}
+    for n, (z, group) in enumerate(visits, 1):
+        image2d = embed(z)
+        prompted = n <= len(refs)
+        ended = []
+        for o, d in _decode_grouped(predictor, [(o, objs[o][1]) for o in group]):
+            why = "empty mask" if not d.mask.any() else (
+                f"predicted IoU {d.score:.2f} < {min_score}" if d.score < min_score else None)
+            c = None if why else contrast(image2d, canvas.labels[z], d.r0, d.c0, d.mask)
+            if prompted and not why:
+                reference[o] = (c, d.area)
+                footprint[o] = _footprint(d, presence.grow, shape[1:])
+            elif not why and o in reference:
+                why = presence.reason(c, *reference[o], d.area, _inside(footprint[o], d))
+            if why:
+                ended.append((o, "absent", why, z))
+            else:
+                canvas.paint(z, o, d.r0, d.c0, d.mask, d.logits)
+        if n == len(visits) and presence.contiguous:
+            ended += _cut_beyond_gaps(canvas, objs, reference, absent + [(o, zz) for o, _, _, zz in ended], zb)
+        absent += [(o, zz) for o, _, _, zz in ended]
+        yield Progress(n, len(visits), z, "prompted" if prompted else "batch", canvas.labels[z].copy(), tuple(group),
+                       tuple(ended), canvas.labels if n == len(visits) else None)
     return canvas.labels
+
+
+def _footprint(d, grow, shape2d):
+    """(r0, c0, bool crop): the mask ``d`` grown by ``grow`` x its equivalent radius (+ 1 px)."""
+    from scipy import ndimage as ndi
+
+    k = int(np.ceil(grow * np.sqrt(d.area / np.pi))) + 1
+    m = np.pad(d.mask, k)
+    return d.r0 - k, d.c0 - k, ndi.binary_dilation(m, iterations=k)
+
+
+def _inside(fp, d) -> float:
+    """Fraction of ``d``'s mask inside the footprint ``fp``."""
+    r0, c0, m = fp
+    rr, cc = np.nonzero(d.mask)
+    rr, cc = rr + d.r0 - r0, cc + d.c0 - c0
+    ok = (rr >= 0) & (cc >= 0) & (rr < m.shape[0]) & (cc < m.shape[1])
+    return float(m[rr[ok], cc[ok]].sum() / max(len(rr), 1))
+
+
+def _cut_beyond_gaps(canvas, objs, reference, absent, zb) -> list[tuple]:
+    """Erase each referenced object beyond the first slice it is absent from, above and below the slice it
+    was prompted on (``PresenceRule.contiguous``); the ``ended`` records of what was erased."""
+    gaps: dict[int, set[int]] = {}
+    for o, z in absent:
+        gaps.setdefault(o, set()).add(z)
+    out = []
+    for o, (zr, _) in objs.items():
+        if zr is None or o not in reference or o not in gaps:
+            continue
+        above = [z for z in gaps[o] if z > zr]
+        below = [z for z in gaps[o] if z < zr]
+        cut = [z for z in range(min(above) + 1, zb[1]) if z not in gaps[o]] if above else []
+        cut += [z for z in range(zb[0], max(below)) if z not in gaps[o]] if below else []
+        for z in cut:
+            if (canvas.labels[z] == o).any():
+                canvas.erase(z, o)
+                edge = min(above) if z > zr else max(below)
+                out.append((o, "absent", f"beyond z={edge}, where it is not (an object is one run of slices)", z))
+    return out
 
 
 def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = False, labels=None,
@@ -259,10 +331,7 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
     shape = check_stack(stack, channel_axis)
     zb = z_bounds(z_range, shape[0])
     if through_z:
-        if not isinstance(prompts, dict) or not prompts:
-            raise ValueError("no prompts: give {object_id: dict(points=..., box=...)}")
-        for o, p in prompts.items():
-            as_prompt(p, check_id(o), None, shape[1:])
+        objs = check_through_z(prompts, shape, zb)
     else:
         check_prompts(prompts, shape, zb)
     check_labels(labels, shape)
@@ -285,7 +354,7 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
         input_scale = disk.settings.get("input_scale")
     if is_auto(input_scale):  # measured at the default magnification; its embedding is kept for the run
         cache = cache if cache is not None else EmbeddingCache(max_bytes=1 << 62)
-        per_z = {o: {(zb[0] + zb[1]) // 2: p} for o, p in prompts.items()} if through_z else prompts
+        per_z = {o: {(zb[0] + zb[1]) // 2 if z is None else z: p} for o, (z, p) in objs.items()} if through_z else prompts
         input_scale, _ = stack_scale(model, stack, per_z, normalize=normalize, channel_axis=channel_axis, cache=cache)
     predictor = SlicePredictor(model, normalize=normalize, refine=refine, input_scale=input_scale)
     run = batch_prompts_through_z if through_z else propagate_objects

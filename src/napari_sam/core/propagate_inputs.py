@@ -117,6 +117,27 @@ def check_prompts(prompts, shape, zb) -> dict[int, dict[int, ObjectPrompt]]:
     return out
 
 
+def check_through_z(prompts, shape, zb) -> dict[int, tuple[int | None, ObjectPrompt]]:
+    """Prompts for applying them to every slice: ``{oid: prompt}``, or ``{oid: {z: prompt}}`` with one
+    slice per object (the slice they were drawn on) -> ``{oid: (z or None, ObjectPrompt)}``."""
+    if not isinstance(prompts, dict) or not prompts:
+        raise ValueError("no prompts: give {object_id: dict(points=..., box=...)} or {object_id: {z: dict(...)}}")
+    out: dict[int, tuple[int | None, ObjectPrompt]] = {}
+    for oid, p in prompts.items():
+        oid = check_id(oid)
+        per_z = isinstance(p, dict) and p and all(isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in p)
+        if not per_z:
+            out[oid] = (None, as_prompt(p, oid, None, shape[1:]))
+            continue
+        if len(p) > 1:
+            zs = ", ".join(str(int(z)) for z in sorted(p))
+            raise ValueError(f"object {oid} is prompted on slices {zs}: applying prompts to every slice takes each "
+                             "object's prompts from one slice; to follow an object from several slices, propagate it")
+        (z, q), = p.items()
+        out[oid] = (int(z), check_prompts({oid: {z: q}}, shape, zb)[oid][int(z)])
+    return out
+
+
 def check_labels(labels, shape):
     if labels is None:
         return None

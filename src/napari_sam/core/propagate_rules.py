@@ -170,9 +170,68 @@ class StopRule:
             return f"area {left} px < {self.min_area}"
         if f.kept is not None and f.kept < self.min_kept * f.area:
             return f"kept {f.kept}/{f.area} px after overlaps < {self.min_kept}"
-        floor = self.min_contrast_large if f.peak_area >= self.large_area else self.min_contrast
+        floor = contrast_floor(self, f.peak_area)
         if f.contrast is not None and f.contrast < floor:
             return f"contrast fell to {f.contrast:.2f} of the prompted slice's < {floor}"
+        return None
+
+
+def contrast_floor(rule, area: int) -> float:
+    """The contrast fraction ``rule`` (a StopRule or PresenceRule) asks of an object whose largest
+    known cross-section is ``area`` px: ``min_contrast_large`` from ``large_area`` up, else ``min_contrast``."""
+    return rule.min_contrast_large if area >= rule.large_area else rule.min_contrast
+
+
+@dataclass
+class PresenceRule:
+    """Applying an object's prompts to every slice (``batch_prompts_through_z``):
+    is the object on this slice at all?
+
+    SAM answers a prompt with some mask wherever it is put, also on slices the
+    object never reaches (a faint blob of out-of-focus light, a patch of
+    background). With the slice the prompts were drawn on as reference, a mask
+    on another slice is kept only when its contrast against its surroundings
+    (:func:`contrast`) is at least ``min_contrast`` of the reference slice's
+    (``min_contrast_large`` for objects of ``large_area`` px or more on the
+    reference slice): the floors of :class:`StopRule`, which were measured for
+    the same question, where an object's blur has taken over from the object.
+    Objects darker than their surroundings on the reference slice (contrast
+    <= 0) are not judged. min_area: masks smaller than this are dropped.
+    min_inside, grow: an object that stays put stays where it was prompted:
+    at least ``min_inside`` of its mask must lie inside its mask on the
+    reference slice grown by ``grow`` x that mask's equivalent radius (+ 1 px);
+    otherwise SAM has found a neighbour at the prompt's place.
+    contiguous: an object is one run of slices through the reference slice:
+    beyond the first slice it is absent from (going up, and going down), what
+    SAM finds at its place is another object (nuclei stacked in z), so those
+    slices are left empty too.
+
+    min_inside and grow were chosen on the tuning stacks (seeds 940000-940005,
+    one click per object on its middle slice; docs/propagation.md), the rest
+    taken from :class:`StopRule`.
+    """
+
+    min_contrast: float = 0.6
+    large_area: int = 700
+    min_contrast_large: float = 0.4
+    min_area: int = 4
+    contiguous: bool = True
+    min_inside: float = 0.9
+    grow: float = 0.5
+
+    def reason(self, contrast_here: float, ref_contrast: float, ref_area: int, area: int,
+               inside: float = 1.0) -> str | None:
+        """Why the object is taken to be absent from a slice, or None to keep its mask."""
+        if area < self.min_area:
+            return f"area {area} px < {self.min_area}"
+        if inside < self.min_inside:
+            return f"{inside:.2f} of it inside the prompted slice's outline < {self.min_inside}"
+        if ref_contrast <= 0:
+            return None
+        frac = contrast_here / ref_contrast
+        floor = contrast_floor(self, ref_area)
+        if frac < floor:
+            return f"contrast {frac:.2f} of the prompted slice's < {floor}"
         return None
 
 
