@@ -263,3 +263,54 @@ def test_propagation_shows_a_progress_bar_in_a_terminal(monkeypatch):
     bar.update(Progress(1, 3, 6, "prompted", np.zeros((2, 2), np.uint8)))
     bar.close()
     assert log.getvalue() == ""
+
+
+@needs_embedded
+def test_every_slice_from_the_shell(stack_files, tmp_path, capsys, embedded_model):
+    """--every-slice: each object's prompts on every slice of --z-range, the slices it is not on left empty;
+    the same labels as the API's ``propagate(..., through_z=True)``."""
+    import napari_sam
+    from napari_sam.io import read_prompts
+
+    d, st = stack_files
+    z = 6
+    ids = _click_each(st.labels, z, tmp_path / "p.csv")
+    out = tmp_path / "every.tif"
+    code, err = _run(["segment", d / "stack.tif", "--points", tmp_path / "p.csv", "--every-slice", "--out", out], capsys)
+    assert code == 0, err
+    lab = tifffile.imread(out)
+    prompts = read_prompts(tmp_path / "p.csv", None, st.image.shape)
+    api = napari_sam.propagate(st.image, prompts, model=embedded_model, through_z=True, refine=False)  # as the CLI
+    assert np.array_equal(lab, api)
+    assert set(np.unique(lab)) == {0} | {10 + k for k in range(len(ids))}
+    for k, oid in enumerate(ids):
+        gt, got = st.labels == oid, lab == 10 + k
+        assert (gt & got).sum() / (gt | got).sum() >= 0.6, (oid, k)
+        true_z, got_z = np.flatnonzero(gt.any((1, 2))), np.flatnonzero(got.any((1, 2)))
+        assert got_z[0] >= true_z[0] - 1 and got_z[-1] <= true_z[-1] + 1, (oid, true_z, got_z)
+    assert json.loads((tmp_path / "every.prompts.json").read_text())["mode"] == "every slice"
+
+    ranged = tmp_path / "ranged.tif"
+    code, err = _run(["segment", d / "stack.tif", "--points", tmp_path / "p.csv", "--every-slice", "--z-range", "5:8",
+                      "--out", ranged], capsys)
+    assert code == 0, err
+    r = tifffile.imread(ranged)
+    assert not r[:5].any() and not r[8:].any() and np.array_equal(r[5:8], lab[5:8])
+
+
+def test_every_slice_refusals_write_nothing(stack_files, tmp_path, capsys):
+    d, _ = stack_files
+    _write(tmp_path / "two.csv", "z,y,x,object\n3,40,40,10\n6,41,40,10\n")
+    _write(tmp_path / "one.csv", "z,y,x\n6,40,40\n")
+    _write(tmp_path / "yx.csv", "y,x\n40,40\n")
+    out = tmp_path / "o.tif"
+    for image, pts, extra, message in [
+        ("stack.tif", "two.csv", [], "--every-slice: object 10 is prompted on slices 3, 6: .* propagate it"),
+        ("stack.tif", "one.csv", ["--propagate"], "--propagate follows objects .* --every-slice applies .* choose one"),
+        ("slice.tif", "yx.csv", [], r"--every-slice needs a \(z, y, x\) stack; this image is 2D"),
+        ("stack.tif", "one.csv", ["--z-range", "7:9"], "object 1 is prompted on slice 6, outside z_range 7:9"),
+    ]:
+        code, err = _run(["segment", d / image, "--points", tmp_path / pts, "--every-slice", *extra, "--out", out], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert pytest.importorskip("re").search(message, err), err
+        assert not out.exists()

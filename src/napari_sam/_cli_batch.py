@@ -69,7 +69,7 @@ def plan(args) -> list[Job]:
             shape = image_spatial_shape(p)
             pts, bxs = _per_image(args.points, p, "--points"), _per_image(args.boxes, p, "--boxes")
             prompts = read_prompts(pts, bxs, shape)
-            z_range = check_propagation(args, shape)
+            z_range = check_propagation(args, shape, prompts)
             target = out / f"{p.stem}.tif"
             if out.exists():
                 check_output(target, args.overwrite)

@@ -2,7 +2,8 @@
 
     napari-sam segment IMAGE --points P.csv [--boxes B.csv] --out LABELS.tif
                        [--model NAME_OR_PATH] [--device auto] [--overwrite]
-                       [--propagate [--z-range A:B] [--memory]] [--refine] [--embeddings CACHE.zarr]
+                       [--propagate [--z-range A:B] [--memory] | --every-slice [--z-range A:B]]
+                       [--refine] [--embeddings CACHE.zarr]
     napari-sam segment IMAGE IMAGE... --points P.csv|DIR [--boxes B.csv|DIR] --out DIR [...]
     napari-sam demo [--out DIR] [--no-viewer]
     napari-sam embed STACK.tif --out CACHE.zarr [--model NAME_OR_PATH]
@@ -39,7 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
     s.add_argument("--propagate", action="store_true", help="propagate each object through z from its prompted slices")
-    s.add_argument("--z-range", help="A:B, slices A..B-1 (with --propagate)")
+    s.add_argument("--every-slice", action="store_true",
+                   help="apply each object's prompts to every slice (of --z-range), for objects that stay put; "
+                        "slices the object is not on (too little contrast compared with the slice it was prompted "
+                        "on) stay empty. Each object's prompts must be on one slice")
+    s.add_argument("--z-range", help="A:B, slices A..B-1 (with --propagate or --every-slice)")
     s.add_argument("--memory", action="store_true",
                    help="with --propagate and a SAM 2 / 2.1 checkpoint: follow objects with SAM 2's memory of the "
                         "slices already segmented (its video predictor) instead of prompting each slice from the "
@@ -115,20 +120,32 @@ def _segment(args) -> int:
     check_input_scale(args.input_scale, args.embeddings)
     vol = read_image(args.image[0])
     prompts = read_prompts(args.points, args.boxes, vol.spatial_shape)
-    z_range = check_propagation(args, vol.spatial_shape)
+    z_range = check_propagation(args, vol.spatial_shape, prompts)
     model = _load(args.model, args.device)
     check_memory(args, model)
     print(segment_volume(args, args.image[0], vol, prompts, z_range, model, out), file=sys.stderr)
     return 0
 
 
-def check_propagation(args, spatial_shape):
-    """``--propagate`` / ``--z-range`` against an image's (y, x) or (z, y, x) shape: the z range or None."""
-    if args.propagate and len(spatial_shape) == 2:
-        raise InputError("--propagate needs a (z, y, x) stack; this image is 2D")
+def check_propagation(args, spatial_shape, prompts=None):
+    """``--propagate`` / ``--every-slice`` / ``--z-range`` against an image's (y, x) or (z, y, x) shape and
+    its prompts: the z range or None."""
+    if args.propagate and args.every_slice:
+        raise InputError("--propagate follows objects from the slices they were prompted on, --every-slice applies "
+                         "each object's prompts to every slice: choose one")
+    for flag, on in (("--propagate", args.propagate), ("--every-slice", args.every_slice)):
+        if on and len(spatial_shape) == 2:
+            raise InputError(f"{flag} needs a (z, y, x) stack; this image is 2D")
     z_range = _parse_z_range(args.z_range, spatial_shape[0]) if args.z_range else None
-    if z_range and not args.propagate:
-        raise InputError("--z-range only applies with --propagate")
+    if z_range and not (args.propagate or args.every_slice):
+        raise InputError("--z-range only applies with --propagate or --every-slice")
+    if args.every_slice and prompts is not None:
+        from .core.propagate_inputs import check_through_z
+
+        try:
+            check_through_z(prompts, tuple(spatial_shape), z_range or (0, spatial_shape[0]))
+        except ValueError as e:
+            raise InputError(f"--every-slice: {e}") from None
     if args.memory and not args.propagate:
         raise InputError("--memory only applies with --propagate")
     if args.memory and args.embeddings:
@@ -169,15 +186,15 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
         scale, radius = stack_scale(model, vol.data, prompts, channel_axis=channel_axis, cache=cache)
         note = f"; --input-scale auto: prompted objects' median radius {radius:.1f} px -> {scale:g}x"
     disk = _open_embeddings(embeddings, model, vol.data, channel_axis, scale) if embeddings else None
-    if args.propagate:
+    if args.propagate or args.every_slice:
         from .core.propagate import propagate_labels
 
-        bar = SliceBar("propagating")
+        bar = SliceBar("propagating" if args.propagate else "every slice")
         try:
             labels = propagate_labels(
                 vol.data, prompts, model=model, z_range=z_range, refine=args.refine, channel_axis=channel_axis,
                 disk=disk, input_scale=scale, cache=cache, method="memory" if args.memory else "slices",
-                progress=bar.update,
+                through_z=args.every_slice, progress=bar.update,
             )
         finally:
             bar.close()
@@ -192,7 +209,7 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
         "model": model.name,
         "model_sha256": model.checksum,
         "device": str(model.device),
-        "mode": ("propagate (SAM 2 memory)" if args.memory else "propagate") if args.propagate else "per-slice",
+        "mode": _mode(args),
         "z_range": z_range,
         "refine": args.refine,
         "input_scale": scale,
@@ -203,6 +220,13 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
     write_labels_atomic(out, labels, record)
     n = len(np.unique(labels[labels > 0]))
     return f"wrote {out} ({n} objects, {labels.dtype}, {time.time() - t0:.1f}s{note})"
+
+
+def _mode(args) -> str:
+    """What ``segment`` did, for the output's record."""
+    if args.propagate:
+        return "propagate (SAM 2 memory)" if args.memory else "propagate"
+    return "every slice" if args.every_slice else "per-slice"
 
 
 class SliceBar:
