@@ -220,6 +220,64 @@ def test_clear_messages_instead_of_crashes(sam, qtbot, stack):
     assert not widget.propagating and "2D" in status.text(), status.text()
 
 
+def test_prompts_on_every_slice_are_new_objects_where_they_are_and_one_undo_step(sam, qtbot, stack):
+    """A click and a box on slice Z, 'Prompts on every slice': two new labels through the stack, left out of
+    the slices their objects are not on, the same as the API; other labels kept; one Undo."""
+    from napari_sam._qt._commit import META
+    from napari_sam.core.propagate import propagate_labels
+    from napari_sam.synthetic import interior_point
+
+    viewer, widget, labels = sam
+    gt = stack.labels
+    labels.data[gt == 9] = 9  # the user's own object, through its slices
+    before = np.array(labels.data, copy=True)
+    pt = interior_point(gt[Z] == OBJ)
+    viewer.layers["nuclei SAM points"].add([[Z, *pt]])
+    rr, cc = np.nonzero(gt[Z] == OTHERS[1])
+    r0, c0, r1, c1 = rr.min() - 2, cc.min() - 2, rr.max() + 2, cc.max() + 2
+    viewer.layers["nuclei SAM boxes"].add_rectangles(np.array([[Z, r0, c0], [Z, r0, c1], [Z, r1, c1], [Z, r1, c0]], float))
+
+    status = _run(qtbot, widget, widget._ui.every_slice)
+    after = np.array(labels.data, copy=True)
+
+    assert "Prompts on every slice" in status and "label 10" in status and "label 11" in status, status
+    changed = after != before
+    assert (before[changed] == 0).all() and set(np.unique(after[changed])) == {10, 11}
+    np.testing.assert_array_equal(after[before != 0], before[before != 0])
+    gui = widget._session.predictor
+    # boxes are the first objects (core.objects.group_prompts), the click outside them the next one
+    api = propagate_labels(stack.image, {10: {Z: {"box": [r0, c0, r1, c1]}}, 11: {Z: {"points": pt[None]}}},
+                           model=widget.model, through_z=True, labels=before, refine=gui.refine,
+                           input_scale=gui.input_scale)
+    np.testing.assert_array_equal(after[before == 0], api[before == 0])
+    for mine, g in ((10, OTHERS[1]), (11, OBJ)):
+        got_z, true_z = np.flatnonzero((after == mine).any((1, 2))), np.flatnonzero((gt == g).any((1, 2)))
+        assert got_z[0] >= true_z[0] - 1 and got_z[-1] <= true_z[-1] + 1, (mine, got_z, true_z)
+        assert _iou(after == mine, gt == g) >= MIN_IOU, mine
+    assert len(viewer.layers["nuclei SAM points"].data) == 0 and len(viewer.layers["nuclei SAM boxes"].data) == 0
+    recs = labels.metadata[META]["objects"]
+    assert [(r["label"], r["every_slice"], r["box"] is None) for r in recs] == [(10, True, False), (11, True, True)]
+
+    widget._ui.undo.click()
+    np.testing.assert_array_equal(labels.data, before)
+    assert "Undid the prompts on every slice of label 10, 11" in widget._ui.status.text(), widget._ui.status.text()
+
+
+def test_prompts_on_every_slice_say_what_is_missing(sam, qtbot, stack):
+    viewer, widget, labels = sam
+    status = widget._ui.status
+    widget._ui.every_slice.click()
+    assert not widget.propagating and f"no prompts on z={Z}" in status.text(), status.text()
+    flat = viewer.add_image(stack.image[Z], name="flat")
+    i = widget._ui.image.findText("flat")
+    widget._ui.image.setCurrentIndex(i)
+    widget._ui.image.activated.emit(i)
+    assert widget._image is flat
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    widget._ui.every_slice.click()
+    assert not widget.propagating and "needs a z-stack" in status.text(), status.text()
+
+
 # ------------------------------------------------------------ without a viewer --
 def test_stack_view_follows_the_last_hidden_axis_and_maps_writes_back():
     from napari_sam._qt._plane import Plane

@@ -95,11 +95,14 @@ def record_objects(labels, records: list[dict]) -> None:
     md[META] = entry
 
 
-def object_record(label: int, plane: Plane, prompt, *, score: float, token: int, model) -> dict:
+def object_record(label: int, plane: Plane, prompt, *, score: float | None, token: int | None, model,
+                  **extra) -> dict:
     """One committed object's provenance, in the labels' data coordinates.
 
     prompt: core.prompts.ObjectPrompt (row, col) on the plane; points and the box
-    are stored as full nD data coordinates of the labels array.
+    are stored as full nD data coordinates of the labels array. score, token: SAM's
+    predicted IoU and output index of the committed mask (None: several masks, e.g. one per slice).
+    extra: more keys for the record.
     """
 
     def full(rc):
@@ -115,8 +118,9 @@ def object_record(label: int, plane: Plane, prompt, *, score: float, token: int,
         "point_labels": [int(v) for v in prompt.labels],
         "box": None if prompt.box is None else full(prompt.box.reshape(2, 2)),
         "mask_prompt": prompt.mask is not None,
-        "sam_output": int(token),
-        "predicted_iou": round(float(score), 4),
+        "sam_output": None if token is None else int(token),
+        "predicted_iou": None if score is None else round(float(score), 4),
+        **extra,
     }
     if model is not None:
         rec["model"] = {"name": model.name, "sha256": model.checksum}

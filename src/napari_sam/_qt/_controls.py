@@ -152,6 +152,12 @@ class Controls:
         row.addWidget(self.propagate_object)
         row.addWidget(self.propagate_all)
         box.addLayout(row)
+        self.every_slice = QPushButton("Prompts on every slice")
+        self.every_slice.setToolTip(
+            "For objects that stay put: this slice's points (one object) and boxes (one object each) on every slice "
+            "of the stack, as new labels; slices where an object is not (too faint compared with this slice) stay "
+            "empty, and only background pixels are written (one Ctrl-Z undoes the run)")
+        box.addWidget(self.every_slice)
         self.propagate_memory = QCheckBox("With SAM 2's memory")
         self.propagate_memory.setEnabled(False)
         self.propagate_memory.setToolTip(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._commit import CommitError, check_target
+from ._commit import CommitError, check_target, object_record, record_objects
 from ._plane import PlaneError, current_plane, image_data, spatial_shape
 from ._propagate import (
     Outcome,
@@ -27,6 +27,7 @@ from ._propagate import (
     StackView,
     new_pixels,
     objects_on_slice,
+    run_every_slice,
     run_propagation,
     z_axis_of,
     z_name,
@@ -44,6 +45,8 @@ class _Run:
     image: object
     image_version: int
     outcome: Outcome
+    what: str = "propagation"  # for the status line and Undo
+    after: object = None  # called with the labels layer once the result is written
 
 
 class Propagating:
@@ -102,28 +105,104 @@ class Propagating:
         except (PropagateError, PlaneError, CommitError) as e:
             self._say(str(e), error=True)
             return
+        what = f"label {ids[0]}" if len(ids) == 1 else f"{len(ids)} objects ({', '.join(map(str, ids))})"
+        desc = f"Propagating {what} from {plane.label} through {view.shape[0]} slices…"
+        memory = self._ui.propagate_memory.isEnabled() and self._ui.propagate_memory.isChecked()
+        if memory:
+            desc = desc.replace("…", " with SAM 2's memory…")
+        run = _Run(None, view, before, self._labels, self._image, self._image_version, Outcome(ids, z_name(plane)))
+        self._launch(run, desc, run_propagation, ids, memory)
+
+    def _launch(self, run: _Run, desc: str, fn, *args) -> None:
+        """Start ``fn(predictor, view, before, *args, cache, disk, channel_axis)``-like work for ``run``:
+        a propagation generator in a worker, its result written by ``_on_propagated``."""
         from napari_sam.core.predictor import SlicePredictor
 
         gui = self._session.predictor
         # its own predictor (the GUI's keeps its slice), encoding through the gate like a click
         predictor = self._foreground_predictor(
             SlicePredictor(self._session.model, normalize=gui.normalize, refine=gui.refine, input_scale=gui.input_scale))
-        key = ("propagate", next(_RUNS))
-        self._propagation = _Run(key, view, before, self._labels, self._image, self._image_version,
-                                 Outcome(ids, z_name(plane)))
-        what = f"label {ids[0]}" if len(ids) == 1 else f"{len(ids)} objects ({', '.join(map(str, ids))})"
-        desc = f"Propagating {what} from {plane.label} through {view.shape[0]} slices…"
+        run.key = ("propagate", next(_RUNS))
+        self._propagation = run
         self._set_propagate_buttons(False)
         self._ui.propagate_status.setText("")
         self._sync_precompute()  # pauses the background run
-        memory = self._ui.propagate_memory.isEnabled() and self._ui.propagate_memory.isChecked()
-        if memory:
-            desc = desc.replace("…", " with SAM 2's memory…")
-        self._jobs.start(key, desc, run_propagation, predictor, view, before, ids, self._session.cache,
-                         self._propagation_disk(plane), -1 if self._image.rgb else None, memory,
-                         on_result=self._on_propagated, on_error=self._on_propagate_error,
+        disk, rgb = self._propagation_disk(run.view.plane), -1 if self._image.rgb else None
+        head, tail = args[:1], args[1:]  # the ids or prompts, then the method's own options
+        self._jobs.start(run.key, desc, fn, predictor, run.view, run.before, *head, self._session.cache, disk, rgb,
+                         *tail, on_result=self._on_propagated, on_error=self._on_propagate_error,
                          on_yield=self._on_propagate_progress, on_done=self._on_propagate_done)
         self._say(desc)
+
+    def _on_every_slice(self) -> None:
+        """This slice's prompts on every slice of the stack, as new labels (``_propagate.run_every_slice``)."""
+        if self._propagation is not None:
+            self._say("A propagation is already running: wait for it, or Cancel it.")
+            return
+        try:
+            view, plane, objects = self._every_slice_inputs()
+            labels = self._ensure_labels()
+            ids = self._every_slice_ids(labels, len(objects))
+        except (PropagateError, PlaneError, CommitError) as e:
+            self._say(str(e), error=True)
+            return
+        z = dict(plane.fixed)[view.z_axis]
+        before = StackView(labels.data, plane, view.z_axis).volume()
+        prompts = {i: {z: o} for i, o in zip(ids, objects)}
+        model = self._session.model
+
+        def after(layer):  # the prompts become the objects' records, and leave the slice
+            record_objects(layer, [object_record(i, plane, o, score=None, token=None, model=model, every_slice=True)
+                                   for i, o in zip(ids, objects)])
+            self._clear_prompts(plane)
+
+        what = f"label {ids[0]}" if len(ids) == 1 else f"{len(ids)} objects ({', '.join(map(str, ids))})"
+        run = _Run(None, view, before, labels, self._image, self._image_version, Outcome(ids, z_name(plane)),
+                   what="prompts on every slice", after=after)
+        self._launch(run, f"Segmenting {what} with the prompts of {plane.label} on all {view.shape[0]} slices…",
+                     run_every_slice, prompts)
+
+    def _every_slice_inputs(self):
+        """(view, plane, objects) for prompts on every slice; PropagateError/PlaneError/CommitError say why not."""
+        if self._image is None:
+            raise PropagateError("no image layer: open a z-stack first")
+        plane = current_plane(self._viewer, self._image)
+        if not plane.fixed:
+            raise PropagateError("prompts on every slice needs a z-stack, but this image is 2D (one slice): "
+                                 "commit the object with C instead")
+        if self._session.model is None:
+            raise PropagateError("no model is loaded yet: wait for it (or choose one above)")
+        view = StackView(image_data(self._image), plane, z_axis_of(plane))
+        if view.shape[0] < 2:
+            raise PropagateError(f"the stack has a single slice along {z_name(plane)}: commit the object with C instead")
+        _, objects, _ = self._gather()
+        if not objects:
+            raise PropagateError(f"no prompts on {plane.label}: click the object (or draw a box around it) first, "
+                                 "then apply the prompts to every slice")
+        if any(o.mask is not None for o in objects):
+            raise PropagateError("'Refine the selected label' is ticked: prompts on every slice takes points and "
+                                 "boxes only; untick it")
+        return view, plane, objects
+
+    def _every_slice_ids(self, labels, n: int) -> list[int]:
+        """New ids (largest + 1, ...), or the selected label for every object when the widget says so."""
+        from napari_sam.core.commit import next_label_id
+
+        if self._ui.selected_id.isChecked():
+            label = int(labels.selected_label)
+            if label == 0:
+                raise CommitError("the selected label is 0 (background): select a label, or use a new object id")
+            if n > 1:
+                raise CommitError(f"'selected label' puts every object into label {label}, but this slice has "
+                                  f"prompts for {n} objects: keep one, or choose 'new object id'")
+            return [label]
+        first = next_label_id(np.asarray(labels.data))
+        ids = list(range(first, first + n))
+        info = np.iinfo(labels.data.dtype) if np.issubdtype(labels.data.dtype, np.integer) else None
+        if info is not None and ids[-1] > info.max:
+            raise CommitError(f"label {ids[-1]} does not fit into {labels.name!r} ({labels.data.dtype}, at most "
+                              f"{info.max}); convert the layer to a larger integer type")
+        return ids
 
     def _propagation_disk(self, plane):
         """The whole-stack disk cache seen along the propagation's z (``SharedDisk``), or None.
@@ -136,7 +215,7 @@ class Propagating:
         return disk.at(index[:-1]) if disk is not None else None
 
     def _set_propagate_buttons(self, enabled: bool) -> None:
-        for b in (self._ui.propagate_object, self._ui.propagate_all, self._ui.commit):
+        for b in (self._ui.propagate_object, self._ui.propagate_all, self._ui.every_slice, self._ui.commit):
             b.setEnabled(enabled)
 
     def _on_propagate_progress(self, key, p) -> None:
@@ -175,15 +254,18 @@ class Propagating:
             n = self._write_propagation(layer, run.view, result, write)
         if n and layer is self._labels:  # the layer whose edits the widget follows
             ids = ", ".join(map(str, run.outcome.ids))
-            self._undo.remember(layer, f"propagation of label {ids}", run.view.full_index(*np.nonzero(write)))
+            self._undo.remember(layer, f"{run.what} of label {ids}", run.view.full_index(*np.nonzero(write)))
+        if n and run.after is not None:
+            run.after(layer)
         summary = run.outcome.text(result, write)
         # stays when the slice changes: short, the reasons in its tooltip
         self._ui.propagate_status.setText(run.outcome.text(result, write, show=3, short=True))
         self._ui.propagate_status.setToolTip(run.outcome.text(result, write, show=len(run.outcome.ids)))
+        what, done = ("Propagation", "Propagated") if run.after is None else ("Prompts on every slice",) * 2
         if n == 0:
-            self._say(f"Propagation added no pixels.\n{summary}")
+            self._say(f"{what} added no pixels.\n{summary}")
             return
-        self._say(f"Propagated: {n} px written (one step: Ctrl-Z or the Undo button undoes it).\n{summary}")
+        self._say(f"{done}: {n} px written (one step: Ctrl-Z or the Undo button undoes it).\n{summary}")
 
     @staticmethod
     def _write_propagation(layer, view: StackView, result: np.ndarray, write: np.ndarray) -> int:

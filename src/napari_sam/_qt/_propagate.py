@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_sam.core.propagate import propagate_objects
+from napari_sam.core.propagate import batch_prompts_through_z, propagate_objects
 
 from ._plane import Plane
 from ._session import reported
@@ -114,6 +114,16 @@ def run_propagation(predictor, stack, labels: np.ndarray, ids, cache, disk=None,
                                          channel_axis=channel_axis))
 
 
+@reported
+def run_every_slice(predictor, stack, labels: np.ndarray, prompts: dict, cache, disk=None, channel_axis=None):
+    """Generator (runs in a worker): ``prompts`` ({id: {z: ObjectPrompt}}, z the slice they were drawn on)
+    applied to every slice of ``stack`` (``core.propagate.batch_prompts_through_z``); the objects stay out
+    of slices they are not on. Yields ``Progress``; returns the (z, H, W) result (``labels`` is not changed).
+    """
+    return (yield from batch_prompts_through_z(predictor, stack, prompts, cache=cache, labels=labels, disk=disk,
+                                               channel_axis=channel_axis))
+
+
 def new_pixels(result: np.ndarray, before: np.ndarray, now: np.ndarray) -> np.ndarray:
     """(z, H, W) bool: where the run labelled a pixel that was background before it and still is."""
     return (result != 0) & (before == 0) & (now == 0)
@@ -129,10 +139,14 @@ class Outcome:
     ids: list[int]
     zname: str = "z"
     ends: dict = field(default_factory=dict)
+    absent: dict = field(default_factory=dict)  # {id: [(z, reason)]}: slices left empty by prompts on every slice
 
     def record(self, progress) -> None:
         for oid, direction, reason, z in progress.ended:
-            self.ends[(int(oid), direction)] = (int(z), reason)
+            if direction == "absent":  # prompts on every slice: a slice the object is not on
+                self.absent.setdefault(int(oid), []).append((int(z), reason))
+            else:
+                self.ends[(int(oid), direction)] = (int(z), reason)
 
     def _stops(self, oid: int, zs: np.ndarray, nz: int) -> list[tuple[str, int | None, str]]:
         """[(direction, z it stopped at or None, why)] for the directions where it ended."""
@@ -153,6 +167,9 @@ class Outcome:
         zn = self.zname
         parts = [f"{d}: stopped at {zn}={z} ({why})" if z is not None else f"{d}: {why}"
                  for d, z, why in self._stops(oid, zs, result.shape[0])]
+        if oid in self.absent:
+            gone = sorted(self.absent[oid])
+            parts.append(f"left out of {len(gone)} slice(s) where it is not, e.g. {zn}={gone[0][0]} ({gone[0][1]})")
         return f"label {oid}: {self._extent(zs)}, {len(zs)} slice(s), {new} with new pixels" + (
             f"; {'; '.join(parts)}" if parts else "")
 

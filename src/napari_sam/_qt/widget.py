@@ -102,6 +102,7 @@ class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, Propagating, Pr
         ui.cancel.clicked.connect(self._on_cancel)
         ui.propagate_object.clicked.connect(self._on_propagate_object)
         ui.propagate_all.clicked.connect(self._on_propagate_all)
+        ui.every_slice.clicked.connect(self._on_every_slice)
 
     def _watch(self, role: str, layer) -> None:
         """Follow the events of the layer playing ``role`` (and forget the previous one)."""
