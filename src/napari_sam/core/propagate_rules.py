@@ -211,10 +211,10 @@ class PresenceRule:
     taken from :class:`StopRule`.
     """
 
-    min_contrast: float = 0.6
-    large_area: int = 700
-    min_contrast_large: float = 0.4
-    min_area: int = 4
+    min_contrast: float = StopRule.min_contrast
+    large_area: int = StopRule.large_area
+    min_contrast_large: float = StopRule.min_contrast_large
+    min_area: int = StopRule.min_area
     contiguous: bool = True
     min_inside: float = 0.9
     grow: float = 0.5
