@@ -31,6 +31,8 @@ pixels of objects not being propagated are never taken. It works on a copy of
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
+from functools import partial
 import weakref
 from collections.abc import Iterator
 
@@ -41,7 +43,7 @@ from .propagate import Progress, pass_source
 from .propagate_inputs import check_labels, check_prompts, check_stack, z_bounds
 
 _VIDEO_PREDICTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model.sam -> its video predictor
-_LOADER_LOCK = threading.Lock()  # init_state's frame loader is swapped while a state is made
+_PATCH_LOCK = threading.Lock()  # a sam2 module global is swapped (init_state's frame loader, a pass's tqdm)
 
 
 def check_memory_model(model, hint: str = "use method='slices' (every model), or load a SAM 2.1 checkpoint") -> None:
@@ -101,17 +103,24 @@ class Frames:
         return (x - self.mean) / self.std
 
 
-def _init_state(vp, frames: Frames, height: int, width: int):
-    """``vp.init_state`` on ``frames`` instead of a folder of JPEGs (its loader is swapped for the call)."""
+@contextmanager
+def _swapped(name: str, value):
+    """``sam2.sam2_video_predictor.<name>`` is ``value`` inside (one caller at a time)."""
     import sam2.sam2_video_predictor as svp
 
-    with _LOADER_LOCK:
-        loader = svp.load_video_frames
-        svp.load_video_frames = lambda **kw: (frames, height, width)
+    with _PATCH_LOCK:
+        old = getattr(svp, name)
+        setattr(svp, name, value)
         try:
-            return vp.init_state(video_path=None)
+            yield
         finally:
-            svp.load_video_frames = loader
+            setattr(svp, name, old)
+
+
+def _init_state(vp, frames: Frames, height: int, width: int):
+    """``vp.init_state`` on ``frames`` instead of a folder of JPEGs (its loader is swapped for the call)."""
+    with _swapped("load_video_frames", lambda **kw: (frames, height, width)):
+        return vp.init_state(video_path=None)
 
 
 def _owner(anchors: list[int], z: int) -> str:
@@ -198,12 +207,13 @@ def _start(vp, predictor, stack, objs, zb, shape, channel_axis):
 def _run_pass(vp, predictor, state, canvas, objs, anchors, stage, start, reverse, zb, decay):
     """One pass of the video predictor; paints each object on the slices this pass owns (``_owner``) and
     yields (z, ids painted) per slice."""
+    from tqdm import tqdm
+
     frames = vp.propagate_in_video(state, start_frame_idx=start, reverse=reverse)
-    while True:
-        with predictor.autocast():  # around each step only: nothing leaks into the caller between records
-            step = next(frames, None)
-        if step is None:
-            return
+    # SAM 2 makes a "propagate in video" bar at the pass's first step: silenced, the records are the progress
+    with predictor.autocast(), _swapped("tqdm", partial(tqdm, disable=True)):
+        step = next(frames, None)
+    while step is not None:
         f, ids, logits = step
         z = zb[0] + int(f)
         painted = []
@@ -218,3 +228,5 @@ def _run_pass(vp, predictor, state, canvas, objs, anchors, stage, start, reverse
                 canvas.paint_full(z, oid, lg > 0, lg - decay * min(abs(z - a) for a in anchors[oid]))
             painted.append(oid)
         yield z, painted
+        with predictor.autocast():  # around each step only: nothing leaks into the caller between records
+            step = next(frames, None)
