@@ -139,6 +139,35 @@ def test_objects_beyond_the_state_budget_run_in_groups_and_give_the_same_labels(
     assert (together != apart).mean() < 0.005
 
 
+def test_where_sam2_loses_an_object_beyond_its_prompts_is_reported_once():
+    """The bookkeeping of a pass over what SAM 2's ``propagate_in_video`` yields (frame, ids, logits):
+    constructed logits stand in for a trained model's, which would drop objects by its object score
+    (random weights never do). Object 1 (prompted on slice 1) is gone from slice 4 on; object 2 never."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from napari_sam.core.label_canvas import LabelCanvas
+    from napari_sam.core.prompts import ObjectPrompt
+    from napari_sam.core.sam2_memory import _run_pass
+
+    class Yields:
+        def propagate_in_video(self, state, start_frame_idx, reverse):
+            for f in range(start_frame_idx, 6):
+                lg = torch.full((2, 1, 8, 8), -5.0)
+                if f <= 3:
+                    lg[0, 0, 2:5, 2:5] = 5.0
+                lg[1, 0, 5:7, 5:7] = 5.0
+                yield f, [1, 2], lg
+
+    canvas = LabelCanvas((6, 8, 8), None, [1, 2])
+    objs = {o: {1: ObjectPrompt(np.array([[3.0, 3.0]]), [1])} for o in (1, 2)}
+    steps = list(_run_pass(Yields(), SimpleNamespace(autocast=nullcontext), None, canvas, objs, {1: [1], 2: [1]},
+                           "up", 1, False, (0, 6), 1.0))
+    assert [z for z, _, _ in steps] == [1, 2, 3, 4, 5]
+    assert [e for _, _, ended in steps for e in ended] == [(1, "up", "SAM 2 finds no object here (its object score)", 4)]
+    assert (canvas.labels == 1).any((1, 2)).tolist() == [False, True, True, True, False, False]
+
+
 def test_memory_propagation_needs_a_sam2_model_and_says_so(stack_with_clicks):
     import napari_sam
 

@@ -168,11 +168,11 @@ def propagate_memory(predictor, stack, prompts, *, z_range=None, labels=None, ch
     for group, passes in zip(groups, runs):
         state = _start(vp, predictor, stack, {o: objs[o] for o in group}, zb, shape, channel_axis)
         for stage, start, reverse, _ in passes:
-            for z, painted in _run_pass(vp, predictor, state, canvas, objs, anchors, stage, start - zb[0], reverse,
-                                        zb, decay):
+            for z, painted, ended in _run_pass(vp, predictor, state, canvas, objs, anchors, stage, start - zb[0],
+                                               reverse, zb, decay):
                 done += 1
                 stage_z = "prompted" if any(z in objs[o] for o in painted) else stage
-                yield Progress(done, total, z, stage_z, canvas.labels[z].copy(), tuple(painted), (),
+                yield Progress(done, total, z, stage_z, canvas.labels[z].copy(), tuple(painted), tuple(ended),
                                canvas.labels if done == total else None)
     return canvas.labels
 
@@ -206,27 +206,34 @@ def _start(vp, predictor, stack, objs, zb, shape, channel_axis):
 
 def _run_pass(vp, predictor, state, canvas, objs, anchors, stage, start, reverse, zb, decay):
     """One pass of the video predictor; paints each object on the slices this pass owns (``_owner``) and
-    yields (z, ids painted) per slice."""
+    yields (z, ids painted, ended) per slice; ended: ``Progress.ended`` records of objects whose mask is
+    empty for the first time beyond their prompted slices in this pass (SAM 2 ends objects by its object
+    score; it may find one again further on)."""
     from tqdm import tqdm
 
     frames = vp.propagate_in_video(state, start_frame_idx=start, reverse=reverse)
+    gone: set[int] = set()
     # SAM 2 makes a "propagate in video" bar at the pass's first step: silenced, the records are the progress
     with predictor.autocast(), _swapped("tqdm", partial(tqdm, disable=True)):
         step = next(frames, None)
     while step is not None:
         f, ids, logits = step
         z = zb[0] + int(f)
-        painted = []
+        painted, ended = [], []
         for oid, lg in zip(ids, logits[:, 0].float().cpu().numpy()):
             oid = int(oid)
             if _owner(anchors[oid], z) != stage:
                 continue
+            src = pass_source(anchors[oid], z, stage == "up")
+            if src is not None and not src[1] and oid not in gone and not (lg > 0).any():
+                gone.add(oid)  # beyond its prompts SAM 2 lost it: its object score says it is not there
+                ended.append((oid, stage, "SAM 2 finds no object here (its object score)", z))
             user = objs[oid].get(z)
             if user is not None and user.mask_alone:  # the user's own drawing, kept as it is
                 canvas.paint_full(z, oid, np.asarray(user.mask, bool), USER_SCORE)
             else:
                 canvas.paint_full(z, oid, lg > 0, lg - decay * min(abs(z - a) for a in anchors[oid]))
             painted.append(oid)
-        yield z, painted
+        yield z, painted, ended
         with predictor.autocast():  # around each step only: nothing leaks into the caller between records
             step = next(frames, None)
