@@ -199,6 +199,37 @@ def test_propagate_all_objects_on_this_slice_keeps_each_id(sam, qtbot, stack):
     np.testing.assert_array_equal(labels.data, before)
 
 
+def test_the_slices_set_bound_propagation_and_prompts_on_every_slice(sam, qtbot, stack):
+    from napari_sam.synthetic import interior_point
+
+    viewer, widget, labels = sam
+    gt = stack.labels
+    _commit(labels, gt[Z] == OBJ, 5)
+    labels.selected_label = 5
+    widget._ui.z_from.setValue(Z - 1)
+    widget._ui.z_to.setValue(Z + 1)
+    assert (gt == OBJ).any((1, 2))[[Z - 2, Z + 2]].all(), "the object goes on beyond the slices set"
+    status = _run(qtbot, widget, widget._ui.propagate_object)
+    assert "Propagated" in status and f"reached the last slice set (z={Z + 1})" in status, status
+    assert np.flatnonzero((np.asarray(labels.data) == 5).any((1, 2))).tolist() == [Z - 1, Z, Z + 1]
+
+    viewer.layers["nuclei SAM points"].add([[Z, *interior_point(gt[Z] == OTHERS[0])]])
+    status = _run(qtbot, widget, widget._ui.every_slice)
+    assert "Prompts on every slice" in status, status
+    assert np.flatnonzero((np.asarray(labels.data) == 6).any((1, 2))).tolist() == [Z - 1, Z, Z + 1]
+
+    widget._ui.z_from.setValue(Z + 1)
+    before = np.array(labels.data, copy=True)
+    widget._ui.propagate_object.click()
+    assert not widget.propagating and f"z={Z} is outside the slices set" in widget._ui.status.text()
+    widget._ui.z_to.setValue(-1)  # 'last'
+    assert widget._ui.z_to.text() == "last"
+    widget._ui.z_from.setValue(99)
+    widget._ui.every_slice.click()
+    assert not widget.propagating and "hold none of this stack's z=0–11" in widget._ui.status.text()
+    np.testing.assert_array_equal(labels.data, before)
+
+
 def test_clear_messages_instead_of_crashes(sam, qtbot, stack):
     viewer, widget, labels = sam
     status = widget._ui.status

@@ -17,6 +17,7 @@ from qtpy.QtWidgets import (
     QPushButton,
     QRadioButton,
     QSizePolicy,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -158,6 +159,21 @@ class Controls:
             "of the stack, as new labels; slices where an object is not (too faint compared with this slice) stay "
             "empty, and only background pixels are written (one Ctrl-Z undoes the run)")
         box.addWidget(self.every_slice)
+        row = QHBoxLayout()
+        self.z_from, self.z_to = QSpinBox(), QSpinBox()
+        self.z_from.setRange(0, 1_000_000)
+        self.z_to.setRange(-1, 1_000_000)
+        self.z_to.setSpecialValueText("last")  # at -1: the stack's last slice, whatever its length
+        self.z_to.setValue(-1)
+        for spin, tip in ((self.z_from, "The first slice these buttons may write"),
+                          (self.z_to, "The last slice these buttons may write ('last': the stack's end)")):
+            spin.setToolTip(tip)
+        row.addWidget(QLabel("Slices"))
+        row.addWidget(self.z_from)
+        row.addWidget(QLabel("to"))
+        row.addWidget(self.z_to)
+        row.addStretch(1)
+        box.addLayout(row)
         self.propagate_memory = QCheckBox("With SAM 2's memory")
         self.propagate_memory.setEnabled(False)
         self.propagate_memory.setToolTip(

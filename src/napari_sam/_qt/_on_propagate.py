@@ -36,6 +36,16 @@ from ._propagate import (
 _RUNS = itertools.count(1)
 
 
+def _bounds(z_range) -> tuple[int, int] | None:
+    """(first, last) slice of a (start, stop) range, for ``Outcome``."""
+    return None if z_range is None else (z_range[0], z_range[1] - 1)
+
+
+def _slices_text(z_range, view, plane) -> str:
+    zn = z_name(plane)
+    return f"all {view.shape[0]} slices" if z_range is None else f"{zn}={z_range[0]}–{z_range[1] - 1}"
+
+
 @dataclass
 class _Run:
     key: tuple
@@ -82,6 +92,7 @@ class Propagating:
             raise PropagateError(f"the stack has a single slice along {z_name(plane)}: nothing to propagate to")
         before = StackView(self._labels.data, plane, z_axis).volume()
         z = dict(plane.fixed)[z_axis]
+        self._slice_range(view, plane)  # the current slice must be inside the slices set
         here = objects_on_slice(before[z])
         if every_object:
             if not here:
@@ -106,12 +117,14 @@ class Propagating:
             self._say(str(e), error=True)
             return
         what = f"label {ids[0]}" if len(ids) == 1 else f"{len(ids)} objects ({', '.join(map(str, ids))})"
-        desc = f"Propagating {what} from {plane.label} through {view.shape[0]} slices…"
+        zr = self._slice_range(view, plane)
+        desc = f"Propagating {what} from {plane.label} through {_slices_text(zr, view, plane)}…"
         memory = self._ui.propagate_memory.isEnabled() and self._ui.propagate_memory.isChecked()
         if memory:
             desc = desc.replace("…", " with SAM 2's memory…")
-        run = _Run(None, view, before, self._labels, self._image, self._image_version, Outcome(ids, z_name(plane)))
-        self._launch(run, desc, run_propagation, ids, memory)
+        run = _Run(None, view, before, self._labels, self._image, self._image_version,
+                   Outcome(ids, z_name(plane), _bounds(zr)))
+        self._launch(run, desc, run_propagation, ids, memory, zr)
 
     def _launch(self, run: _Run, desc: str, fn, *args) -> None:
         """Start ``fn(predictor, view, before, *args, cache, disk, channel_axis)``-like work for ``run``:
@@ -157,10 +170,11 @@ class Propagating:
             self._clear_prompts(plane)
 
         what = f"label {ids[0]}" if len(ids) == 1 else f"{len(ids)} objects ({', '.join(map(str, ids))})"
-        run = _Run(None, view, before, labels, self._image, self._image_version, Outcome(ids, z_name(plane)),
-                   what="prompts on every slice", after=after)
-        self._launch(run, f"Segmenting {what} with the prompts of {plane.label} on all {view.shape[0]} slices…",
-                     run_every_slice, prompts)
+        zr = self._slice_range(view, plane)
+        run = _Run(None, view, before, labels, self._image, self._image_version,
+                   Outcome(ids, z_name(plane), _bounds(zr)), what="prompts on every slice", after=after)
+        self._launch(run, f"Segmenting {what} with the prompts of {plane.label} on {_slices_text(zr, view, plane)}…",
+                     run_every_slice, prompts, zr)
 
     def _every_slice_inputs(self):
         """(view, plane, objects) for prompts on every slice; PropagateError/PlaneError/CommitError say why not."""
@@ -175,6 +189,7 @@ class Propagating:
         view = StackView(image_data(self._image), plane, z_axis_of(plane))
         if view.shape[0] < 2:
             raise PropagateError(f"the stack has a single slice along {z_name(plane)}: commit the object with C instead")
+        self._slice_range(view, plane)
         _, objects, _ = self._gather()
         if not objects:
             raise PropagateError(f"no prompts on {plane.label}: click the object (or draw a box around it) first, "
@@ -183,6 +198,21 @@ class Propagating:
             raise PropagateError("'Refine the selected label' is ticked: prompts on every slice takes points and "
                                  "boxes only; untick it")
         return view, plane, objects
+
+    def _slice_range(self, view: StackView, plane) -> tuple[int, int] | None:
+        """The widget's Slices from/to as a (start, stop) z range, None for the whole stack; PropagateError when
+        they do not fit the stack or leave out the current slice."""
+        n, zn = view.shape[0], z_name(plane)
+        a, b = self._ui.z_from.value(), self._ui.z_to.value()
+        b = n - 1 if b < 0 else min(b, n - 1)
+        if a > b:
+            raise PropagateError(f"the slices set under 'Propagate through z' ({zn}={a} to "
+                                 f"{self._ui.z_to.text()}) hold none of this stack's {zn}=0–{n - 1}: fix them")
+        z = dict(plane.fixed)[view.z_axis]
+        if not a <= z <= b:
+            raise PropagateError(f"{plane.label} is outside the slices set under 'Propagate through z' "
+                                 f"({zn}={a}–{b}): go to a slice inside them, or widen them")
+        return None if (a, b) == (0, n - 1) else (a, b + 1)
 
     def _every_slice_ids(self, labels, n: int) -> list[int]:
         """New ids (largest + 1, ...), or the selected label for every object when the widget says so."""

@@ -84,10 +84,11 @@ def objects_on_slice(labels2d: np.ndarray) -> list[int]:
     return [int(i) for i in ids if i != 0]
 
 
-def anchor_prompts(labels: np.ndarray, ids) -> dict[int, dict[int, dict]]:
-    """``{id: {z: {"mask": (H, W) bool}}}``: each object's mask on every slice where it already is."""
+def anchor_prompts(labels: np.ndarray, ids, z_range=None) -> dict[int, dict[int, dict]]:
+    """``{id: {z: {"mask": (H, W) bool}}}``: each object's mask on every slice (of ``z_range``, (start, stop))
+    where it already is."""
     out: dict[int, dict[int, dict]] = {}
-    for z in range(labels.shape[0]):
+    for z in range(*(z_range or (0, labels.shape[0]))):
         present = set(objects_on_slice(labels[z])) & set(ids)
         for oid in sorted(present):
             out.setdefault(oid, {})[z] = {"mask": labels[z] == oid}
@@ -95,8 +96,10 @@ def anchor_prompts(labels: np.ndarray, ids) -> dict[int, dict[int, dict]]:
 
 
 @reported
-def run_propagation(predictor, stack, labels: np.ndarray, ids, cache, disk=None, channel_axis=None, memory=False):
-    """Generator (runs in a worker): propagate ``ids`` of ``labels`` (z, H, W) through ``stack``.
+def run_propagation(predictor, stack, labels: np.ndarray, ids, cache, disk=None, channel_axis=None, memory=False,
+                    z_range=None):
+    """Generator (runs in a worker): propagate ``ids`` of ``labels`` (z, H, W) through ``stack`` (the slices
+    of ``z_range``, (start, stop), or all).
 
     disk: the stack's disk cache, taking the z of ``stack`` as its index
     (``_precompute_work.SharedDisk.at(outer)``), or None. channel_axis: -1 for an RGB stack
@@ -105,23 +108,26 @@ def run_propagation(predictor, stack, labels: np.ndarray, ids, cache, disk=None,
     Yields ``core.propagate.Progress``; returns the (z, H, W) result (``labels`` is not changed).
     A RuntimeError inside (torch: out of memory...) is raised as ``_session.WorkerError``.
     """
-    prompts = anchor_prompts(labels, ids)
+    prompts = anchor_prompts(labels, ids, z_range)
     if memory:
         from napari_sam.core.sam2_memory import propagate_memory
 
-        return (yield from propagate_memory(predictor, stack, prompts, labels=labels, channel_axis=channel_axis))
+        return (yield from propagate_memory(predictor, stack, prompts, labels=labels, channel_axis=channel_axis,
+                                            z_range=z_range))
     return (yield from propagate_objects(predictor, stack, prompts, cache=cache, labels=labels, disk=disk,
-                                         channel_axis=channel_axis))
+                                         channel_axis=channel_axis, z_range=z_range))
 
 
 @reported
-def run_every_slice(predictor, stack, labels: np.ndarray, prompts: dict, cache, disk=None, channel_axis=None):
+def run_every_slice(predictor, stack, labels: np.ndarray, prompts: dict, cache, disk=None, channel_axis=None,
+                    z_range=None):
     """Generator (runs in a worker): ``prompts`` ({id: {z: ObjectPrompt}}, z the slice they were drawn on)
-    applied to every slice of ``stack`` (``core.propagate.batch_prompts_through_z``); the objects stay out
-    of slices they are not on. Yields ``Progress``; returns the (z, H, W) result (``labels`` is not changed).
+    applied to every slice of ``stack`` (of ``z_range``, or all; ``core.propagate.batch_prompts_through_z``);
+    the objects stay out of slices they are not on. Yields ``Progress``; returns the (z, H, W) result
+    (``labels`` is not changed).
     """
     return (yield from batch_prompts_through_z(predictor, stack, prompts, cache=cache, labels=labels, disk=disk,
-                                               channel_axis=channel_axis))
+                                               channel_axis=channel_axis, z_range=z_range))
 
 
 def new_pixels(result: np.ndarray, before: np.ndarray, now: np.ndarray) -> np.ndarray:
@@ -138,6 +144,7 @@ class Outcome:
 
     ids: list[int]
     zname: str = "z"
+    bounds: tuple | None = None  # (first, last) slice the run could reach, when not the whole stack
     ends: dict = field(default_factory=dict)
     absent: dict = field(default_factory=dict)  # {id: [(z, reason)]}: slices left empty by prompts on every slice
 
@@ -151,11 +158,13 @@ class Outcome:
     def _stops(self, oid: int, zs: np.ndarray, nz: int) -> list[tuple[str, int | None, str]]:
         """[(direction, z it stopped at or None, why)] for the directions where it ended."""
         out = []
-        for direction, edge, end in (("up", zs[-1], nz - 1), ("down", zs[0], 0)):
+        lo, hi = self.bounds or (0, nz - 1)
+        for direction, edge, end, whole in (("up", zs[-1], hi, hi == nz - 1), ("down", zs[0], lo, lo == 0)):
             if (oid, direction) in self.ends:
                 out.append((direction, *self.ends[(oid, direction)]))
             elif edge == end:
-                out.append((direction, None, "reached the stack's end"))
+                out.append((direction, None, "reached the stack's end" if whole else
+                            f"reached the last slice set ({self.zname}={end})"))
         return out
 
     def object_text(self, oid: int, result: np.ndarray, written: np.ndarray) -> str:
