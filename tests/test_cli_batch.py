@@ -117,6 +117,16 @@ def test_every_image_is_checked_before_anything_is_written(stacks, tmp_path, cap
     assert sorted(p.name for p in out.iterdir()) == ["stack1.tif"], "stack0 not written either"
     assert (out / "stack1.tif").read_bytes() == b"earlier result"
 
+    # --every-slice takes each object's prompts from one slice: stack1's table has object 1 on two slices
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "stack0.csv").write_text((d / "prompts" / "stack0.csv").read_text())
+    (tmp_path / "two" / "stack1.csv").write_text("z,y,x,object\n3,40,40,1\n6,41,40,1\n")
+    fresh = tmp_path / "fresh"
+    code, err = _run(["segment", d / "stack0.tif", d / "stack1.tif", "--points", tmp_path / "two", "--every-slice",
+                      "--out", fresh], capsys)
+    assert code == 2 and "stack1.tif: --every-slice: object 1 is prompted on slices 3, 6" in err, err
+    assert not fresh.exists(), "stack0 was not written either"
+
     code, err = _run(["segment", d / "stack0.tif", d / "stack0.tif", "--points", d / "prompts", "--out", out], capsys)
     assert code == 2 and "would both write stack0.tif" in err
     code, err = _run(["segment", d / "stack0.tif", d / "stack1.tif", "--points", d / "prompts", "--out",
