@@ -209,8 +209,9 @@ def evaluate(model, stacks=STACKS, shape=SHAPE, methods=("propagation", "naive",
     data: (name, kind, image, labels) tuples instead of the generator's ``stacks``."""
     from napari_sam.core.cache import EmbeddingCache
     from napari_sam.core.predictor import SlicePredictor
+    from napari_sam.core.propagate import default_refine
 
-    refine = bool(getattr(model, "native_resolution", False)) if refine is None else refine
+    refine = default_refine(model) if refine is None else refine
     res = {m: {"ious": [], "bleed": [], "area": [], "seconds": 0.0, "per_stack": []} for m in methods}
     for seed, kind, image, labels in (generated(stacks, shape) if data is None else data):
         seeds = seed_points(labels)
@@ -261,10 +262,11 @@ def time_objects(model, seed=950000, kind="nuclei", n=8, repeats=3, refine=None)
     Returns {"cold": (together, [alone, ...]), "warm": (together, [alone, ...])}."""
     from napari_sam.core.cache import EmbeddingCache, embed_cached
     from napari_sam.core.predictor import SlicePredictor
+    from napari_sam.core.propagate import default_refine
     from napari_sam.core.propagate_rules import StopRule
     from napari_sam.synthetic import make_stack
 
-    refine = bool(getattr(model, "native_resolution", False)) if refine is None else refine
+    refine = default_refine(model) if refine is None else refine
     st = make_stack(SHAPE, seed=seed, kind=kind)
     predictor = SlicePredictor(model, refine=refine)
     warm = EmbeddingCache(max_bytes=1 << 40)

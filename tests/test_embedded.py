@@ -109,3 +109,26 @@ def test_input_scale_magnifies_the_slice_and_still_segments(embedded_model, scen
         assert m.shape == (256, 256) and _iou(m, gt) >= 0.7, (scale, _iou(m, gt))
     with pytest.raises(ValueError, match="input_scale must be between 0.25 and 4"):
         SlicePredictor(embedded_model, input_scale=10)
+
+
+def test_pieces_not_connected_to_the_click_are_dropped(embedded_model):
+    """SAM leaves small disconnected fragments (the SAM paper's limitations); with the embedded model every
+    candidate keeps only the pieces holding a positive click. Official checkpoints keep SAM's masks as they are."""
+    from napari_sam.core.predictor import SlicePredictor
+    from napari_sam.core.refine import keep_prompted
+
+    st = make_image((256, 256), seed=900_124, radius_range=(5, 20), density=0.5)
+    raw, clean = SlicePredictor(embedded_model, fragments=False), SlicePredictor(embedded_model)
+    assert clean.fragments and not raw.fragments
+    raw.set_image(st.image)
+    clean.set_embedding(raw.embedding)
+    found = 0
+    for oid in np.unique(st.labels[st.labels > 0]):
+        pt = interior_point(st.labels == oid)
+        a = raw.predict(points=[pt], point_labels=[1]).masks[0]
+        b = clean.predict(points=[pt], point_labels=[1]).masks[0]
+        for m_raw, m in zip(a, b):
+            assert np.array_equal(m, keep_prompted(m_raw, np.array([pt]), np.array([1])))
+            assert ndi.label(m)[1] <= 1
+        found += sum(ndi.label(m)[1] > 1 for m in a)
+    assert found >= 3, "this image's clicks give masks in pieces without it"

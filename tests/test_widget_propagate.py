@@ -282,8 +282,7 @@ def test_prompts_on_every_slice_are_new_objects_where_they_are_and_one_undo_step
     gui = widget._session.predictor
     # boxes are the first objects (core.objects.group_prompts), the click outside them the next one
     api = propagate_labels(stack.image, {10: {Z: {"box": [r0, c0, r1, c1]}}, 11: {Z: {"points": pt[None]}}},
-                           model=widget.model, through_z=True, labels=before, refine=gui.refine,
-                           input_scale=gui.input_scale)
+                           model=widget.model, through_z=True, labels=before, input_scale=gui.input_scale)
     np.testing.assert_array_equal(after[before == 0], api[before == 0])
     for mine, g in ((10, OTHERS[1]), (11, OBJ)):
         got_z, true_z = np.flatnonzero((after == mine).any((1, 2))), np.flatnonzero((gt == g).any((1, 2)))

@@ -65,7 +65,8 @@ def decode_objects(predictor, prompts: list[ObjectPrompt], *, multimask: bool = 
     multimask: ask SAM for its 3 candidates and keep one per object: the
     one ``select[i](scores (c,), low_res (c, h, w)) -> index`` picks if
     ``select`` is given, else the first by the predictor's ``rank`` (``core.choose``).
-    refine: ``core.refine.refine_mask`` on the chosen mask.
+    refine: ``core.refine.refine_mask`` on the chosen mask; without it, the predictor's ``fragments``
+    setting (drop pieces not connected to the prompt) applies.
     windows: per object, the (row0, col0, row1, col1) slice pixels that may
     hold it, or None for the whole slice: see ``core.decode_window``.
     threshold: logit above which a pixel is in the mask (default SAM's, 0).
@@ -204,13 +205,15 @@ def _crop_object(predictor, low: np.ndarray, score: float, prompt: ObjectPrompt,
     c1 = min(int(np.ceil((cols[-1] + 2) * fx)) + CROP_MARGIN, W)
     logits = sample_logits(low, emb, r0, r1, c0, c1)
     mask = logits > thr
-    if refine and mask.any():
-        from .refine import refine_mask
+    if (refine or getattr(predictor, "fragments", False)) and mask.any():
+        from .refine import keep_prompted, refine_mask
 
-        gray = None if emb.gray is None else emb.gray[r0:r1, c0:c1]
         pts = prompt.points - np.array([r0, c0], np.float32)
         box = None if prompt.box is None else prompt.box - np.array([r0, c0, r0, c0], np.float32)
-        mask = refine_mask(mask, gray, pts, prompt.labels, box)
+        if refine:
+            mask = refine_mask(mask, None if emb.gray is None else emb.gray[r0:r1, c0:c1], pts, prompt.labels, box)
+        else:
+            mask = keep_prompted(mask, pts, prompt.labels, box)
     return Decoded(score, low, r0, c0, logits, mask)
 
 

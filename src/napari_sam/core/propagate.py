@@ -348,7 +348,7 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
                                labels=labels, channel_axis=channel_axis, **kwargs)
         return run_to_end(gen, progress)
     if refine is None:
-        refine = bool(getattr(model, "native_resolution", False))
+        refine = default_refine(model)
     input_scale = check_scale(input_scale)
     if is_auto(input_scale) and disk is not None:
         input_scale = disk.settings.get("input_scale")
@@ -361,6 +361,11 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
     gen = run(predictor, stack, prompts, z_range=z_range, cache=cache, labels=labels, channel_axis=channel_axis,
               disk=disk, **kwargs)
     return run_to_end(gen, progress)
+
+
+def default_refine(model) -> bool:
+    """Propagation's boundary refinement by default: on for native-resolution models (the embedded one)."""
+    return bool(getattr(model, "native_resolution", False))
 
 
 def run_to_end(gen, progress=None):
