@@ -204,14 +204,11 @@ def stardist_3d():
 
 
 def evaluate(model, stacks=STACKS, shape=SHAPE, methods=("propagation", "naive", "classical"),
-             refine=None, log=print, data=None, **prop_kw) -> dict:
+             refine=False, log=print, data=None, **prop_kw) -> dict:
     """{method: {"ious": array, "bleed": array, "seconds": float, "per_stack": [...]}}.
     data: (name, kind, image, labels) tuples instead of the generator's ``stacks``."""
     from napari_sam.core.cache import EmbeddingCache
     from napari_sam.core.predictor import SlicePredictor
-    from napari_sam.core.propagate import default_refine
-
-    refine = default_refine(model) if refine is None else refine
     res = {m: {"ious": [], "bleed": [], "area": [], "seconds": 0.0, "per_stack": []} for m in methods}
     for seed, kind, image, labels in (generated(stacks, shape) if data is None else data):
         seeds = seed_points(labels)
@@ -249,7 +246,7 @@ def evaluate(model, stacks=STACKS, shape=SHAPE, methods=("propagation", "naive",
     return res
 
 
-def time_objects(model, seed=950000, kind="nuclei", n=8, repeats=3, refine=None) -> dict:
+def time_objects(model, seed=950000, kind="nuclei", n=8, repeats=3, refine=False) -> dict:
     """Seconds to propagate the stack's n largest objects together through its
     32 slices, and each of them alone (stop rule off, so every object is
     decoded on every slice), two ways:
@@ -262,11 +259,9 @@ def time_objects(model, seed=950000, kind="nuclei", n=8, repeats=3, refine=None)
     Returns {"cold": (together, [alone, ...]), "warm": (together, [alone, ...])}."""
     from napari_sam.core.cache import EmbeddingCache, embed_cached
     from napari_sam.core.predictor import SlicePredictor
-    from napari_sam.core.propagate import default_refine
     from napari_sam.core.propagate_rules import StopRule
     from napari_sam.synthetic import make_stack
 
-    refine = default_refine(model) if refine is None else refine
     st = make_stack(SHAPE, seed=seed, kind=kind)
     predictor = SlicePredictor(model, refine=refine)
     warm = EmbeddingCache(max_bytes=1 << 40)

@@ -130,13 +130,11 @@ class Propagating:
         """Start ``fn(predictor, view, before, *args, cache, disk, channel_axis)``-like work for ``run``:
         a propagation generator in a worker, its result written by ``_on_propagated``."""
         from napari_sam.core.predictor import SlicePredictor
-        from napari_sam.core.propagate import default_refine
 
-        gui, model = self._session.predictor, self._session.model
-        # its own predictor (the GUI's keeps its slice), encoding through the gate like a click; boundary
-        # refinement as the API's propagation has it by default
-        predictor = self._foreground_predictor(SlicePredictor(
-            model, normalize=gui.normalize, refine=default_refine(model), input_scale=gui.input_scale))
+        gui = self._session.predictor
+        # its own predictor (the GUI's keeps its slice), encoding through the gate like a click
+        predictor = self._foreground_predictor(
+            SlicePredictor(self._session.model, normalize=gui.normalize, refine=gui.refine, input_scale=gui.input_scale))
         run.key = ("propagate", next(_RUNS))
         self._propagation = run
         self._set_propagate_buttons(False)

@@ -306,15 +306,16 @@ def _cut_beyond_gaps(canvas, objs, reference, absent, zb) -> list[tuple]:
 
 
 def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = False, labels=None,
-                     normalize: str = "percentile", refine: bool | None = None, cache=None,
+                     normalize: str = "percentile", refine: bool = False, cache=None,
                      progress=None, channel_axis: int | None = None, disk=None, input_scale: float | str | None = "auto",
                      method: str = "slices", **kwargs) -> np.ndarray:
     """Run :func:`propagate_objects` (or, with ``through_z``,
     :func:`batch_prompts_through_z`; with ``method="memory"``,
     ``core.sam2_memory.propagate_memory``) to the end and return the (z, y, x) labels.
 
-    model: a ``LoadedModel``. refine: boundary refinement (default: on for
-    native-resolution models, as ``segment``). progress: called with every
+    model: a ``LoadedModel``. refine: boundary snapping (``core.refine``; default off, as ``segment``:
+    the embedded model's predictor drops pieces not connected to the prompt anyway, and on the tuning
+    stacks propagation did better without snapping, docs/propagation.md). progress: called with every
     :class:`Progress`. channel_axis, disk: see :func:`propagate_objects`.
     input_scale: see ``SlicePredictor``; "auto" (default): chosen from the
     prompted objects' size (``core.magnify.stack_scale``), or with ``disk`` the
@@ -347,8 +348,6 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
         gen = propagate_memory(SlicePredictor(model, normalize=normalize), stack, prompts, z_range=z_range,
                                labels=labels, channel_axis=channel_axis, **kwargs)
         return run_to_end(gen, progress)
-    if refine is None:
-        refine = default_refine(model)
     input_scale = check_scale(input_scale)
     if is_auto(input_scale) and disk is not None:
         input_scale = disk.settings.get("input_scale")
@@ -361,11 +360,6 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
     gen = run(predictor, stack, prompts, z_range=z_range, cache=cache, labels=labels, channel_axis=channel_axis,
               disk=disk, **kwargs)
     return run_to_end(gen, progress)
-
-
-def default_refine(model) -> bool:
-    """Propagation's boundary refinement by default: on for native-resolution models (the embedded one)."""
-    return bool(getattr(model, "native_resolution", False))
 
 
 def run_to_end(gen, progress=None):
