@@ -44,6 +44,16 @@ def check_target(labels, shape: tuple[int, ...]) -> None:
         raise CommitError(f"labels layer {labels.name!r} is multiscale: SAM commits into single-scale labels only")
 
 
+def check_fits(labels, top: int) -> None:
+    """Refuse label ``top`` when the layer's integer type cannot hold it."""
+    info = np.iinfo(labels.data.dtype) if np.issubdtype(labels.data.dtype, np.integer) else None
+    if info is not None and top > info.max:
+        raise CommitError(
+            f"label {top} does not fit into {labels.name!r} ({labels.data.dtype}, at most {info.max}); "
+            f"convert the layer to a larger integer type"
+        )
+
+
 def commit_masks(
     labels,
     plane: Plane,
@@ -65,12 +75,7 @@ def commit_masks(
         ids = list(range(first, first + len(masks)))
     else:
         ids = [int(label)] * len(masks)
-    info = np.iinfo(labels.data.dtype) if np.issubdtype(labels.data.dtype, np.integer) else None
-    if info is not None and max(ids) > info.max:
-        raise CommitError(
-            f"label {max(ids)} does not fit into {labels.name!r} ({labels.data.dtype}, at most {info.max}); "
-            f"convert the layer to a larger integer type"
-        )
+    check_fits(labels, max(ids))
     writes = plan_commit(existing, masks, ids, overwrite=overwrite, replace=replace)
     moved = [(w.rows[d], w.cols[d]) for w in writes for d in [existing[w.rows, w.cols] != w.value]]
     changed = plane.full_index(*(np.concatenate(a) for a in zip(*moved))) if moved else ()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._commit import CommitError, check_target, object_record, record_objects
+from ._commit import CommitError, check_fits, check_target, object_record, record_objects
 from ._plane import PlaneError, current_plane, image_data, spatial_shape
 from ._propagate import (
     Outcome,
@@ -227,12 +227,8 @@ class Propagating:
                                   f"prompts for {n} objects: keep one, or choose 'new object id'")
             return [label]
         first = next_label_id(np.asarray(labels.data))
-        ids = list(range(first, first + n))
-        info = np.iinfo(labels.data.dtype) if np.issubdtype(labels.data.dtype, np.integer) else None
-        if info is not None and ids[-1] > info.max:
-            raise CommitError(f"label {ids[-1]} does not fit into {labels.name!r} ({labels.data.dtype}, at most "
-                              f"{info.max}); convert the layer to a larger integer type")
-        return ids
+        check_fits(labels, first + n - 1)
+        return list(range(first, first + n))
 
     def _propagation_disk(self, plane):
         """The whole-stack disk cache seen along the propagation's z (``SharedDisk``), or None.

@@ -213,13 +213,13 @@ def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: E
     slice per object: the slice the prompt was drawn on (within ``z_range``).
     All objects are decoded together on each slice; overlaps resolved by
     score; a slice where SAM's predicted IoU is below ``min_score`` stays
-    empty. With the slice the prompt was drawn on, the object is also left
+    empty. Told the slice each prompt was drawn on, the object is also left
     out of slices it is not on (``presence``, default :class:`PresenceRule`:
     too little contrast against its surroundings compared with that slice,
-    and beyond the first such slice up and down): those slices are visited
-    first, for their own objects (the reference), then every slice of the
-    range for the others. Without it, every slice
-    keeps SAM's answer.
+    a mask mostly outside its outline there, and every slice beyond the
+    first such slice, up and down). The prompted slices are visited first,
+    for their own objects (the reference), then every slice of the range for
+    the others. Without a slice, every slice keeps SAM's answer.
     channel_axis, disk: as in :func:`propagate_objects`. Yields
     :class:`Progress` (stage "prompted" for the slices prompts were drawn on,
     else "batch"; ``ended``: (object, "absent", reason, z) for each slice an
@@ -239,7 +239,7 @@ def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: E
     visits += [(z, g) for z in range(*zb) if (g := [o for o in ids if objs[o][0] != z])]
     reference: dict[int, tuple[float, int]] = {}  # oid -> (contrast, area) on the slice it was prompted on
     absent: list[tuple[int, int]] = []  # (oid, z) left out so far
-    footprint: dict = {}
+    footprint: dict[int, tuple] = {}  # oid -> its grown outline on that slice (_footprint)
     for n, (z, group) in enumerate(visits, 1):
         image2d = embed(z)
         prompted = n <= len(refs)
@@ -250,7 +250,7 @@ def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: E
             c = None if why else contrast(image2d, canvas.labels[z], d.r0, d.c0, d.mask)
             if prompted and not why:
                 reference[o] = (c, d.area)
-                footprint[o] = _footprint(d, presence.grow, shape[1:])
+                footprint[o] = _footprint(d, presence.grow)
             elif not why and o in reference:
                 why = presence.reason(c, *reference[o], d.area, _inside(footprint[o], d))
             if why:
@@ -265,7 +265,7 @@ def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: E
     return canvas.labels
 
 
-def _footprint(d, grow, shape2d):
+def _footprint(d, grow: float):
     """(r0, c0, bool crop): the mask ``d`` grown by ``grow`` x its equivalent radius (+ 1 px)."""
     from scipy import ndimage as ndi
 
