@@ -46,7 +46,7 @@ class Job:
 
 def plan(args) -> list[Job]:
     """Every image checked against its prompts, output and cache; InputError at the first problem."""
-    from .cli import check_propagation
+    from ._cli_checks import check_propagation
     from .io import check_output, image_spatial_shape, read_prompts
 
     if not args.points and not args.boxes:
@@ -100,7 +100,8 @@ def _per_image(path, image: Path, option: str) -> Path | None:
 
 
 def run_batch(args) -> int:
-    from .cli import _load, check_input_scale, check_memory, segment_volume
+    from ._cli_checks import check_input_scale, check_memory
+    from .cli import _load, segment_volume
     from .io import read_image
 
     check_input_scale(args.input_scale, args.embeddings)

@@ -70,7 +70,8 @@ def run_embed(args) -> int:
     start = lo if args.start is None else args.start
     if not lo <= start < hi:
         raise InputError(f"--start {start} is outside the slices {lo}..{hi - 1} being embedded")
-    from .cli import _load, check_input_scale
+    from ._cli_checks import check_input_scale
+    from .cli import _load
 
     model = _load(args.model, args.device)
     check_input_scale(args.input_scale)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .core.models import model_help
+from ._cli_checks import check_input_scale, check_memory, check_propagation
 from .io import InputError
 
 
@@ -93,20 +94,6 @@ def main(argv=None) -> int:
     return 0
 
 
-def _parse_z_range(text, nz):
-    if text is None:
-        return None
-    try:
-        a, b = (int(v) if v else None for v in text.split(":"))
-    except ValueError:
-        raise InputError(f"--z-range must look like A:B (e.g. 3:20), got '{text}'") from None
-    a = 0 if a is None else a
-    b = nz if b is None else b
-    if not 0 <= a < b <= nz:
-        raise InputError(f"--z-range {text} is not within the stack's slices 0..{nz} (A < B)")
-    return (a, b)
-
-
 def _segment(args) -> int:
     from ._cli_batch import is_batch, run_batch
 
@@ -125,45 +112,6 @@ def _segment(args) -> int:
     check_memory(args, model)
     print(segment_volume(args, args.image[0], vol, prompts, z_range, model, out), file=sys.stderr)
     return 0
-
-
-def check_propagation(args, spatial_shape, prompts=None):
-    """``--propagate`` / ``--every-slice`` / ``--z-range`` against an image's (y, x) or (z, y, x) shape and
-    its prompts: the z range or None."""
-    if args.propagate and args.every_slice:
-        raise InputError("--propagate follows objects from the slices they were prompted on, --every-slice applies "
-                         "each object's prompts to every slice: choose one")
-    for flag, on in (("--propagate", args.propagate), ("--every-slice", args.every_slice)):
-        if on and len(spatial_shape) == 2:
-            raise InputError(f"{flag} needs a (z, y, x) stack; this image is 2D")
-    z_range = _parse_z_range(args.z_range, spatial_shape[0]) if args.z_range else None
-    if z_range and not (args.propagate or args.every_slice):
-        raise InputError("--z-range only applies with --propagate or --every-slice")
-    if args.every_slice and prompts is not None:
-        from .core.propagate_inputs import check_through_z
-
-        try:
-            check_through_z(prompts, tuple(spatial_shape), z_range or (0, spatial_shape[0]))
-        except ValueError as e:
-            raise InputError(f"--every-slice: {e}") from None
-    if args.memory and not args.propagate:
-        raise InputError("--memory only applies with --propagate")
-    if args.memory and args.embeddings:
-        raise InputError("--memory propagates with SAM 2's video predictor, which encodes each slice itself: "
-                         "leave out --embeddings")
-    return z_range
-
-
-def check_memory(args, model) -> None:
-    """``--memory`` needs a SAM 2 / 2.1 model: refused with the reason once the model is known."""
-    if args.memory:
-        from .core.sam2_memory import check_memory_model
-
-        try:
-            check_memory_model(model, "leave out --memory (slice by slice, every model), or give --model a SAM 2.1 "
-                                      "checkpoint")
-        except ValueError as e:
-            raise InputError(f"--memory: {e}") from None
 
 
 def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddings=None) -> str:
@@ -253,21 +201,6 @@ class SliceBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def check_input_scale(value, embeddings=None):
-    """``--input-scale``: a number, "auto" or None; refused with the reason before anything runs
-    (also "auto" with ``--embeddings``, which were computed at one magnification)."""
-    from .core.magnify import check_scale
-
-    try:
-        scale = check_scale(value)
-    except ValueError as e:
-        raise InputError("--input-scale" + str(e).removeprefix("input_scale")) from None
-    if scale == "auto" and embeddings:
-        raise InputError("--input-scale auto chooses the magnification from the prompts, but --embeddings were "
-                         "computed at a fixed one: pass the --input-scale they were made with, or leave it out")
-    return scale
 
 
 def _embeddings_scale(path):

@@ -41,6 +41,10 @@ def _bounds(z_range) -> tuple[int, int] | None:
     return None if z_range is None else (z_range[0], z_range[1] - 1)
 
 
+def _objects_text(ids) -> str:
+    return f"label {ids[0]}" if len(ids) == 1 else f"{len(ids)} objects ({', '.join(map(str, ids))})"
+
+
 def _slices_text(z_range, view, plane) -> str:
     zn = z_name(plane)
     return f"all {view.shape[0]} slices" if z_range is None else f"{zn}={z_range[0]}–{z_range[1] - 1}"
@@ -76,7 +80,7 @@ class Propagating:
         self._start_propagation(every_object=True)
 
     def _propagation_inputs(self, every_object: bool):
-        """(view, plane, before, ids); PropagateError/PlaneError/CommitError say what is missing."""
+        """(view, plane, before, ids, z range); PropagateError/PlaneError/CommitError say what is missing."""
         if self._image is None:
             raise PropagateError("no image layer: open a z-stack first")
         image = self._image
@@ -92,12 +96,12 @@ class Propagating:
             raise PropagateError(f"the stack has a single slice along {z_name(plane)}: nothing to propagate to")
         before = StackView(self._labels.data, plane, z_axis).volume()
         z = dict(plane.fixed)[z_axis]
-        self._slice_range(view, plane)  # the current slice must be inside the slices set
+        zr = self._slice_range(view, plane)  # the current slice must be inside the slices set
         here = objects_on_slice(before[z])
         if every_object:
             if not here:
                 raise PropagateError(f"no objects on {plane.label}: commit objects on this slice first, then propagate")
-            return view, plane, before, here
+            return view, plane, before, here, zr
         label = int(self._labels.selected_label)
         if label == 0:
             raise PropagateError("the selected label is 0 (background): select the label of the object to propagate")
@@ -105,19 +109,18 @@ class Propagating:
             raise PropagateError(
                 f"label {label} is not on {plane.label}: go to a slice where it is, or commit it here first (C)"
             )
-        return view, plane, before, [label]
+        return view, plane, before, [label], zr
 
     def _start_propagation(self, every_object: bool) -> None:
         if self._propagation is not None:
             self._say("A propagation is already running: wait for it, or Cancel it.")
             return
         try:
-            view, plane, before, ids = self._propagation_inputs(every_object)
+            view, plane, before, ids, zr = self._propagation_inputs(every_object)
         except (PropagateError, PlaneError, CommitError) as e:
             self._say(str(e), error=True)
             return
-        what = f"label {ids[0]}" if len(ids) == 1 else f"{len(ids)} objects ({', '.join(map(str, ids))})"
-        zr = self._slice_range(view, plane)
+        what = _objects_text(ids)
         desc = f"Propagating {what} from {plane.label} through {_slices_text(zr, view, plane)}…"
         memory = self._ui.propagate_memory.isEnabled() and self._ui.propagate_memory.isChecked()
         if memory:
@@ -153,7 +156,7 @@ class Propagating:
             self._say("A propagation is already running: wait for it, or Cancel it.")
             return
         try:
-            view, plane, objects = self._every_slice_inputs()
+            view, plane, objects, zr = self._every_slice_inputs()
             labels = self._ensure_labels()
             ids = self._every_slice_ids(labels, len(objects))
         except (PropagateError, PlaneError, CommitError) as e:
@@ -169,15 +172,15 @@ class Propagating:
                                    for i, o in zip(ids, objects)])
             self._clear_prompts(plane)
 
-        what = f"label {ids[0]}" if len(ids) == 1 else f"{len(ids)} objects ({', '.join(map(str, ids))})"
-        zr = self._slice_range(view, plane)
+        what = _objects_text(ids)
         run = _Run(None, view, before, labels, self._image, self._image_version,
                    Outcome(ids, z_name(plane), _bounds(zr)), what="prompts on every slice", after=after)
         self._launch(run, f"Segmenting {what} with the prompts of {plane.label} on {_slices_text(zr, view, plane)}…",
                      run_every_slice, prompts, zr)
 
     def _every_slice_inputs(self):
-        """(view, plane, objects) for prompts on every slice; PropagateError/PlaneError/CommitError say why not."""
+        """(view, plane, objects, z range) for prompts on every slice; PropagateError/PlaneError/CommitError say
+        why not."""
         if self._image is None:
             raise PropagateError("no image layer: open a z-stack first")
         plane = current_plane(self._viewer, self._image)
@@ -189,7 +192,7 @@ class Propagating:
         view = StackView(image_data(self._image), plane, z_axis_of(plane))
         if view.shape[0] < 2:
             raise PropagateError(f"the stack has a single slice along {z_name(plane)}: commit the object with C instead")
-        self._slice_range(view, plane)
+        zr = self._slice_range(view, plane)
         _, objects, _ = self._gather()
         if not objects:
             raise PropagateError(f"no prompts on {plane.label}: click the object (or draw a box around it) first, "
@@ -197,7 +200,7 @@ class Propagating:
         if any(o.mask is not None for o in objects):
             raise PropagateError("'Refine the selected label' is ticked: prompts on every slice takes points and "
                                  "boxes only; untick it")
-        return view, plane, objects
+        return view, plane, objects, zr
 
     def _slice_range(self, view: StackView, plane) -> tuple[int, int] | None:
         """The widget's Slices from/to as a (start, stop) z range, None for the whole stack; PropagateError when

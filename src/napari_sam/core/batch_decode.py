@@ -98,6 +98,21 @@ def decode_objects(predictor, prompts: list[ObjectPrompt], *, multimask: bool = 
     return out
 
 
+def decode_grouped(predictor, items, threshold: float | None = None):
+    """[(oid, ObjectPrompt)] of one slice -> [(oid, Decoded)]: a positive point alone with SAM's 3
+    candidates (the first by the predictor's ``rank``, ``core.choose``), richer prompts one mask; each kind
+    in one batched call."""
+    single = [len(p.points) == 1 and p.box is None and p.mask is None for _, p in items]
+    out = []
+    for multi in (True, False):
+        group = [(o, p) for (o, p), s in zip(items, single) if s == multi]
+        if group:
+            dec = decode_objects(predictor, [p for _, p in group], multimask=multi, refine=predictor.refine,
+                                 threshold=threshold)
+            out += [(o, d) for (o, _), d in zip(group, dec)]
+    return out
+
+
 def decode_prompts(predictor, objs: list[ObjectPrompt], multimask: bool, window: Windows | None = None):
     """One prompt-encoder + mask-decoder call for objects with the same prompt kind
     -> (low-res logits (n, c, h, w), iou (n, c)) torch tensors.
@@ -205,15 +220,14 @@ def _crop_object(predictor, low: np.ndarray, score: float, prompt: ObjectPrompt,
     c1 = min(int(np.ceil((cols[-1] + 2) * fx)) + CROP_MARGIN, W)
     logits = sample_logits(low, emb, r0, r1, c0, c1)
     mask = logits > thr
-    if (refine or getattr(predictor, "fragments", False)) and mask.any():
-        from .refine import keep_prompted, refine_mask
+    fragments = getattr(predictor, "fragments", False)
+    if (refine or fragments) and mask.any():
+        from .refine import tidy_mask
 
         pts = prompt.points - np.array([r0, c0], np.float32)
         box = None if prompt.box is None else prompt.box - np.array([r0, c0, r0, c0], np.float32)
-        if refine:
-            mask = refine_mask(mask, None if emb.gray is None else emb.gray[r0:r1, c0:c1], pts, prompt.labels, box)
-        else:
-            mask = keep_prompted(mask, pts, prompt.labels, box)
+        gray = None if emb.gray is None else emb.gray[r0:r1, c0:c1]
+        mask = tidy_mask(mask, gray, pts, prompt.labels, box, snap=refine, fragments=fragments)
     return Decoded(score, low, r0, c0, logits, mask)
 
 

@@ -123,3 +123,15 @@ def embed_cached(predictor, cache: EmbeddingCache | None, slice2d, *, channel_ax
     if cache is not None:
         cache.put(key, emb)
     return emb
+
+
+def stack_embedder(predictor, stack, cache, channel_axis, disk):
+    """z -> the slice's intensities (y, x) for the stop rule, with ``predictor`` set on its embedding."""
+    cache = cache if cache is not None else EmbeddingCache(max_bytes=1 << 62)
+
+    def embed(z: int) -> np.ndarray:
+        image2d = np.asarray(stack[z])
+        predictor.set_embedding(embed_cached(predictor, cache, image2d, channel_axis=channel_axis, disk=disk, index=z))
+        return image2d if channel_axis is None else image2d.mean(axis=channel_axis)
+
+    return embed

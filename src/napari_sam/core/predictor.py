@@ -211,12 +211,12 @@ class SlicePredictor:
 
             low = low.clamp(-CLAMP, CLAMP)
         if self.refine or self.fragments:
-            from .refine import keep_prompted, refine_mask
+            from .refine import tidy_mask
 
             for j, o in enumerate(objs):
                 for k in range(masks.shape[1]):
-                    masks[j, k] = (refine_mask(masks[j, k], self.embedding.gray, o.points, o.labels, o.box)
-                                   if self.refine else keep_prompted(masks[j, k], o.points, o.labels, o.box))
+                    masks[j, k] = tidy_mask(masks[j, k], self.embedding.gray, o.points, o.labels, o.box,
+                                            snap=self.refine, fragments=self.fragments)
         return masks, iou.float().cpu().numpy(), low.float().cpu().numpy()
 
     def _masks(self, low) -> np.ndarray:

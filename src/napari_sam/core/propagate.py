@@ -1,5 +1,6 @@
 """Z-propagation: prompt an object on one slice (or a few), follow it
-through the stack; and "batch prompts through z" for objects that stay put.
+through the stack (and ``propagate_labels``, which also runs "batch prompts
+through z" for objects that stay put, ``core.through_z``).
 
 ``propagate_objects`` is a generator (STYLE: long work yields progress):
 
@@ -22,43 +23,21 @@ value and the ``labels`` of its last progress record.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from .batch_decode import decode_objects
-from .cache import EmbeddingCache, embed_cached
+from .batch_decode import decode_grouped
+from .cache import EmbeddingCache, stack_embedder
 from .label_canvas import USER_SCORE, LabelCanvas
 from .magnify import check_scale, is_auto, stack_scale
 from .propagate_inputs import check_labels, check_prompts, check_stack, check_through_z, z_bounds
+from .propagate_records import Progress, run_to_end
 from .propagate_rules import PresenceRule, StepFeatures, StepRule, StopRule, Track, contrast
 from .propagate_step import advance, recheck, track
+from .through_z import batch_prompts_through_z
 
-__all__ = ["Progress", "PresenceRule", "StepFeatures", "StepRule", "StopRule", "propagate_objects", "batch_prompts_through_z", "propagate_labels"]
-
-
-@dataclass
-class Progress:
-    """One slice of work done.
-
-    done/total: slices visited so far / to visit (a slice can be visited by
-    the prompted, upward and downward stages). z: the slice. stage:
-    "prompted", "up", "down" (or "batch" for ``batch_prompts_through_z``). labels_slice:
-    (y, x) copy of that slice's labels as they stand. objects: ids decoded on
-    it. ended: (object id, "up"/"down", reason, z) for objects that stopped:
-    here (z is this record's), or, on the last record, where the stop rule's
-    last look after the run cut them (``propagate_step.recheck``).
-    labels: the whole (z, y, x) result, on the last record only.
-    """
-
-    done: int
-    total: int
-    z: int
-    stage: str
-    labels_slice: np.ndarray
-    objects: tuple[int, ...] = ()
-    ended: tuple = ()
-    labels: np.ndarray | None = field(default=None, repr=False)
+__all__ = ["Progress", "PresenceRule", "StepFeatures", "StepRule", "StopRule", "propagate_objects", "batch_prompts_through_z",
+           "propagate_labels", "run_to_end"]
 
 
 def pass_source(anchors: list[int], z: int, up: bool):
@@ -99,23 +78,8 @@ def _decode_prompted(predictor, items, threshold):
 
     As :func:`_decode_grouped`; a mask alone (bool) is the user's own drawing: kept as it is.
     """
-    dec = _decode_grouped(predictor, [(o, p) for o, p in items if not p.mask_alone], threshold)
+    dec = decode_grouped(predictor, [(o, p) for o, p in items if not p.mask_alone], threshold)
     return [(o, d, None) for o, d in dec] + [(o, None, p.mask) for o, p in items if p.mask_alone]
-
-
-def _decode_grouped(predictor, items, threshold: float | None = None):
-    """[(oid, ObjectPrompt)] of one slice -> [(oid, Decoded)]: a positive point alone with SAM's 3
-    candidates (the first by the predictor's ``rank``, ``core.choose``), richer prompts one mask; each kind
-    in one batched call."""
-    single = [len(p.points) == 1 and p.box is None and p.mask is None for _, p in items]
-    out = []
-    for multi in (True, False):
-        group = [(o, p) for (o, p), s in zip(items, single) if s == multi]
-        if group:
-            dec = decode_objects(predictor, [p for _, p in group], multimask=multi, refine=predictor.refine,
-                                 threshold=threshold)
-            out += [(o, d) for (o, _), d in zip(group, dec)]
-    return out
 
 
 def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: EmbeddingCache | None = None,
@@ -138,7 +102,7 @@ def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: Embeddi
     shape = check_stack(stack, channel_axis)
     zb = z_bounds(z_range, shape[0])
     objs = check_prompts(prompts, shape, zb)
-    embed = _embedder(predictor, stack, cache, channel_axis, disk)
+    embed = stack_embedder(predictor, stack, cache, channel_axis, disk)
     labels = check_labels(labels, shape)
     stop, step = stop or StopRule(), step or StepRule()
     canvas = LabelCanvas(shape, labels, objs, zb)
@@ -190,119 +154,6 @@ def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: Embeddi
         yield Progress(n, len(visits), z, stage, canvas.labels[z].copy(), tuple(done_here),
                        ends, canvas.labels if n == len(visits) else None)
     return canvas.labels
-
-
-def _embedder(predictor, stack, cache, channel_axis, disk):
-    """z -> the slice's intensities (y, x) for the stop rule, with ``predictor`` set on its embedding."""
-    cache = cache if cache is not None else EmbeddingCache(max_bytes=1 << 62)
-
-    def embed(z: int) -> np.ndarray:
-        image2d = np.asarray(stack[z])
-        predictor.set_embedding(embed_cached(predictor, cache, image2d, channel_axis=channel_axis, disk=disk, index=z))
-        return image2d if channel_axis is None else image2d.mean(axis=channel_axis)
-
-    return embed
-
-
-def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: EmbeddingCache | None = None,
-                            labels=None, min_score: float = 0.0, channel_axis: int | None = None,
-                            disk=None, presence: PresenceRule | None = None) -> Iterator[Progress]:
-    """The same prompts on every slice of ``z_range``, for objects that stay put.
-
-    prompts: ``{object_id: prompt}``, or ``{object_id: {z: prompt}}`` with one
-    slice per object: the slice the prompt was drawn on (within ``z_range``).
-    All objects are decoded together on each slice; overlaps resolved by
-    score; a slice where SAM's predicted IoU is below ``min_score`` stays
-    empty. Told the slice each prompt was drawn on, the object is also left
-    out of slices it is not on (``presence``, default :class:`PresenceRule`:
-    too little contrast against its surroundings compared with that slice,
-    a mask mostly outside its outline there, and every slice beyond the
-    first such slice, up and down). The prompted slices are visited first,
-    for their own objects (the reference), then every slice of the range for
-    the others. Without a slice, every slice keeps SAM's answer.
-    channel_axis, disk: as in :func:`propagate_objects`. Yields
-    :class:`Progress` (stage "prompted" for the slices prompts were drawn on,
-    else "batch"; ``ended``: (object, "absent", reason, z) for each slice an
-    object was left out of); returns the (z, y, x) labels.
-    """
-    shape = check_stack(stack, channel_axis)
-    zb = z_bounds(z_range, shape[0])
-    objs = check_through_z(prompts, shape, zb)
-    presence = PresenceRule() if presence is None else presence
-    labels = check_labels(labels, shape)
-    embed = _embedder(predictor, stack, cache, channel_axis, disk)
-    canvas = LabelCanvas(shape, labels, objs, zb)
-    ids = list(objs)
-    refs = sorted({z for z, _ in objs.values() if z is not None})
-    # the slices prompts were drawn on first (their own objects only: the references), then every slice
-    visits = [(z, [o for o in ids if objs[o][0] == z]) for z in refs]
-    visits += [(z, g) for z in range(*zb) if (g := [o for o in ids if objs[o][0] != z])]
-    reference: dict[int, tuple[float, int]] = {}  # oid -> (contrast, area) on the slice it was prompted on
-    absent: list[tuple[int, int]] = []  # (oid, z) left out so far
-    footprint: dict[int, tuple] = {}  # oid -> its grown outline on that slice (_footprint)
-    for n, (z, group) in enumerate(visits, 1):
-        image2d = embed(z)
-        prompted = n <= len(refs)
-        ended = []
-        for o, d in _decode_grouped(predictor, [(o, objs[o][1]) for o in group]):
-            why = "empty mask" if not d.mask.any() else (
-                f"predicted IoU {d.score:.2f} < {min_score}" if d.score < min_score else None)
-            c = None if why else contrast(image2d, canvas.labels[z], d.r0, d.c0, d.mask)
-            if prompted and not why:
-                reference[o] = (c, d.area)
-                footprint[o] = _footprint(d, presence.grow)
-            elif not why and o in reference:
-                why = presence.reason(c, *reference[o], d.area, _inside(footprint[o], d))
-            if why:
-                ended.append((o, "absent", why, z))
-            else:
-                canvas.paint(z, o, d.r0, d.c0, d.mask, d.logits)
-        if n == len(visits) and presence.contiguous:
-            ended += _cut_beyond_gaps(canvas, objs, reference, absent + [(o, zz) for o, _, _, zz in ended], zb)
-        absent += [(o, zz) for o, _, _, zz in ended]
-        yield Progress(n, len(visits), z, "prompted" if prompted else "batch", canvas.labels[z].copy(), tuple(group),
-                       tuple(ended), canvas.labels if n == len(visits) else None)
-    return canvas.labels
-
-
-def _footprint(d, grow: float):
-    """(r0, c0, bool crop): the mask ``d`` grown by ``grow`` x its equivalent radius (+ 1 px)."""
-    from scipy import ndimage as ndi
-
-    k = int(np.ceil(grow * np.sqrt(d.area / np.pi))) + 1
-    m = np.pad(d.mask, k)
-    return d.r0 - k, d.c0 - k, ndi.binary_dilation(m, iterations=k)
-
-
-def _inside(fp, d) -> float:
-    """Fraction of ``d``'s mask inside the footprint ``fp``."""
-    r0, c0, m = fp
-    rr, cc = np.nonzero(d.mask)
-    rr, cc = rr + d.r0 - r0, cc + d.c0 - c0
-    ok = (rr >= 0) & (cc >= 0) & (rr < m.shape[0]) & (cc < m.shape[1])
-    return float(m[rr[ok], cc[ok]].sum() / max(len(rr), 1))
-
-
-def _cut_beyond_gaps(canvas, objs, reference, absent, zb) -> list[tuple]:
-    """Erase each referenced object beyond the first slice it is absent from, above and below the slice it
-    was prompted on (``PresenceRule.contiguous``); the ``ended`` records of what was erased."""
-    gaps: dict[int, set[int]] = {}
-    for o, z in absent:
-        gaps.setdefault(o, set()).add(z)
-    out = []
-    for o, (zr, _) in objs.items():
-        if zr is None or o not in reference or o not in gaps:
-            continue
-        above = [z for z in gaps[o] if z > zr]
-        below = [z for z in gaps[o] if z < zr]
-        cut = [z for z in range(min(above) + 1, zb[1]) if z not in gaps[o]] if above else []
-        cut += [z for z in range(zb[0], max(below)) if z not in gaps[o]] if below else []
-        for z in cut:
-            if (canvas.labels[z] == o).any():
-                canvas.erase(z, o)
-                edge = min(above) if z > zr else max(below)
-                out.append((o, "absent", f"beyond z={edge}, where it is not (an object is one run of slices)", z))
-    return out
 
 
 def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = False, labels=None,
@@ -360,14 +211,3 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
     gen = run(predictor, stack, prompts, z_range=z_range, cache=cache, labels=labels, channel_axis=channel_axis,
               disk=disk, **kwargs)
     return run_to_end(gen, progress)
-
-
-def run_to_end(gen, progress=None):
-    """Run a propagation generator to its end, ``progress(record)`` for each record; its return value."""
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as fin:
-            return fin.value
-        if progress is not None:
-            progress(p)

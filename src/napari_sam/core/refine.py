@@ -92,3 +92,12 @@ def refine_mask(mask: np.ndarray, gray: np.ndarray | None, points=None, labels=N
     if gray is not None and out.any():
         out = keep_prompted(snap_boundary(out, gray), points, labels, box)
     return out
+
+
+def tidy_mask(mask: np.ndarray, gray: np.ndarray | None, points=None, labels=None, box=None, *,
+              snap: bool, fragments: bool) -> np.ndarray:
+    """What a predictor does to each mask: ``refine_mask`` (snap + fragments) with ``snap``, else
+    ``keep_prompted`` with ``fragments``, else the mask as SAM gave it."""
+    if snap:
+        return refine_mask(mask, gray, points, labels, box)
+    return keep_prompted(mask, points, labels, box) if fragments else mask

@@ -39,7 +39,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from .label_canvas import USER_SCORE, LabelCanvas
-from .propagate import Progress, pass_source
+from .propagate import pass_source
+from .propagate_records import Progress
 from .propagate_inputs import check_labels, check_prompts, check_stack, z_bounds
 
 _VIDEO_PREDICTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model.sam -> its video predictor
