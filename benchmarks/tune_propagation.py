@@ -10,7 +10,7 @@ Seed points as in ``eval_propagation`` (deepest pixel of the middle slice).
 
 1. Screen. Each way of prompting the next slice (box, mask logits, point,
    combinations; ``--extra``: single or multi-mask, whole-slice or windowed
-   decoding, boundary refinement off, a second same-slice iteration, another
+   decoding, boundary snapping on (the product has it off since session 10), a second same-slice iteration, another
    logit threshold) is run once with a permissive stop rule while every
    step's ``StepFeatures`` is recorded. Two numbers per variant:
    - "oracle": median / p10 3D IoU when each object is cut exactly at its
@@ -243,7 +243,7 @@ def main(argv=None):
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--stacks", type=int, default=6)
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--extra", default="", help="comma list of: nowindow, norefine, multimask, iterate, window=F")
+    ap.add_argument("--extra", default="", help="comma list of: nowindow, refine, multimask, iterate, window=F, threshold=F")
     ap.add_argument("--features", action="store_true", help="print what the stop rule sees, by position")
     ap.add_argument("--search", action="store_true", help="real-run coordinate search of the StopRule for the first variant")
     ap.add_argument("--top", type=int, default=1, help="best stop rules printed per variant")
@@ -278,7 +278,7 @@ def main(argv=None):
             if e.startswith("threshold="):
                 kw["threshold"] = float(e.split("=")[1])
         t = time.perf_counter()
-        objs = _tables(trace(model, stacks, StepRule(**kw), refine="norefine" not in extra))
+        objs = _tables(trace(model, stacks, StepRule(**kw), refine="refine" in extra))
         dt = time.perf_counter() - t
         o = ev.summarise(*simulate(objs, None))
         for best in grid_search(objs, top=args.top):
