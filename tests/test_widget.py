@@ -360,6 +360,14 @@ def test_refine_from_labels_replaces_the_object_on_this_slice(sam, qtbot, stack)
     labels.undo()
     np.testing.assert_array_equal(labels.data, before)
 
+    # no click: SAM given the label's mask alone returns little or nothing, which would erase it on commit
+    viewer.layers["nuclei SAM points"].data = np.zeros((0, 3))
+    qtbot.waitUntil(lambda: "to refine label 3, click where its mask is wrong" in widget._ui.status.text(),
+                    timeout=10000)
+    _press(viewer, "C")
+    assert "Nothing to commit" in widget._ui.status.text(), widget._ui.status.text()
+    np.testing.assert_array_equal(labels.data, before)
+
 
 def test_4d_and_rgb_images(make_napari_viewer, qtbot, stack):
     from napari_sam._qt.widget import SamWidget
@@ -381,6 +389,13 @@ def test_4d_and_rgb_images(make_napari_viewer, qtbot, stack):
     assert out.shape == tz.shape and _iou(out[1, 3] > 0, lab == obj) >= MIN_CLICK_IOU
     out[1, 3] = 0
     assert not out.any()
+    # seen from the side (z and x shown), the slider moves y: named by its place in the data, not "z"
+    from napari_sam._qt._plane import current_plane
+
+    viewer.dims.order = (0, 2, 1, 3)
+    assert current_plane(viewer, viewer.layers["tz"]).label.startswith("t=1, y="), \
+        current_plane(viewer, viewer.layers["tz"]).label
+    viewer.dims.order = (0, 1, 2, 3)
 
     rgb = np.repeat((stack.image[Z] / stack.image[Z].max() * 255).astype(np.uint8)[..., None], 3, -1)
     viewer.add_image(rgb, name="rgb", rgb=True)
@@ -401,8 +416,14 @@ def test_layer_removal_rename_switch_and_bad_choices_keep_the_session(sam, qtbot
     lab = stack.labels[Z]
     click = [Z, *interior_point(lab == _objects_by_size(lab)[0])]
 
-    viewer.layers.remove(viewer.layers["nuclei SAM points"])
+    viewer.layers["nuclei SAM points"].add([click])
+    _wait_preview(qtbot, viewer, widget)
+    viewer.layers.remove(viewer.layers["nuclei SAM points"])  # its prompts are gone: so is SAM's answer to them
     assert widget._ui.points.currentText() == "(new layer)"
+    assert not _preview(viewer).any()
+    _press(viewer, "C")
+    assert "Nothing to commit" in status.text(), status.text()
+    assert "nuclei SAM labels" not in viewer.layers or not viewer.layers["nuclei SAM labels"].data.any()
     _choose(widget._ui.points, "(new layer)")
     viewer.layers["nuclei SAM points"].add([click])
     _wait_preview(qtbot, viewer, widget)
@@ -413,6 +434,11 @@ def test_layer_removal_rename_switch_and_bad_choices_keep_the_session(sam, qtbot
     viewer.add_labels(np.zeros((3, 10, 10), np.uint8), name="small")
     _choose(widget._ui.labels, "small")
     assert "does not fit" in status.text()
+    # the image's shape, but without its voxel size: commits by index would land elsewhere on screen
+    viewer.add_labels(np.zeros(stack.labels.shape, np.uint32), name="unscaled")
+    _choose(widget._ui.labels, "unscaled")
+    assert "does not fit" in status.text() and "scale, translate or rotation differ" in status.text()
+    assert widget._ui.labels.currentText() != "unscaled"
 
     viewer.add_points(np.zeros((0, 2)), name="flat points")
     _choose(widget._ui.points, "flat points")

@@ -78,6 +78,26 @@ def _commit(labels, mask2d, label: int, at: tuple = (Z,)) -> None:
         labels.data_setitem((*(np.full(len(r), i) for i in at), r, c), label)
 
 
+def _slowed(run, records=None):
+    """``run`` (a propagation generator function) pausing 0.1 s after each progress record, so that the
+    test can act while it runs; the records go into ``records``."""
+    import time
+
+    def slow(*args):
+        gen = run(*args)
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as fin:
+                return fin.value
+            if records is not None:
+                records.append(p)
+            time.sleep(0.1)
+            yield p
+
+    return slow
+
+
 def _run(qtbot, widget, button) -> str:
     button.click()
     assert widget.propagating and not widget._ui.commit.isEnabled() and not button.isEnabled()
@@ -140,8 +160,6 @@ def test_an_rgb_stack_propagates_like_its_gray_version(open_sam, qtbot, stack):
 
 
 def test_cancel_midway_leaves_the_labels_unchanged(sam, qtbot, stack, monkeypatch):
-    import time
-
     from napari_sam._qt import _on_propagate
 
     viewer, widget, labels = sam
@@ -150,20 +168,8 @@ def test_cancel_midway_leaves_the_labels_unchanged(sam, qtbot, stack, monkeypatc
     before = np.array(labels.data, copy=True)
     undo_depth = len(labels._undo_history)
     records = []
-    run = _on_propagate.run_propagation
-
-    def slow(*args):  # the real run, slowed down so that Cancel lands in the middle of it
-        gen = run(*args)
-        while True:
-            try:
-                p = next(gen)
-            except StopIteration as fin:
-                return fin.value
-            records.append(p)
-            time.sleep(0.1)
-            yield p
-
-    monkeypatch.setattr(_on_propagate, "run_propagation", slow)
+    # the real run, slowed down so that Cancel lands in the middle of it
+    monkeypatch.setattr(_on_propagate, "run_propagation", _slowed(_on_propagate.run_propagation, records))
     widget._ui.propagate_object.click()
     qtbot.waitUntil(lambda: widget._ui.progress.value() >= 2, timeout=30000)
     assert not widget._ui.cancel.isHidden() and not widget._ui.progress.isHidden()
@@ -274,6 +280,8 @@ def test_prompts_on_every_slice_are_new_objects_where_they_are_and_one_undo_step
 
     status = _run(qtbot, widget, widget._ui.every_slice)
     after = np.array(labels.data, copy=True)
+    qtbot.wait(widget._timer.interval() + 300)  # the cleared prompts re-run the preview: the summary stays
+    assert widget._ui.status.text().startswith(status), widget._ui.status.text()
 
     assert "Prompts on every slice" in status and "label 10" in status and "label 11" in status, status
     changed = after != before
@@ -295,6 +303,30 @@ def test_prompts_on_every_slice_are_new_objects_where_they_are_and_one_undo_step
     widget._ui.undo.click()
     np.testing.assert_array_equal(labels.data, before)
     assert "Undid the prompts on every slice of label 10, 11" in widget._ui.status.text(), widget._ui.status.text()
+
+
+def test_during_a_run_c_is_refused_and_prompts_added_meanwhile_stay(sam, qtbot, stack, monkeypatch):
+    """Prompts on every slice has taken its ids when it starts: C during the run must not commit (it could
+    reuse them), and the run's end removes only the prompts it used, not a click added meanwhile."""
+    from napari_sam._qt import _on_propagate
+    from napari_sam.synthetic import interior_point
+
+    viewer, widget, labels = sam
+    monkeypatch.setattr(_on_propagate, "run_every_slice", _slowed(_on_propagate.run_every_slice))
+    points = viewer.layers["nuclei SAM points"]
+    points.add([[Z, *interior_point(stack.labels[Z] == OBJ)]])
+    widget._ui.every_slice.click()
+    qtbot.waitUntil(lambda: widget._ui.progress.value() >= 1, timeout=30000)
+    nxt = [Z, *interior_point(stack.labels[Z] == OTHERS[0])]
+    points.add([nxt])
+    widget._on_commit()  # what C does
+    assert "still running" in widget._ui.status.text(), widget._ui.status.text()
+    qtbot.waitUntil(lambda: not widget.propagating, timeout=60000)
+
+    out = np.asarray(labels.data)
+    assert set(np.unique(out)) == {0, 1}, "only the run's object was written"
+    assert _iou(out == 1, stack.labels == OBJ) >= MIN_IOU
+    np.testing.assert_array_equal(points.data, [nxt])
 
 
 # ------------------------------------------------------------ without a viewer --

@@ -7,6 +7,8 @@ widget may undo in ``_undo.py``.
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import _layers as L
 from ._commit import CommitError, check_target, commit_masks, object_record, record_objects
 from ._plane import PlaneError, current_plane, plane_indices, spatial_shape
@@ -16,6 +18,10 @@ class Committing:
     """Commit, clear and undo handlers of the SAM widget."""
 
     def _on_commit(self) -> None:
+        if self.propagating:  # as the Commit button, disabled meanwhile: the run has taken its ids
+            self._say(f"The {self._propagation.what} is still running: commit when it has finished "
+                      "(or Cancel it).", error=True)
+            return
         if self._timer.isActive():
             self._update_preview()
         try:
@@ -67,19 +73,31 @@ class Committing:
         if label is None:
             labels.selected_label = report.ids[-1]
         kept = f" {report.kept} px kept their existing label (overwrite is off)." if report.kept else ""
+        cleared = f" {report.cleared} px of its previous mask cleared." if report.cleared else ""
         ids = ", ".join(str(i) for i in dict.fromkeys(report.ids))
         self._undo.remember(labels, f"commit of label {ids} on {res.plane.label}", report.changed)
-        self._last_commit = (f"Committed label {ids} on {res.plane.label}: {report.pixels} px.{kept} "
+        self._last_commit = (f"Committed label {ids} on {res.plane.label}: {report.pixels} px.{cleared}{kept} "
                              f"Undo: Ctrl-Z (or the Undo button).")
         self._say(self._last_commit)
         self._clear_prompts(res.plane)
 
-    def _clear_prompts(self, plane) -> None:
-        for layer in (self._points, self._boxes):
-            if layer is not None and layer in self._viewer.layers:
-                idx = plane_indices(layer, self._image, plane)
-                if idx:
-                    layer.remove(idx)
+    def _prompt_layers(self) -> list:
+        return [ly for ly in (self._points, self._boxes) if ly is not None and ly in self._viewer.layers]
+
+    def _prompt_snapshot(self, plane) -> dict:
+        """{id(layer): [each prompt's coordinates]} of the prompts on ``plane`` now, for ``_clear_prompts``."""
+        return {id(ly): [np.array(ly.data[i], copy=True) for i in plane_indices(ly, self._image, plane)]
+                for ly in self._prompt_layers()}
+
+    def _clear_prompts(self, plane, only: dict | None = None) -> None:
+        """Remove the prompts on ``plane``; with ``only`` (a ``_prompt_snapshot``), just those it holds."""
+        for layer in self._prompt_layers():
+            idx = plane_indices(layer, self._image, plane)
+            if only is not None:
+                used = only.get(id(layer), [])
+                idx = [i for i in idx if any(np.array_equal(layer.data[i], u) for u in used)]
+            if idx:
+                layer.remove(idx)
 
     def _on_clear(self) -> None:
         try:

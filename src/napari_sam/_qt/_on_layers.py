@@ -8,7 +8,7 @@ and refuses layers that do not fit the image (with a message).
 from __future__ import annotations
 
 from . import _layers as L
-from ._plane import spatial_shape
+from ._plane import same_transform, spatial_shape
 
 _ROLES = {"points": "Points", "boxes": "Shapes", "labels": "Labels"}
 
@@ -30,6 +30,9 @@ class LayerChoice:
                 if role == "image":
                     self._reset_result()
                     self._sync_precompute()
+                elif role != "labels" or self._ui.refine.isChecked():  # the preview's prompts are gone
+                    self._reset_result()
+                    self._on_prompts_changed()
         if self._preview is not None and self._preview not in v.layers:
             self._preview = None
         self._follow_keys()
@@ -75,8 +78,9 @@ class LayerChoice:
         self._schedule()
 
     def _fits(self, role: str, layer) -> bool:
-        if role == "labels":
-            return tuple(layer.data.shape) == spatial_shape(self._image) if not layer.multiscale else False
+        if role == "labels":  # written by data index: it must lie where the image lies
+            return not layer.multiscale and tuple(layer.data.shape) == spatial_shape(self._image) \
+                and same_transform(layer, self._image)
         return layer.ndim == self._image.ndim
 
     def _on_layer_choice(self, role: str) -> None:
@@ -85,7 +89,9 @@ class LayerChoice:
         if layer is None and role != "labels" and self._image is not None:
             layer = (L.add_points_layer if role == "points" else L.add_shapes_layer)(self._viewer, self._image)
         if layer is not None and self._image is not None and not self._fits(role, layer):
-            self._say(f"{layer.name!r} does not fit image {self._image.name!r} (dimensions or shape differ).", error=True)
+            placed = role == "labels" and not layer.multiscale and tuple(layer.data.shape) == spatial_shape(self._image)
+            why = "its scale, translate or rotation differ: give it the image's" if placed else "dimensions or shape differ"
+            self._say(f"{layer.name!r} does not fit image {self._image.name!r} ({why}).", error=True)
             self._on_layers_renamed()
             return
         self._watch(role, layer)

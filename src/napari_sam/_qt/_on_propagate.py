@@ -165,12 +165,12 @@ class Propagating:
         z = dict(plane.fixed)[view.z_axis]
         before = StackView(labels.data, plane, view.z_axis).volume()
         prompts = {i: {z: o} for i, o in zip(ids, objects)}
-        model = self._session.model
+        model, used = self._session.model, self._prompt_snapshot(plane)
 
-        def after(layer):  # the prompts become the objects' records, and leave the slice
+        def after(layer):  # the prompts become the objects' records, and leave the slice (not those added since)
             record_objects(layer, [object_record(i, plane, o, score=None, token=None, model=model, every_slice=True)
                                    for i, o in zip(ids, objects)])
-            self._clear_prompts(plane)
+            self._clear_prompts(plane, only=used)
 
         what = _objects_text(ids)
         run = _Run(None, view, before, labels, self._image, self._image_version,
@@ -291,10 +291,10 @@ class Propagating:
         self._ui.propagate_status.setText(run.outcome.text(result, write, show=3, short=True))
         self._ui.propagate_status.setToolTip(run.outcome.text(result, write, show=len(run.outcome.ids)))
         what, done = ("Propagation", "Propagated") if run.after is None else ("Prompts on every slice",) * 2
-        if n == 0:
-            self._say(f"{what} added no pixels.\n{summary}")
-            return
-        self._say(f"{done}: {n} px written (one step: Ctrl-Z or the Undo button undoes it).\n{summary}")
+        msg = f"{what} added no pixels.\n{summary}" if n == 0 else \
+            f"{done}: {n} px written (one step: Ctrl-Z or the Undo button undoes it).\n{summary}"
+        self._last_commit = msg  # stays on the status line, as a commit's, until the next prompt or slice
+        self._say(msg)
 
     @staticmethod
     def _write_propagation(layer, view: StackView, result: np.ndarray, write: np.ndarray) -> int:
@@ -321,4 +321,4 @@ class Propagating:
             return
         self._finish_propagation()
         self._ui.propagate_status.setText("Cancelled: the labels are unchanged.")
-        self._say("Propagation cancelled: the labels are unchanged.")
+        self._say(f"{run.what[0].upper()}{run.what[1:]} cancelled: the labels are unchanged.")

@@ -74,17 +74,14 @@ def spatial_shape(image: napari.layers.Image) -> tuple[int, ...]:
     return shape[:-1] if image.rgb else shape
 
 
-def _axis_names(viewer, nd: int, offset: int, shown: tuple) -> list[str]:
-    """Names of the image's axes: the viewer's labels, or z, t for napari's numeric defaults."""
+def _axis_names(viewer, nd: int, offset: int) -> list[str]:
+    """Names of the image's axes: the viewer's labels, or, for napari's numeric defaults, by their place
+    in the data (... t, z, y, x), whichever two the viewer shows: a stack seen from the side slices along y."""
     given = [str(x) for x in viewer.dims.axis_labels[offset : offset + nd]]
     if not all(g.lstrip("-").isdigit() for g in given):
         return given
-    hidden = [a for a in range(nd) if a not in shown]
-    conventional = ["z", "t"] + [f"axis {a}" for a in range(nd)]
-    names = [f"axis {a}" for a in range(nd)]
-    for k, a in enumerate(reversed(hidden)):
-        names[a] = conventional[k] if k < 2 else f"axis {a}"
-    return names
+    conventional = {nd - 1: "x", nd - 2: "y", nd - 3: "z", nd - 4: "t"}
+    return [conventional.get(a, f"axis {a}") for a in range(nd)]
 
 
 def current_plane(viewer: napari.Viewer, image: napari.layers.Image) -> Plane:
@@ -99,7 +96,7 @@ def current_plane(viewer: napari.Viewer, image: napari.layers.Image) -> Plane:
         raise PlaneError(f"the viewer does not show two axes of {image.name!r}; reset the axis order")
     pos = np.asarray(image.world_to_data(viewer.dims.point), float)
     fixed, names = [], []
-    labels = _axis_names(viewer, nd, offset, axes)
+    labels = _axis_names(viewer, nd, offset)
     for a in range(nd):
         if a in axes:
             continue
@@ -114,7 +111,8 @@ def current_plane(viewer: napari.Viewer, image: napari.layers.Image) -> Plane:
     return Plane(tuple(fixed), axes, (shape[axes[0]], shape[axes[1]]), ", ".join(names) or "2D image")
 
 
-def _same_transform(a, b) -> bool:
+def same_transform(a, b) -> bool:
+    """Whether layers ``a`` and ``b`` put the same data index at the same place in the world."""
     return (
         a.ndim == b.ndim
         and np.allclose(a.scale, b.scale)
@@ -133,7 +131,7 @@ def to_image_coords(layer, image, coords: np.ndarray) -> np.ndarray:
             f"layer {layer.name!r} has {layer.ndim} dimensions but image {image.name!r} has {image.ndim}: "
             f"choose or create a prompt layer for this image"
         )
-    if _same_transform(layer, image):
+    if same_transform(layer, image):
         return coords
     return np.array([image.world_to_data(layer.data_to_world(c)) for c in coords], float).reshape(-1, image.ndim)
 

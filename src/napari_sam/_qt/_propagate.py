@@ -159,12 +159,13 @@ class Outcome:
         """[(direction, z it stopped at or None, why)] for the directions where it ended."""
         out = []
         lo, hi = self.bounds or (0, nz - 1)
-        for direction, edge, end, whole in (("up", zs[-1], hi, hi == nz - 1), ("down", zs[0], lo, lo == 0)):
+        for direction, edge, end, whole, which in (("up", zs[-1], hi, hi == nz - 1, "last"),
+                                                   ("down", zs[0], lo, lo == 0, "first")):
             if (oid, direction) in self.ends:
                 out.append((direction, *self.ends[(oid, direction)]))
             elif edge == end:
                 out.append((direction, None, "reached the stack's end" if whole else
-                            f"reached the last slice set ({self.zname}={end})"))
+                            f"reached the {which} slice set ({self.zname}={end})"))
         return out
 
     def object_text(self, oid: int, result: np.ndarray, written: np.ndarray) -> str:
