@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_sam.core.image import to_sam_rgb
-from napari_sam.core.prompts import box_from_corners, check_inside, to_sam
+from napari_sam.core.prompts import ObjectPrompt, box_from_corners, check_inside, to_sam
 
 
 def test_points_row_col_become_x_y_scaled_per_axis():
@@ -26,6 +26,35 @@ def test_points_outside_are_refused_with_the_slice_size():
     check_inside(np.array([[0.0, 0.0], [99.0, 49.0]]), None, (100, 50))
     with pytest.raises(ValueError, match=r"point \(row=100, col=3\) is outside the slice of 100x50"):
         check_inside(np.array([[100.0, 3.0]]), None, (100, 50))
+
+
+@pytest.mark.parametrize("prompt, message", [
+    (dict(points=[[np.nan, 5.0]]), "a point has a NaN or infinite coordinate"),
+    (dict(points=[[4.0, 5.0]], labels=[-1]), "point label -1 is neither 1 .positive. nor 0 .negative."),
+    (dict(points=[[4.0, 5.0]], labels=[2]), "point label 2 is neither"),
+    (dict(points=[[4.0, 5.0]], labels=[1, 0]), r"1 point\(s\) but 2 point label\(s\)"),
+    (dict(box=[np.nan, 1, 20, 20]), "the box has a NaN or infinite coordinate"),
+])
+def test_prompts_sam_would_take_silently_are_refused(prompt, message):
+    """-1 and 2/3 are SAM's own codes (padding, box corners): passed through they gave IoU 0.01 / 0.44."""
+    with pytest.raises(ValueError, match=message):
+        ObjectPrompt(**prompt)
+
+
+def test_an_integer_mask_is_a_mask_even_of_the_logits_grid_size(embedded_model):
+    """A uint8 0/1 mask of a 128 px slice has the shape of the embedded model's low-res grid there: it was
+    read as logits (IoU 0.003). It is a mask, as the same mask in bool."""
+    from napari_sam import segment
+    from napari_sam.synthetic import interior_point, make_image
+
+    st = make_image((128, 128), seed=4, radius_range=(8, 14))
+    gt = st.labels == np.bincount(st.labels.ravel())[1:].argmax() + 1
+    pt = interior_point(gt)[None]
+    kw = dict(points=pt, model=embedded_model, input_scale=2.0)
+    as_bool = segment(st.image, mask=gt, **kw)
+    as_uint8 = segment(st.image, mask=gt.astype(np.uint8), **kw)
+    np.testing.assert_array_equal(as_uint8.masks, as_bool.masks)
+    assert (as_bool.masks[0, 0] & gt).sum() / (as_bool.masks[0, 0] | gt).sum() > 0.7
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64, np.int32])

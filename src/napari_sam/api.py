@@ -44,8 +44,9 @@ def segment(
     image2d: (H, W) or, with ``channel_axis``, (H, W, C); any dtype.
     points: (N, 2) (row, col); point_labels: (N,) 1 positive / 0 negative
     (default all positive). boxes: (4,) or (M, 4) (row0, col0, row1, col1);
-    M boxes are M objects. mask: a previous (H, W) bool mask or SAM low-res
-    logits. model: a ``LoadedModel``, a registry name or checkpoint path
+    M boxes are M objects. mask: a previous (H, W) bool (or integer) mask or SAM
+    low-res float logits; alone it is a weak prompt (SAM returns little of it):
+    give it with the point(s) that say what to change. model: a ``LoadedModel``, a registry name or checkpoint path
     (default: the embedded model). refine: boundary snapping and removal of
     fragments not connected to the prompt (``core.refine``; off by default:
     it removes every stray fragment but does not raise the IoU on average,

@@ -20,7 +20,8 @@ class ObjectPrompt:
 
     points: (N, 2) float, (row, col). labels: (N,) int, 1 positive, 0 negative.
     box: (4,) float, (row0, col0, row1, col1), or None.
-    mask: (H, W) bool full-size mask, or (h, w) float low-res SAM logits, or None.
+    mask: (H, W) bool (or integer, non-zero inside) full-size mask, or (h, w) float low-res SAM logits,
+    or None.
     """
 
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
@@ -29,12 +30,27 @@ class ObjectPrompt:
     mask: np.ndarray | None = None
 
     def __post_init__(self):
+        """Checks what SAM would take silently: NaN coordinates, labels that are SAM's own codes (-1 padding,
+        2/3 box corners), a label count that does not match the points; an integer mask becomes bool."""
         self.points = np.asarray(self.points, np.float32).reshape(-1, 2)
+        if not np.isfinite(self.points).all():
+            raise ValueError("a point has a NaN or infinite coordinate: give (row, col) pixel coordinates")
         if self.labels is None or len(np.atleast_1d(self.labels)) == 0:
             self.labels = np.ones(len(self.points), np.int64) if len(self.points) else np.zeros(0, np.int64)
-        self.labels = np.asarray(self.labels, np.int64).reshape(-1)
+        labels = np.asarray(self.labels, np.float64).reshape(-1)
+        if len(labels) != len(self.points):
+            raise ValueError(f"{len(self.points)} point(s) but {len(labels)} point label(s): give one label per point "
+                             "(1 positive, 0 negative)")
+        bad = ~np.isin(labels, (0, 1))
+        if bad.any():
+            raise ValueError(f"point label {labels[bad][0]:g} is neither 1 (positive) nor 0 (negative)")
+        self.labels = labels.astype(np.int64)
         if self.box is not None:
             self.box = np.asarray(self.box, np.float32).reshape(4)
+            if not np.isfinite(self.box).all():
+                raise ValueError("the box has a NaN or infinite coordinate: give (row0, col0, row1, col1) in pixels")
+        if self.mask is not None and np.asarray(self.mask).dtype.kind in "biu":  # a drawn mask, never logits
+            self.mask = np.asarray(self.mask) != 0
 
     @property
     def empty(self) -> bool:

@@ -66,14 +66,15 @@ def as_prompt(p, oid, z, shape2d) -> ObjectPrompt:
         if extra:
             raise ValueError(f"{where}: unknown prompt keys {sorted(extra)}; use points, labels, box, mask")
         labels = p.get("labels", p.get("point_labels"))
-        p = ObjectPrompt(points=np.zeros((0, 2)) if p.get("points") is None else p["points"], labels=labels,
-                         box=p.get("box"), mask=p.get("mask"))
+        try:
+            p = ObjectPrompt(points=np.zeros((0, 2)) if p.get("points") is None else p["points"], labels=labels,
+                             box=p.get("box"), mask=p.get("mask"))
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
     elif not isinstance(p, ObjectPrompt):
         raise ValueError(f"{where}: a prompt is an ObjectPrompt or a dict(points=, labels=, box=, mask=), got {type(p).__name__}")
     if p.empty:
         raise ValueError(f"{where} has no prompt: give at least one point, a box or a mask")
-    if len(p.labels) != len(p.points):
-        raise ValueError(f"{where}: {len(p.points)} points but {len(p.labels)} point labels")
     try:
         check_inside(p.points, None if p.box is None else p.box[None], shape2d)
     except ValueError as e:
