@@ -124,6 +124,41 @@ def run_every_slice(predictor, image, seeds, cache=None) -> np.ndarray:
     return run_to_end(batch_prompts_through_z(predictor, image, seed_prompts(seeds), cache=cache))
 
 
+def run_oracle(predictor, image, gt, seeds, cache=None, kind="click") -> np.ndarray:
+    """Not a method, a ceiling: each seeded object prompted afresh on every slice of its true z extent from
+    the ground truth (``kind`` "click": its deepest point there; "box": its box there), all objects of a slice
+    decoded together, nothing beyond the true extent. How far any way of stepping from slice to slice
+    could get with this model. Where masks overlap, the smaller object keeps the pixel."""
+    from napari_sam.core.cache import stack_embedder
+    from napari_sam.core.prompts import ObjectPrompt
+    from napari_sam.synthetic import interior_point
+
+    embed = stack_embedder(predictor, image, cache, None, None)
+    out = np.zeros(gt.shape, np.int32)
+    for z in range(gt.shape[0]):
+        ids = [int(i) for i in np.unique(gt[z]) if i in seeds]
+        if not ids:
+            continue
+        embed(z)
+        objs, areas = [], []
+        for i in ids:
+            m = gt[z] == i
+            areas.append(int(m.sum()))
+            if kind == "box":
+                rr, cc = np.nonzero(m)
+                objs.append(ObjectPrompt(box=np.array([rr.min(), cc.min(), rr.max(), cc.max()], np.float32)))
+            else:
+                objs.append(ObjectPrompt(interior_point(m)[None].astype(np.float32), [1]))
+        if kind == "box":
+            masks = predictor.predict_objects(objs, multimask=False).masks[:, 0]
+        else:  # the candidate a click shows first
+            p = predictor.predict_objects(objs)
+            masks = p.masks[np.arange(len(objs)), p.best_index()]
+        for k in np.argsort(areas)[::-1]:  # largest first: the smaller object keeps a shared pixel
+            out[z][masks[k]] = ids[k]
+    return out
+
+
 def run_classical(image, seeds, min_overlap=0.5) -> np.ndarray:
     """Otsu + seeded watershed per slice, following each object from its previous centroid."""
     from skimage.filters import threshold_otsu
@@ -222,6 +257,8 @@ def evaluate(model, stacks=STACKS, shape=SHAPE, methods=("propagation", "naive",
                 pred = run_naive(SlicePredictor(model, refine=refine, rank="score"), image, seeds, cache)
             elif m == "every-slice":
                 pred = run_every_slice(predictor, image, seeds, cache)
+            elif m.startswith("oracle-"):
+                pred = run_oracle(predictor, image, labels, seeds, cache, m.split("-", 1)[1])
             elif m == "memory":
                 pred = run_memory(predictor, image, seeds)
             elif m == "micro-sam":  # micro-sam's propagation on our model (micro_sam_baseline.py)
@@ -342,6 +379,9 @@ def main(argv=None):
     ap.add_argument("--every-slice", action="store_true",
                     help="add the seed point applied to every slice knowing its slice (slices without the object "
                          "left empty; the widget's Every slice, the CLI's --every-slice)")
+    ap.add_argument("--oracle", action="store_true",
+                    help="add two ceilings (not methods): ground-truth clicks / boxes on every slice of each "
+                         "object's true extent, decoded by the same model (run_oracle)")
     args = ap.parse_args(argv)
     from napari_sam.core.models import load_model
 
@@ -358,6 +398,8 @@ def main(argv=None):
         methods += ("memory",)
     if args.every_slice:
         methods += ("every-slice",)
+    if args.oracle:
+        methods += ("oracle-click", "oracle-box")
     if args.stardist_3d:
         data = stardist_3d()
     else:
