@@ -61,3 +61,17 @@ def server(tmp_path, monkeypatch):
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def stack_files(tmp_path_factory):
+    """(folder, SyntheticStack): a (12, 128, 128) stack and its slice 6 as TIFFs, for the CLI tests."""
+    import tifffile
+
+    from napari_sam.synthetic import make_stack
+
+    d = tmp_path_factory.mktemp("cli")
+    st = make_stack((12, 128, 128), seed=900_500, radius_range=(10, 22), density=0.35)
+    tifffile.imwrite(d / "stack.tif", st.image)
+    tifffile.imwrite(d / "slice.tif", st.image[6])
+    return d, st

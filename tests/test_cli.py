@@ -9,45 +9,10 @@ import pytest
 import tifffile
 
 from napari_sam.cli import main
-from napari_sam.synthetic import interior_point, make_stack
+from napari_sam.synthetic import interior_point
 
+from ._cli_helpers import _click_each, _objects_on, _run, _write
 from .conftest import needs_embedded
-
-
-@pytest.fixture(scope="module")
-def stack_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cli")
-    st = make_stack((12, 128, 128), seed=900_500, radius_range=(10, 22), density=0.35)
-    tifffile.imwrite(d / "stack.tif", st.image)
-    tifffile.imwrite(d / "slice.tif", st.image[6])
-    return d, st
-
-
-def _write(path, text):
-    path.write_text(text)
-    return path
-
-
-def _run(argv, capsys):
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    return code, err
-
-
-def _click_each(labels, z, path):
-    """points CSV with one click per object on slice z, as objects 10, 11, ...; returns the true ids."""
-    ids = _objects_on(labels, z)
-    rows = ["z,y,x,positive,object"]
-    for k, oid in enumerate(ids):
-        r, c = interior_point(labels[z] == oid)
-        rows.append(f"{z},{r},{c},1,{10 + k}")
-    _write(path, "\n".join(rows) + "\n")
-    return ids
-
-
-def _objects_on(labels, z, n=3, min_area=150):
-    ids, counts = np.unique(labels[z][labels[z] > 0], return_counts=True)
-    return [int(i) for i in ids[counts >= min_area][:n]]
 
 
 BAD = [

@@ -165,3 +165,30 @@ def test_a_glob_that_matched_one_image_still_writes_into_the_folder(stacks, tmp_
     assert "[1/1] stack1.tif: wrote" in err
     lab = tifffile.imread(out / "stack1.tif")
     assert set(np.unique(lab)) == {0, *range(1, len(truth["stack1"][1]) + 1)}
+
+
+def test_outputs_that_would_lose_a_record_or_an_input_are_refused(stacks, tmp_path, capsys, monkeypatch):
+    d, _ = stacks
+    monkeypatch.setattr("napari_sam.cli._load", lambda *a: pytest.fail("the model was loaded"))
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.tif", "a.ome.tif"):
+        (data / name).write_bytes((d / "stack0.tif").read_bytes())
+    pts, folder = d / "prompts" / "stack0.csv", d / "prompts"
+    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    for argv, message in [
+        # a.tif and a.ome.tif write a.tif / a.ome.tif, but both records would be a.prompts.json
+        ([data / "a.tif", data / "a.ome.tif", "--points", pts, "--out", tmp_path / "o"],
+         "a.ome.tif would both write a.prompts.json"),
+        # --out the images' own folder: even --overwrite does not replace an input
+        ([data / "a.tif", "--points", pts, "--out", data, "--overwrite"],
+         "a.tif: --out .*a.tif would replace the input image"),
+        # a folder of prompt tables writes IMAGE-NAME.tif into --out: not into a folder named res.tif
+        ([d / "stack0.tif", "--points", folder, "--out", tmp_path / "res.tif"],
+         "--out .*res.tif names a TIFF, but with a folder of prompt tables --out is a folder"),
+    ]:
+        code, err = _run(["segment", *argv], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert pytest.importorskip("re").search(message, err), err
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

@@ -47,32 +47,25 @@ class Job:
 def plan(args) -> list[Job]:
     """Every image checked against its prompts, output and cache; InputError at the first problem."""
     from ._cli_checks import check_propagation
-    from .io import check_output, image_spatial_shape, read_prompts
+    from .io import check_output, image_header, read_prompts
 
     if not args.points and not args.boxes:
         raise InputError("give prompts: --points POINTS.csv|FOLDER and/or --boxes BOXES.csv|FOLDER")
     images = [Path(p) for p in args.image]
-    names: dict[str, Path] = {}
-    for p in images:
-        if p.stem in names:
-            raise InputError(f"{names[p.stem]} and {p} would both write {p.stem}.tif: give images distinct names")
-        names[p.stem] = p
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; with several images --out is a folder (IMAGE-NAME.tif is written there)")
-    if not out.exists() and not out.parent.exists():
-        raise InputError(f"output folder's parent does not exist: {out.parent}")
+    _check_distinct(images)
+    out = _check_out_folder(args)
     jobs = []
     for p in images:
         where = f"{p.name}: "
         try:
-            shape = image_spatial_shape(p)
+            shape, rgb = image_header(p)
+            spatial = shape[:len(shape) - rgb]
             pts, bxs = _per_image(args.points, p, "--points"), _per_image(args.boxes, p, "--boxes")
-            prompts = read_prompts(pts, bxs, shape)
-            z_range = check_propagation(args, shape, prompts)
+            prompts = read_prompts(pts, bxs, spatial, (p, shape, rgb))
+            z_range = check_propagation(args, spatial, prompts)
             target = out / f"{p.stem}.tif"
             if out.exists():
-                check_output(target, args.overwrite)
+                check_output(target, args.overwrite, inputs=images)
             emb = None
             if args.embeddings:
                 emb = Path(args.embeddings) / f"{p.stem}.zarr"
@@ -82,6 +75,34 @@ def plan(args) -> list[Job]:
             raise InputError(where + str(e)) from None
         jobs.append(Job(p, prompts, z_range, target, emb))
     return jobs
+
+
+def _check_distinct(images: list[Path]) -> None:
+    """No two images write the same labels or the same record (``a.tif`` and ``a.ome.tif``: a.prompts.json)."""
+    from .io import sidecar_path
+
+    written: dict[str, Path] = {}
+    for p in images:
+        for name in (f"{p.stem}.tif", sidecar_path(f"{p.stem}.tif").name):
+            if name in written:
+                raise InputError(f"{written[name]} and {p} would both write {name}: give images distinct names")
+            written[name] = p
+
+
+def _check_out_folder(args) -> Path:
+    """``--out`` as a folder: an existing one, or a new one that can be made (not named like a TIFF)."""
+    from ._labels_file import IMAGE_SUFFIXES, check_folder
+
+    out = Path(args.out)
+    why = "with several images" if len(args.image) > 1 else "with a folder of prompt tables"
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; {why} --out is a folder (IMAGE-NAME.tif is written there)")
+    if not out.exists():
+        if out.name.lower().endswith(IMAGE_SUFFIXES) and not str(args.out).endswith(("/", "\\")):
+            raise InputError(f"--out {out} names a TIFF, but {why} --out is a folder (IMAGE-NAME.tif is written "
+                             "there): give a folder name")
+        check_folder(out.parent, f"--out {out}")
+    return out
 
 
 def _per_image(path, image: Path, option: str) -> Path | None:

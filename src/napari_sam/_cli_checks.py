@@ -32,13 +32,14 @@ def check_propagation(args, spatial_shape, prompts=None):
     z_range = _parse_z_range(args.z_range, spatial_shape[0]) if args.z_range else None
     if z_range and not (args.propagate or args.every_slice):
         raise InputError("--z-range only applies with --propagate or --every-slice")
-    if args.every_slice and prompts is not None:
-        from .core.propagate_inputs import check_through_z
+    if (args.propagate or args.every_slice) and prompts is not None:  # as propagation will, before the model loads
+        from .core.propagate_inputs import check_prompts, check_through_z
 
+        check, flag = (check_through_z, "--every-slice") if args.every_slice else (check_prompts, "--propagate")
         try:
-            check_through_z(prompts, tuple(spatial_shape), z_range or (0, spatial_shape[0]))
+            check(prompts, tuple(spatial_shape), z_range or (0, spatial_shape[0]))
         except ValueError as e:
-            raise InputError(f"--every-slice: {e}") from None
+            raise InputError(f"{flag}: {e}") from None
     if args.memory and not args.propagate:
         raise InputError("--memory only applies with --propagate")
     if args.memory and args.embeddings:

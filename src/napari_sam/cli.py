@@ -3,13 +3,14 @@
     napari-sam segment IMAGE --points P.csv [--boxes B.csv] --out LABELS.tif
                        [--model NAME_OR_PATH] [--device auto] [--overwrite]
                        [--propagate [--z-range A:B] [--memory] | --every-slice [--z-range A:B]]
-                       [--refine] [--embeddings CACHE.zarr]
+                       [--refine] [--embeddings CACHE.zarr] [--normalize percentile|minmax|none]
     napari-sam segment IMAGE IMAGE... --points P.csv|DIR [--boxes B.csv|DIR] --out DIR [...]
     napari-sam demo [--out DIR] [--no-viewer]
     napari-sam embed STACK.tif --out CACHE.zarr [--model NAME_OR_PATH]
 
-Exit status: 0 on success; 2 with a one-line reason on stderr for bad input,
-and nothing written.
+Exit status: 0 on success; 2 with a one-line reason on stderr for bad input
+(or an output that cannot be written), and nothing written; 1 with a one-line
+reason for any other error of the file system.
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="napari-sam", description="Segment Anything for microscopy, headless.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("segment", help="segment objects from point/box prompts in a 2D image or (z, y, x) stack")
-    s.add_argument("image", nargs="+", help="2D or 3D (z, y, x) TIFF, RGB last axis allowed; several images: see "
-                                            "--out, --points and --boxes")
+    s.add_argument("image", nargs="+", help="2D or 3D (z, y, x) TIFF (or .zarr, .npy), RGB last axis allowed; "
+                                            "several images: see --out, --points and --boxes")
     s.add_argument("--points", help="CSV: z,y,x (y,x for 2D) or axis-0,axis-1[,axis-2]; optional positive, object. "
                                     "Several images: one CSV for all of them, or a folder of IMAGE-NAME.csv")
     s.add_argument("--boxes", help="CSV: z,y0,x0,y1,x1 (y0,x0,y1,x1 for 2D); optional object. Several images: as --points")
-    s.add_argument("--out", required=True, help="labels TIFF to write (a .prompts.json record is written beside it); "
-                                                "several images: a folder, IMAGE-NAME.tif each")
+    s.add_argument("--out", required=True, help="labels .tif/.tiff to write (a .prompts.json record is written "
+                                                "beside it); several images: a folder, IMAGE-NAME.tif each")
     s.add_argument("--model", default="embedded", help=model_help())
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -59,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--embeddings", help="embedding cache of this image made by 'napari-sam embed' (same model): "
                    "slices in it cost no encoder time; slices encoded here are added to it. Several images: a "
                    "folder of IMAGE-NAME.zarr caches")
+    s.add_argument("--normalize", default="percentile", choices=["percentile", "minmax", "none"],
+                   help="intensity normalisation before the encoder (as 'napari-sam embed --normalize'; an embedding "
+                        "cache serves the same one only)")
     d = sub.add_parser("demo", help="synthetic nuclei stack -> prompts -> labels + overlay, then open napari")
     d.add_argument("--out", default="napari-sam-demo", help="folder for stack.tif, points.csv, labels.tif, overlay.png")
     d.add_argument("--no-viewer", action="store_true", help="do not open napari even when a display exists")
@@ -91,6 +95,9 @@ def main(argv=None) -> int:
         return _fail(str(e))
     except KeyboardInterrupt:
         return _fail("interrupted; nothing written")
+    except OSError as e:  # a file that could not be read or written (what is foreseen is an InputError)
+        _fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
+        return 1
     return 0
 
 
@@ -103,10 +110,10 @@ def _segment(args) -> int:
 
     if not args.points and not args.boxes:
         raise InputError("give prompts: --points POINTS.csv and/or --boxes BOXES.csv")
-    out = check_output(args.out, args.overwrite)
+    out = check_output(args.out, args.overwrite, inputs=args.image)
     check_input_scale(args.input_scale, args.embeddings)
     vol = read_image(args.image[0])
-    prompts = read_prompts(args.points, args.boxes, vol.spatial_shape)
+    prompts = read_prompts(args.points, args.boxes, vol.spatial_shape, (args.image[0], vol.shape, vol.rgb))
     z_range = check_propagation(args, vol.spatial_shape, prompts)
     model = _load(args.model, args.device)
     check_memory(args, model)
@@ -131,16 +138,18 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
         from .core.magnify import stack_scale
 
         cache = EmbeddingCache(max_bytes=1 << 62)  # the slice measured at 2x is not encoded again at 2x
-        scale, radius = stack_scale(model, vol.data, prompts, channel_axis=channel_axis, cache=cache)
+        scale, radius = stack_scale(model, vol.data, prompts, normalize=args.normalize, channel_axis=channel_axis,
+                                    cache=cache)
         note = f"; --input-scale auto: prompted objects' median radius {radius:.1f} px -> {scale:g}x"
-    disk = _open_embeddings(embeddings, model, vol.data, channel_axis, scale) if embeddings else None
+    disk = _open_embeddings(embeddings, model, vol.data, channel_axis, scale, args.normalize) if embeddings else None
     if args.propagate or args.every_slice:
         from .core.propagate import propagate_labels
 
         bar = SliceBar("propagating" if args.propagate else "every slice")
         try:
             labels = propagate_labels(
-                vol.data, prompts, model=model, z_range=z_range, refine=args.refine, channel_axis=channel_axis,
+                vol.data, prompts, model=model, z_range=z_range, normalize=args.normalize, refine=args.refine,
+                channel_axis=channel_axis,
                 disk=disk, input_scale=scale, cache=cache, method="memory" if args.memory else "slices",
                 through_z=args.every_slice, progress=bar.update,
             )
@@ -148,7 +157,7 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
             bar.close()
     else:
         labels = segment_prompted_slices(vol.data, prompts, model, refine=args.refine, channel_axis=channel_axis,
-                                         disk=disk, input_scale=scale, cache=cache)
+                                         disk=disk, input_scale=scale, cache=cache, normalize=args.normalize)
     labels = labels.astype(label_dtype(max(prompts)))
     if vol.is_2d:
         labels = labels[0]
@@ -162,6 +171,7 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
         "refine": args.refine,
         "input_scale": scale,
         "input_scale_auto": auto,
+        "normalize": args.normalize,
         "prompts": {str(o): {str(z): s for z, s in zs.items()} for o, zs in prompts.items()},
         "napari_sam_version": _version(),
     }
@@ -213,7 +223,7 @@ def _embeddings_scale(path):
         return None
 
 
-def _open_embeddings(path, model, stack, channel_axis, input_scale=None):
+def _open_embeddings(path, model, stack, channel_axis, input_scale=None, normalize="percentile"):
     """The ``DiskCache`` at ``path``, checked against this image, model and settings."""
     from .core.cache import slice_signature
     from .core.disk_cache import CacheMismatch, DiskCache, settings_for
@@ -222,7 +232,8 @@ def _open_embeddings(path, model, stack, channel_axis, input_scale=None):
     p = Path(path)
     if not p.is_dir():
         raise InputError(f"--embeddings {p}: no embedding cache there; make one with: napari-sam embed IMAGE --out {p}")
-    settings = settings_for(SlicePredictor(model, input_scale=input_scale), stack.shape, stack.dtype, channel_axis=channel_axis)
+    pred = SlicePredictor(model, normalize=normalize, input_scale=input_scale)
+    settings = settings_for(pred, stack.shape, stack.dtype, channel_axis=channel_axis)
     try:
         disk = DiskCache.open(p, settings)
         disk.check_image(stack, slice_signature)
@@ -247,7 +258,7 @@ def _version() -> str:
 
 
 def segment_prompted_slices(stack, prompts, model, *, refine=False, channel_axis=None, disk=None,
-                            input_scale=None, cache=None) -> np.ndarray:
+                            input_scale=None, cache=None, normalize="percentile") -> np.ndarray:
     """Each object on each slice it was prompted on; (z, y, x) labels.
 
     All objects of a slice are decoded on one embedding; a single positive
@@ -256,6 +267,7 @@ def segment_prompted_slices(stack, prompts, model, *, refine=False, channel_axis
     Where objects claim the same pixel, the higher predicted IoU wins.
     disk: a ``DiskCache`` of the stack (read first; what is encoded is added).
     cache: an ``EmbeddingCache`` to read and fill (e.g. the slice ``--input-scale auto`` measured).
+    normalize: intensity normalisation (``core.image``).
     """
     from .core.cache import embed_cached
     from .core.predictor import SlicePredictor
@@ -264,7 +276,7 @@ def segment_prompted_slices(stack, prompts, model, *, refine=False, channel_axis
     nz = stack.shape[0]
     shape = stack.shape[1:3]
     labels = np.zeros((nz, *shape), np.uint32)
-    pred = SlicePredictor(model, refine=refine, input_scale=input_scale)
+    pred = SlicePredictor(model, normalize=normalize, refine=refine, input_scale=input_scale)
     by_z: dict[int, list] = {}
     for oid, zs in prompts.items():
         for z, s in zs.items():

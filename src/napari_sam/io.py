@@ -5,26 +5,37 @@ Prompt tables (napari's (row, col) convention, pixel coordinates):
 
 * points CSV: a header row; coordinates ``z,y,x`` (``y,x`` for a 2D image) or
   napari's own export columns ``axis-0,axis-1[,axis-2]``; optional
-  ``positive`` (1/0, true/false; default 1) and ``object`` (integer id).
+  ``positive`` (1/0, true/false; default 1) and ``object`` (integer id, 1 to
+  4294967295).
   Without ``object``, each positive point is its own object and a negative
   point applies to every object on its slice; a negative point with an empty
   ``object`` cell does the same.
 * boxes CSV: ``z,y0,x0,y1,x1`` (``y0,x0,y1,x1`` for 2D), optional ``object``;
   a box without an object id is a new object.
+
+A table with more coordinate axes than the image (``z`` for a 2D image, a
+napari export of a 4D layer for a stack) is refused, not cut to fit.
+Tables may start with a byte-order mark (Excel's "CSV UTF-8").
+
+Labels and their record: ``_labels_file`` (``check_output``,
+``write_labels_atomic``, ``sidecar_path``, ``label_dtype``; imported from here).
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ._labels_file import check_output, label_dtype, sidecar_path, write_labels_atomic
 from .core.lazy import tiff_layout
+
+__all__ = ["InputError", "Volume", "read_image", "image_header", "image_spatial_shape", "read_prompts",
+           "check_output", "label_dtype", "sidecar_path", "write_labels_atomic"]
+
+MAX_OBJECT_ID = int(np.iinfo(np.uint32).max)
 
 
 class InputError(ValueError):
@@ -44,11 +55,21 @@ class Volume:
         s = self.data.shape[:3]
         return s[1:] if self.is_2d else s
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The image's shape as read: (y, x[, c]) or (z, y, x[, c])."""
+        return tuple(self.data.shape[1:] if self.is_2d else self.data.shape)
+
 
 def read_image(path) -> Volume:
-    """A 2D or 3D (z, y, x) TIFF, RGB last axis allowed."""
+    """A 2D or 3D (z, y, x) TIFF, RGB last axis allowed; or a .zarr / .npy array, read as ``napari-sam
+    embed`` reads it (``core.lazy.open_stack``)."""
     import tifffile
 
+    if _is_store(path):
+        lazy = _open_store(path)
+        data = np.asarray(lazy.data[0])[None] if lazy.was_2d else np.asarray(lazy.data[...])
+        return Volume(data, lazy.was_2d, lazy.rgb)
     p = _existing(path)
     try:
         with tifffile.TiffFile(p) as tf:
@@ -64,9 +85,19 @@ def read_image(path) -> Volume:
 
 
 def image_spatial_shape(path) -> tuple[int, ...]:
-    """(y, x) or (z, y, x) of a TIFF as :func:`read_image` would give it, from its header (no pixels read)."""
+    """(y, x) or (z, y, x) of an image as :func:`read_image` would give it, from its header (no pixels read)."""
+    shape, rgb = image_header(path)
+    return shape[:len(shape) - rgb]
+
+
+def image_header(path) -> tuple[tuple[int, ...], bool]:
+    """(shape, rgb) of an image as :func:`read_image` would give it ((y, x[, c]) or (z, y, x[, c])), from
+    its header (no pixels read)."""
     import tifffile
 
+    if _is_store(path):
+        lazy = _open_store(path)
+        return (lazy.shape[1:] if lazy.was_2d else lazy.shape), lazy.rgb
     p = _existing(path)
     try:
         with tifffile.TiffFile(p) as tf:
@@ -78,7 +109,8 @@ def image_spatial_shape(path) -> tuple[int, ...]:
     planes, rgb = tiff_layout(shape, dtype, photometric)
     if planes:
         shape = shape[:-3] + shape[-2:] + shape[-3:-2]
-    return _spatial_shape(p, shape, rgb)
+    _spatial_shape(p, shape, rgb)
+    return tuple(int(v) for v in shape), rgb
 
 
 def _existing(path) -> Path:
@@ -86,6 +118,23 @@ def _existing(path) -> Path:
     if not p.is_file():
         raise InputError(f"image not found: {p}")
     return p
+
+
+def _is_store(path) -> bool:
+    """A zarr store or .npy file (TIFFs are read by tifffile here, whole)."""
+    p = Path(path)
+    return p.suffix.lower() in (".zarr", ".npy") or p.is_dir()
+
+
+def _open_store(path):
+    from .core.lazy import open_stack
+
+    try:
+        return open_stack(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(str(e)) from None
+    except Exception as e:  # zarr and numpy raise many kinds for what is not an array
+        raise InputError(f"cannot read {path} as a .zarr or .npy array ({type(e).__name__}: {e})") from None
 
 
 def _spatial_shape(p, shape, rgb) -> tuple[int, ...]:
@@ -104,6 +153,17 @@ def _num(v: str, col: str, line: int, path) -> float:
         raise InputError(f"{path}, line {line}: column '{col}' has '{v}', which is not a number") from None
 
 
+def _object_id(v: str, line: int, path) -> int | None:
+    """An ``object`` cell: None when empty, else a whole number 1..MAX_OBJECT_ID (the labels are uint32)."""
+    if v == "":
+        return None
+    f = _num(v, "object", line, path)
+    if not (np.isfinite(f) and f == int(f) and 1 <= f <= MAX_OBJECT_ID):
+        raise InputError(f"{path}, line {line}: object id '{v}' is not a whole number from 1 to {MAX_OBJECT_ID} "
+                         "(0 is background): give each object a positive integer id, or leave the cell empty")
+    return int(f)
+
+
 def _bool(v: str, line: int, path) -> int:
     s = v.strip().lower()
     if s in ("1", "true", "yes", "y", "t", "1.0"):
@@ -118,7 +178,7 @@ def _read_rows(path) -> tuple[list[str], list[tuple[int, dict]]]:
     if not p.is_file():
         raise InputError(f"prompt table not found: {p}")
     try:
-        with open(p, newline="") as f:
+        with open(p, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
             reader = csv.DictReader(f)
             fields = [c.strip() for c in (reader.fieldnames or [])]
             rows = [(i + 2, {k.strip(): (v or "").strip() for k, v in r.items() if k is not None}) for i, r in enumerate(reader)]
@@ -126,61 +186,87 @@ def _read_rows(path) -> tuple[list[str], list[tuple[int, dict]]]:
         raise InputError(f"{p} is not a text CSV file") from None
     if not fields:
         raise InputError(f"{p} is empty: expected a header row such as 'z,y,x,positive,object'")
+    twice = sorted({c for c in fields if c and fields.count(c) > 1})
+    if twice:
+        raise InputError(f"{p}: the header names column '{twice[0]}' more than once; keep one")
     return fields, rows
 
 
-def _coord_columns(fields, ndim: int, kind: str, path) -> list[str]:
+def _coord_columns(fields, ndim: int, kind: str, path, image=None) -> list[str]:
+    """The coordinate columns for a ``ndim``-D image; refused when the table has more axes than the image.
+    image: (path, shape as read, rgb), for messages."""
     if kind == "points":
         named = ["z", "y", "x"] if ndim == 3 else ["y", "x"]
         napari = [f"axis-{i}" for i in range(ndim)]
     else:
         named = (["z"] if ndim == 3 else []) + ["y0", "x0", "y1", "x1"]
         napari = named
+    want = ",".join(named) + ("" if kind == "boxes" else f" (or napari's {','.join(napari)})")
+    extra = [c for c in fields
+             if (c == "z" and ndim == 2) or (kind == "points" and c.startswith("axis-") and c not in napari)]
+    if extra:
+        have = [c for c in fields if c in ("z", "y", "x", "y0", "x0", "y1", "x1") or c.startswith("axis-")]
+        raise InputError(f"{path} has columns {','.join(have)} but {_image_phrase(image, ndim)}: give the columns "
+                         f"{want} of a {ndim}D image{_rgb_hint(image, ndim)}")
     for cols in (named, napari):
         if all(c in fields for c in cols):
             return cols
-    want = ",".join(named) + ("" if kind == "boxes" else f" (or napari's {','.join(napari)})")
     raise InputError(f"{path}: header {','.join(fields)} lacks the columns {want} for a {ndim}D image")
 
 
-def read_prompts(points_csv, boxes_csv, spatial_shape) -> dict[int, dict[int, dict]]:
+def _image_phrase(image, ndim: int) -> str:
+    if image is None:
+        return f"the image is {ndim}D"
+    path, shape, rgb = image
+    return f"{path} was read as a {ndim}D{' RGB' if rgb else ''} image {tuple(shape)}"
+
+
+def _rgb_hint(image, ndim: int) -> str:
+    if image is None or not image[2] or ndim != 2:
+        return ""
+    return (f"; if it is a stack of {image[1][-1]} slices, not colour, save it as a grayscale stack (ImageJ "
+            "hyperstack, or tifffile's photometric='minisblack') or as 16-bit")
+
+
+def read_prompts(points_csv, boxes_csv, spatial_shape, image=None) -> dict[int, dict[int, dict]]:
     """Parse the tables into {object_id: {z: {"points", "labels", "box"}}} for a
     ``spatial_shape`` (y, x) or (z, y, x) image; z is 0 for 2D. Validates
-    every coordinate against the image."""
+    every coordinate against the image. image: (path, shape as read, rgb) of
+    the image (:func:`image_header`), for messages."""
     ndim = len(spatial_shape)
     shape3 = (1, *spatial_shape) if ndim == 2 else tuple(spatial_shape)
     pts: list[tuple[int, float, float, int, int | None, int]] = []  # z, y, x, pos, obj, line
     if points_csv is not None:
         fields, rows = _read_rows(points_csv)
-        cols = _coord_columns(fields, ndim, "points", points_csv)
+        cols = _coord_columns(fields, ndim, "points", points_csv, image)
         for line, r in rows:
             c = [_num(r[k], k, line, points_csv) for k in cols]
             z, y, x = (0.0, *c) if ndim == 2 else c
             pos = _bool(r["positive"], line, points_csv) if r.get("positive", "") != "" else 1
-            obj = r.get("object", "")
-            oid = int(_num(obj, "object", line, points_csv)) if obj != "" else None
+            oid = _object_id(r.get("object", ""), line, points_csv)
             _check_zyx(z, y, x, shape3, ndim, points_csv, line, "point")
             pts.append((int(round(z)), y, x, pos, oid, line))
     boxes: list[tuple[int, np.ndarray, int | None]] = []
     if boxes_csv is not None:
         fields, rows = _read_rows(boxes_csv)
-        cols = _coord_columns(fields, ndim, "boxes", boxes_csv)
+        cols = _coord_columns(fields, ndim, "boxes", boxes_csv, image)
         for line, r in rows:
             c = [_num(r[k], k, line, boxes_csv) for k in cols]
             z, b = (0.0, c) if ndim == 2 else (c[0], c[1:])
             for yy, xx in ((b[0], b[1]), (b[2], b[3])):
                 _check_zyx(z, yy, xx, shape3, ndim, boxes_csv, line, "box corner")
-            obj = r.get("object", "")
-            oid = int(_num(obj, "object", line, boxes_csv)) if obj != "" else None
+            oid = _object_id(r.get("object", ""), line, boxes_csv)
             boxes.append((int(round(z)), np.array(b, np.float32), oid))
     if not pts and not boxes:
         raise InputError("no prompts: the points/boxes tables have no rows")
 
     objects: dict[int, dict[int, dict]] = {}
     used = {p[4] for p in pts if p[4] is not None} | {b[2] for b in boxes if b[2] is not None}
-    if any(u is not None and u < 1 for u in used):
-        raise InputError("object ids must be positive integers (0 is background)")
     next_id = max(used, default=0) + 1
+    unnumbered = sum(1 for p in pts if p[4] is None and p[3]) + sum(1 for b in boxes if b[2] is None)
+    if next_id + unnumbered - 1 > MAX_OBJECT_ID:
+        raise InputError(f"object id {max(used)} leaves no ids for the {unnumbered} prompts without one: "
+                         "number them, or use smaller ids")
 
     def slot(oid, z):
         return objects.setdefault(oid, {}).setdefault(z, {"points": [], "labels": [], "box": None})
@@ -223,52 +309,3 @@ def _check_zyx(z, y, x, shape3, ndim, path, line, what):
         raise InputError(
             f"{path}, line {line}: {what} (y={y:g}, x={x:g}) is outside the image of {ny}x{nx} pixels"
         )
-
-
-def label_dtype(max_id: int):
-    return np.uint16 if max_id <= np.iinfo(np.uint16).max else np.uint32
-
-
-def check_output(path, overwrite: bool) -> Path:
-    p = Path(path)
-    side = sidecar_path(p)
-    if not overwrite:
-        for q in (p, side):
-            if q.exists():
-                raise InputError(f"{q} exists; pass --overwrite to replace it, or choose another --out")
-    if not p.parent.exists():
-        raise InputError(f"output folder does not exist: {p.parent}")
-    return p
-
-
-def sidecar_path(path) -> Path:
-    p = Path(path)
-    return p.with_name(p.name.split(".")[0] + ".prompts.json")
-
-
-def write_labels_atomic(path, labels: np.ndarray, record: dict) -> None:
-    """Write labels (tifffile) and the JSON record beside them; each file
-    appears whole or not at all (write to a temporary file, then rename)."""
-    import tifffile
-
-    p = Path(path)
-    for target, writer in (
-        (p, lambda tmp: tifffile.imwrite(tmp, labels, compression="zlib")),
-        (sidecar_path(p), lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1, default=_jsonable))),
-    ):
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".napari-sam-", suffix=target.suffix)
-        os.close(fd)
-        try:
-            writer(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def _jsonable(o):
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    return str(o)

@@ -53,7 +53,7 @@ def check_memory_model(model, hint: str = "use method='slices' (every model), or
 
     if not is_sam2(model.sam):
         raise ValueError(f"propagation with SAM 2's memory needs a SAM 2 / 2.1 checkpoint, and {model.name} is "
-                         f"not one (a {model.arch} model): {hint}")
+                         f"not one ({'an' if model.arch[:1].lower() in 'aeiou' else 'a'} {model.arch} model): {hint}")
 
 
 def video_predictor(model):

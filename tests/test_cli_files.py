@@ -1,0 +1,191 @@
+"""`napari-sam segment` with inputs and outputs a user gets wrong or unusual (found by a bug hunt): each
+refusal exits 2 with one line, before the model loads, and writes nothing; what is written is written whole."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_sam.synthetic import interior_point
+
+from ._cli_helpers import _objects_on, _run, _write
+from .conftest import needs_embedded
+
+# --- refusals found by a bug hunt: each exits 2 with one line, before the model loads, and writes nothing ---
+
+
+def _refused(argv, capsys, tmp_path, message, monkeypatch=None):
+    if monkeypatch is not None:  # refused before the model loads
+        monkeypatch.setattr("napari_sam.cli._load", lambda *a: pytest.fail("the model was loaded"))
+    code, err = _run(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("napari-sam: error:"), err
+    assert pytest.importorskip("re").search(message, err), err
+    return err
+
+
+MORE_AXES = [  # a table with more coordinate axes than the image is refused, not cut to fit
+    ("slice.tif", "--points", "z,y,x\n0,40,40\n", r"p.csv has columns z,y,x but \S*slice.tif was read as a 2D image "
+                                                  r"\(128, 128\): give the columns y,x"),
+    ("slice.tif", "--points", "index,axis-0,axis-1,axis-2\n0,0,40,40\n", "has columns axis-0,axis-1,axis-2 but "),
+    ("stack.tif", "--points", "index,axis-0,axis-1,axis-2,axis-3\n0,0,6,40,40\n",
+     r"has columns axis-0,axis-1,axis-2,axis-3 but \S*stack.tif was read as a 3D image \(12, 128, 128\)"),
+    ("slice.tif", "--boxes", "z,y0,x0,y1,x1\n0,10,10,30,30\n", "has columns z,y0,x0,y1,x1 but .* a 2D image"),
+    ("rgb3.tif", "--points", "z,y,x\n1,40,40\n",  # an 8-bit 3-slice stack saved as planar RGB
+     r"was read as a 2D RGB image \(128, 128, 3\): .* if it is a stack of 3 slices"),
+]
+
+
+@pytest.mark.parametrize("image,option,table,message", MORE_AXES)
+def test_a_table_with_more_axes_than_the_image_is_refused(stack_files, tmp_path, capsys, monkeypatch, image, option,
+                                                          table, message):
+    d, st = stack_files
+    tifffile.imwrite(d / "rgb3.tif", st.image[:3].astype(np.uint8), photometric="rgb", planarconfig="separate")
+    out = tmp_path / "o.tif"
+    _refused(["segment", d / image, option, _write(tmp_path / "p.csv", table), "--out", out], capsys, tmp_path,
+             message, monkeypatch)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("oid", ["nan", "inf", "1.7", "5000000000", "0", "-2"])
+def test_object_ids_that_are_not_uint32_labels_are_refused(stack_files, tmp_path, capsys, monkeypatch, oid):
+    d, _ = stack_files
+    _write(tmp_path / "p.csv", f"z,y,x,object\n6,40,40,1\n6,50,50,{oid}\n")
+    _refused(["segment", d / "stack.tif", "--points", tmp_path / "p.csv", "--out", tmp_path / "o.tif"], capsys,
+             tmp_path, f"p.csv, line 3: object id '{oid}' is not a whole number from 1 to 4294967295", monkeypatch)
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_propagate_outside_the_z_range_is_refused_before_the_model_loads(stack_files, tmp_path, capsys, monkeypatch):
+    d, _ = stack_files
+    _write(tmp_path / "p.csv", "z,y,x\n6,40,40\n")
+    _refused(["segment", d / "stack.tif", "--points", tmp_path / "p.csv", "--propagate", "--z-range", ":3", "--out",
+              tmp_path / "o.tif"], capsys, tmp_path,
+             "--propagate: object 1 is prompted on slice 6, outside z_range 0:3", monkeypatch)
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_excel_csv_with_a_byte_order_mark_is_read_and_a_repeated_column_refused(stack_files, tmp_path, capsys,
+                                                                                monkeypatch):
+    from napari_sam.io import read_prompts
+
+    d, _ = stack_files
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfz,y,x,object\r\n6,40,41,3\r\n")
+    assert read_prompts(tmp_path / "bom.csv", None, (12, 128, 128)) == {3: {6: {"points": [(40.0, 41.0)],
+                                                                                 "labels": [1], "box": None}}}
+    _write(tmp_path / "dup.csv", "z,y,x,z\n6,40,40,2\n")
+    _refused(["segment", d / "stack.tif", "--points", tmp_path / "dup.csv", "--out", tmp_path / "o.tif"], capsys,
+             tmp_path, "dup.csv: the header names column 'z' more than once", monkeypatch)
+
+
+def test_outputs_that_cannot_or_must_not_be_written_are_refused(stack_files, tmp_path, capsys, monkeypatch):
+    d, _ = stack_files
+    _write(tmp_path / "p.csv", "y,x\n40,40\n")
+    image = tmp_path / "img.tif"
+    image.write_bytes((d / "slice.tif").read_bytes())
+    before = image.read_bytes()
+    _write(tmp_path / "a_file", "")
+    for out, message in [
+        (image, "--out .*img.tif would replace the input image .*img.tif: choose another --out"),
+        (tmp_path / "lab.png", "lab.png: the labels are written as a TIFF; give a name ending in .tif or .tiff"),
+        (tmp_path / "a_file" / "o.tif", "a_file is a file, not a folder; choose another --out"),
+        (tmp_path / "nowhere" / "o.tif", "folder .*nowhere does not exist"),
+    ]:
+        _refused(["segment", image, "--points", tmp_path / "p.csv", "--out", out, "--overwrite"], capsys, tmp_path,
+                 message, monkeypatch)
+    assert image.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "img.tif", "p.csv"]
+
+
+def test_the_record_is_named_after_the_whole_image_name():
+    from napari_sam.io import sidecar_path
+
+    for name, record in [("2024.01.15_s1.tif", "2024.01.15_s1.prompts.json"), ("res.v2.tiff", "res.v2.prompts.json"),
+                         ("a.ome.tif", "a.prompts.json"), ("b.OME.TIFF", "b.prompts.json"),
+                         ("c.tif", "c.prompts.json")]:
+        assert sidecar_path(f"/x/{name}").name == record
+
+
+def test_labels_and_record_are_written_as_a_pair_with_the_usual_file_mode(tmp_path):
+    import os
+
+    from napari_sam.io import InputError, write_labels_atomic
+
+    labels = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    old = os.umask(0o027)
+    try:
+        write_labels_atomic(tmp_path / "a.tif", labels, {"k": 1})
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"a.tif": 0o640, "a.prompts.json": 0o640}
+    (tmp_path / "a.tif").chmod(0o664)
+    write_labels_atomic(tmp_path / "a.tif", labels + 1, {"k": 2})  # --overwrite: the file keeps its mode
+    assert (tmp_path / "a.tif").stat().st_mode & 0o777 == 0o664 and tifffile.imread(tmp_path / "a.tif")[0, 0] == 1
+
+    # the record cannot replace its target: the labels stay as they were, no temporary file is left
+    (tmp_path / "b.tif").write_bytes(b"precious")
+    (tmp_path / "b.prompts.json").mkdir()
+    with pytest.raises(InputError, match=r"cannot write \S*b.prompts.json: .*nothing was written"):
+        write_labels_atomic(tmp_path / "b.tif", labels, {"k": 3})
+    assert (tmp_path / "b.tif").read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.prompts.json", "a.tif", "b.prompts.json", "b.tif"]
+
+
+@needs_embedded
+def test_files_with_dots_zarr_and_npy_images_and_write_errors(stack_files, tmp_path, capsys, monkeypatch):
+    import zarr
+
+    d, st = stack_files
+    oid = _objects_on(st.labels, 6, 1)[0]
+    r, c = interior_point(st.labels[6] == oid)
+    _write(tmp_path / "p.csv", f"y,x\n{r},{c}\n")
+    np.save(tmp_path / "slice.npy", st.image[6])
+    z = zarr.open_array(str(tmp_path / "slice.zarr"), mode="w", shape=st.image[6].shape, dtype=st.image.dtype)
+    z[:] = st.image[6]
+    outs = {}
+    for image, name in [(d / "slice.tif", "2024.01.15_s1.tif"), (tmp_path / "slice.npy", "2024.01.15_s2.tif"),
+                        (tmp_path / "slice.zarr", "2024.01.15_s3.tif")]:
+        code, err = _run(["segment", image, "--points", tmp_path / "p.csv", "--out", tmp_path / name], capsys)
+        assert code == 0, err
+        outs[name] = tifffile.imread(tmp_path / name)
+        rec = json.loads((tmp_path / name.replace(".tif", ".prompts.json")).read_text())
+        assert rec["image"] == str(image.resolve())
+    a, b, c3 = outs.values()
+    assert a.any() and np.array_equal(a, b) and np.array_equal(a, c3), "the same image as a TIFF, .npy and .zarr"
+
+    # a write that fails after the work: one line, exit 2, the earlier labels and record untouched, no temporary files
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tifffile, "imwrite", full)
+    code, err = _run(["segment", d / "slice.tif", "--points", tmp_path / "p.csv", "--out",
+                      tmp_path / "2024.01.15_s1.tif", "--overwrite"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "cannot write" in err and "2024.01.15_s1.tif: No space left on device; nothing was written" in err, err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+@needs_embedded
+def test_segment_reads_a_cache_embedded_with_another_normalisation(stack_files, tmp_path, capsys, monkeypatch):
+    from napari_sam.core.predictor import SlicePredictor
+
+    d, st = stack_files
+    oid = _objects_on(st.labels, 6, 1)[0]
+    r, c = interior_point(st.labels[6] == oid)
+    _write(tmp_path / "p.csv", f"y,x\n{r},{c}\n")
+    code, err = _run(["embed", d / "slice.tif", "--out", tmp_path / "e.zarr", "--normalize", "minmax"], capsys)
+    assert code == 0, err
+    code, err = _run(["segment", d / "slice.tif", "--points", tmp_path / "p.csv", "--out", tmp_path / "x.tif",
+                      "--embeddings", tmp_path / "e.zarr"], capsys)
+    assert code == 2 and "intensity normalisation" in err and not (tmp_path / "x.tif").exists(), err
+    calls = []
+    embed = SlicePredictor.embed
+    monkeypatch.setattr(SlicePredictor, "embed", lambda self, *a, **k: calls.append(1) or embed(self, *a, **k))
+    code, err = _run(["segment", d / "slice.tif", "--points", tmp_path / "p.csv", "--out", tmp_path / "o.tif",
+                      "--embeddings", tmp_path / "e.zarr", "--normalize", "minmax"], capsys)
+    assert code == 0 and calls == [], err
+    got, gt = tifffile.imread(tmp_path / "o.tif") == 1, st.labels[6] == oid
+    assert (gt & got).sum() / (gt | got).sum() >= 0.7
+    assert json.loads((tmp_path / "o.prompts.json").read_text())["normalize"] == "minmax"
