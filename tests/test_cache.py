@@ -136,6 +136,42 @@ def test_disk_refuses_other_image(tmp_path):
     other = _stack(seed=1)
     with pytest.raises(CacheMismatch, match="different image: slice 2"):
         DiskCache.open(tmp_path / "c.zarr", _settings(pred, other)).check_image(other, slice_signature)
+    # another stack that starts with the same (blank) slice: found by the middle and last stored slices
+    for z in (0, 6):
+        disk.put(z, slice_signature(st[z]), pred.embed(st[z]))
+    same_start = _stack(seed=2)
+    same_start[0] = st[0]
+    with pytest.raises(CacheMismatch, match="different image: slice [26]"):
+        disk.check_image(same_start, slice_signature)
+    disk.check_image(st, slice_signature)  # its own image passes
+
+
+def test_disk_knows_the_model_by_checksum_and_serves_only_its_settings(tmp_path):
+    """A cache made with "vit_b" serves the same checkpoint loaded by path (same sha256, other name); it does
+    not serve another magnification (the widget then encodes the slice instead of reading a 2x embedding)."""
+    pred, st = FakePredictor(), _stack()
+    _disk(tmp_path, pred, st)
+    by_path = FakePredictor()
+    by_path.model.name = "sam_vit_b_01ec64.pth"
+    disk = DiskCache.open(tmp_path / "c.zarr", _settings(by_path, st))
+    assert disk.serves(by_path)
+    other_scale = FakePredictor()
+    other_scale.input_scale = 2.0
+    assert not disk.serves(other_scale) and not disk.serves(FakePredictor(normalize="minmax"))
+    with pytest.raises(CacheMismatch, match="input magnification"):
+        disk.check(_settings(other_scale, st))
+
+
+@pytest.mark.parametrize("image, cache", [
+    ("stack.tif", "stack.embeddings.zarr"),
+    ("2024.05.01_embryo1.tif", "2024.05.01_embryo1.embeddings.zarr"),
+    ("cells.t01.ome.tiff", "cells.t01.embeddings.zarr"),
+    ("data.zarr", "data.embeddings.zarr"),
+])
+def test_default_cache_path_keeps_dotted_names_apart(image, cache, tmp_path):
+    from napari_sam.core.disk_cache import default_cache_path
+
+    assert default_cache_path(tmp_path / image) == tmp_path / cache
 
 
 def test_not_a_cache_is_explained(tmp_path):

@@ -184,8 +184,8 @@ def test_folder_is_not_a_file(tmp_path):
 
 @pytest.mark.parametrize(
     "content",
-    [bytes(range(256)) * 40, b"# just some notes\nthis is not a model\n", b""],
-    ids=["random-bytes", "text", "empty"],
+    [bytes(range(256)) * 40, b"# just some notes\nthis is not a model\n", b"", b"hello", b"README for the model"],
+    ids=["random-bytes", "text", "empty", "text-KeyError", "text-IndexError"],
 )
 def test_file_that_is_not_a_checkpoint(tmp_path, content):
     path = tmp_path / "model.pth"

@@ -350,6 +350,22 @@ def test_propagate_labels_api(model, stack):
     assert _iou3d(out == i, gt == i) > 0.6
 
 
+def test_a_disk_cache_of_other_settings_is_refused_not_read(model, stack, tmp_path):
+    """propagate_labels(disk=...) read a cache made at another magnification (or normalisation, model)
+    without a word; it is now checked as the CLI checks it."""
+    from napari_sam.core.disk_cache import CacheMismatch, DiskCache, Geometry, settings_for
+    from napari_sam.core.predictor import SlicePredictor
+
+    at2 = SlicePredictor(model, input_scale=2.0)
+    disk = DiskCache.create(tmp_path / "c.zarr", settings_for(at2, stack.image.shape, stack.image.dtype),
+                            Geometry.of(at2.embed(stack.image[0])))
+    prompts = {1: {5: {"points": [[30.0, 30.0]]}}}
+    with pytest.raises(CacheMismatch, match=r"input magnification \(input_scale\): cache has 2.0, this run uses 1.0"):
+        propagate_labels(stack.image, prompts, model=model, disk=disk, input_scale=1.0)
+    with pytest.raises(CacheMismatch, match="intensity normalisation"):
+        propagate_labels(stack.image, prompts, model=model, disk=disk, input_scale=2.0, normalize="minmax")
+
+
 def test_a_cell_body_is_followed_to_its_faint_ends(predictor):
     # a cell body tapers over many slices and its ends fade gradually: with one contrast floor for all
     # objects (0.6 of the prompted slice's), this one stopped 3 slices short at both ends (5..17 of 2..20)

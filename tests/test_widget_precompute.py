@@ -166,6 +166,18 @@ def test_whole_stack_to_disk_then_a_new_session_runs_no_encoder(open_sam, qtbot,
     encoded.clear()
     mask, gt = _click(qtbot, viewer, widget, stack, Z + 2)
     assert encoded == [] and _iou(mask, gt) >= 0.8, "the slice came from the disk cache"
+    # another image chosen and this one again: its cache is still read
+    viewer.add_image(stack.image[::-1], name="flipped")
+    _choose(widget._ui.image, "flipped")
+    _choose(widget._ui.image, "nuclei")
+    mask, gt = _click(qtbot, viewer, widget, stack, Z + 1)
+    assert encoded == [], "the disk cache is read after switching back"
+    # another magnification: the cache (2x) does not serve it, the slice is encoded at 1x
+    widget._ui.magnification.setValue(1.0)
+    mask, gt = _click(qtbot, viewer, widget, stack, Z)
+    assert _slices(stack.image, encoded) == [Z] and widget._session.predictor.embedding.input_size == (128, 128)
+    widget._ui.magnification.setValue(2.0)
+    encoded.clear()
 
     viewer.window.remove_dock_widget(widget)
     viewer, again = open_sam(stack.image, Z - 1, precompute=False, viewer=viewer)

@@ -54,6 +54,37 @@ def test_writes_values_voxel_size_and_the_prompts_of_present_objects(tmp_path, l
     assert doc["labels_file"] == "cells.tif" and doc["objects"][0]["points"] == [[1, 7, 8]]
 
 
+def test_an_undone_commit_whose_id_went_to_the_next_object_is_not_saved(tmp_path):
+    """Commit A as label 1, undo, commit B: B gets label 1 again. Only B's record describes label 1."""
+    a = np.zeros((3, 20, 20), np.uint8)
+    a[1, 10:16, 10:16] = 1  # B
+    rec = lambda pt: {"label": 1, "plane": {"axes": [0], "index": [1]}, "points": [[1, *pt]],  # noqa: E731
+                      "point_labels": [1], "box": None}
+    undone, kept = rec((3, 3)), rec((12, 12))
+    target = tmp_path / "l.tif"
+    write_labels(str(target), a, {"metadata": {"napari_sam": {"objects": [undone, kept]}}})
+    assert json.loads(prompts_sidecar(target).read_text())["objects"] == [kept]
+
+
+def test_saving_labels_without_records_keeps_an_earlier_record_of_objects_still_there(tmp_path):
+    """Labels opened from a file carry no records: saving them over the file kept nothing of the record beside
+    it (the only one of how its objects were made). Now the objects still there keep theirs; a record of
+    napari-sam segment (prompts per object) is left as it is."""
+    a = np.zeros((20, 20), np.uint8)
+    a[2:6, 2:6] = 1
+    obj = lambda label, pt: {"label": label, "plane": {"axes": [], "index": []}, "points": [pt],  # noqa: E731
+                             "point_labels": [1], "box": None}
+    target = tmp_path / "2024.01.15_s1.tif"
+    side = tmp_path / "2024.01.15_s1.prompts.json"
+    side.write_text(json.dumps({"napari_sam_version": "0", "objects": [obj(1, [3, 3]), obj(2, [12, 12])]}))
+    assert write_labels(str(target), a, {}) == [str(target), str(side)]
+    assert [o["label"] for o in json.loads(side.read_text())["objects"]] == [1], "label 2 was erased"
+    cli = {"napari_sam_version": "0", "model": {"name": "embedded"}, "prompts": {"1": {"0": {}}}}
+    side.write_text(json.dumps(cli))
+    write_labels(str(target), a, {})
+    assert json.loads(side.read_text()) == cli
+
+
 def test_large_ids_overwrite_and_missing_suffix(tmp_path, labels):
     labels[0, 0, 0] = 70000
     target = tmp_path / "big.tiff"

@@ -89,18 +89,44 @@ def _write_tiff(target: Path, a: np.ndarray, attributes: dict) -> None:
 
 
 def prompts_sidecar(tiff_path: str | os.PathLike) -> Path:
-    """Where the prompts of ``labels.tif`` go: ``labels.prompts.json``."""
-    p = Path(tiff_path)
-    return p.with_name(p.stem + ".prompts.json")
+    """Where the prompts of ``labels.tif`` go: ``labels.prompts.json`` (as ``napari-sam segment`` names it)."""
+    from ._labels_file import sidecar_path
+
+    return sidecar_path(tiff_path)
 
 
 def _present(a: np.ndarray, rec: dict) -> bool:
+    """The record's label is on its slice of ``a``."""
     idx: list = [slice(None)] * a.ndim
     for axis, i in zip(rec["plane"]["axes"], rec["plane"]["index"]):
         if not 0 <= i < a.shape[axis]:
             return False
         idx[axis] = i
     return bool(np.any(a[tuple(idx)] == rec["label"]))
+
+
+def _clicked_on(a: np.ndarray, rec: dict) -> bool:
+    """The record's label lies under one of its positive clicks (True without clicks)."""
+    clicks = [p for p, lb in zip(rec.get("points") or [], rec.get("point_labels") or []) if lb == 1]
+    if not clicks:
+        return True
+    at = np.clip(np.rint(np.asarray(clicks, float)).astype(int), 0, np.array(a.shape) - 1)
+    return bool(np.any(a[tuple(at.T)] == rec["label"]))
+
+
+def _current(a: np.ndarray, objects: list) -> list:
+    """The records of objects in ``a``: its label on its slice (undone commits are not); of several records of
+    one label on one slice (an undone commit whose id went to the next object), those whose clicks the label
+    lies under, else the last."""
+    present = [r for r in objects if isinstance(r, dict) and _present(a, r)]
+    groups: dict = {}
+    for r in present:
+        groups.setdefault((r["label"], tuple(r["plane"]["axes"]), tuple(r["plane"]["index"])), []).append(r)
+    keep = set()
+    for rs in groups.values():
+        hit = rs if len(rs) == 1 else [r for r in rs if _clicked_on(a, r)] or rs[-1:]
+        keep.update(id(r) for r in hit)
+    return [r for r in present if id(r) in keep]
 
 
 def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
@@ -113,7 +139,7 @@ def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
     written = [str(target)]
     entry = (attributes.get("metadata") or {}).get("napari_sam")
     objects = entry.get("objects", []) if isinstance(entry, dict) else []
-    objects = [r for r in objects if _present(a, r)]  # undone commits are not saved
+    objects = _current(a, objects)
     if objects:
         from napari_sam import __version__
 
@@ -128,14 +154,26 @@ def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
         _replace_atomically(sidecar, lambda tmp: Path(tmp).write_text(text))
         written.append(str(sidecar))
     else:
-        _remove_stale_sidecar(prompts_sidecar(target))
+        written += _earlier_sidecar(prompts_sidecar(target), a)
     return written
 
 
-def _remove_stale_sidecar(sidecar: Path) -> None:
-    """A sidecar left from an earlier save of this file would describe other labels."""
+def _earlier_sidecar(sidecar: Path, a: np.ndarray) -> list[str]:
+    """The layer has no records (opened from a file, say): a record already beside the file is the only one of
+    how its objects were made, so it is not thrown away. A widget's record keeps the objects still in ``a``
+    (removed when none is); a ``napari-sam segment`` record (prompts per object) stays as it is."""
     try:
-        if "napari_sam_version" in json.loads(sidecar.read_text()):
-            sidecar.unlink()
+        doc = json.loads(sidecar.read_text())
     except (OSError, ValueError, TypeError):
-        pass
+        return []
+    objects = doc.get("objects") if isinstance(doc, dict) and "napari_sam_version" in doc else None
+    if not isinstance(objects, list):
+        return []
+    kept = _current(a, objects)
+    if not kept:
+        sidecar.unlink(missing_ok=True)
+        return []
+    if len(kept) < len(objects):
+        text = json.dumps({**doc, "objects": kept}, indent=1)
+        _replace_atomically(sidecar, lambda tmp: Path(tmp).write_text(text))
+    return [str(sidecar)]

@@ -67,8 +67,7 @@ class Precomputing:
         use, pred = self._disk_for_image(), self._session.predictor
         if use is None or pred is None:
             return None, None
-        settings = use[0].disk.settings
-        if settings["model_sha256"] != pred.model.checksum or settings["normalize"] != pred.normalize:
+        if not use[0].disk.serves(pred):  # another model, normalisation or magnification than now
             return None, None
         loc = stack_location(plane.fixed, plane.axes, len(spatial_shape(self._image)))
         return (use[0], (*loc[0], loc[1])) if loc is not None else (None, None)
@@ -118,7 +117,8 @@ class Precomputing:
 
     def _disk_for_image(self):
         use = self._pc_disk
-        return use if use is not None and use[1] is self._image and use[2] == self._image_version else None
+        # the image, whatever was chosen meanwhile: each slice is read only if its bytes are the ones stored
+        return use if use is not None and use[1] is self._image else None
 
     def _on_precompute_toggled(self, on: bool) -> None:
         self._pc_done_key = None

@@ -91,6 +91,9 @@ def read_checkpoint(path: Path) -> Any:
             ) from None
         reason = "its bytes are not a pickle or zip archive written by torch.save"
         raise ModelError(_not_a_checkpoint(path, reason)) from None
+    except (KeyError, IndexError) as e:  # the legacy pickle reader on text: 'hello' -> KeyError(101)
+        raise ModelError(_not_a_checkpoint(path, f"its bytes are not a pickle or zip archive written by "
+                                                 f"torch.save ({type(e).__name__} {e})")) from None
     except (RuntimeError, EOFError, ValueError, UnicodeDecodeError, AttributeError, OSError) as e:
         text = str(e).strip()
         if "PytorchStreamReader" in text or "inline_container" in text or isinstance(e, EOFError):

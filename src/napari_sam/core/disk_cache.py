@@ -163,11 +163,12 @@ class DiskCache:
         return cls.create(path, settings, geometry)
 
     def check(self, settings: dict) -> None:
-        """Raise :class:`CacheMismatch` naming every setting that differs."""
+        """Raise :class:`CacheMismatch` naming every setting that differs (the model by its checksum: the
+        same checkpoint by name or by path is the same model)."""
         diffs = [
             f"{_WHAT.get(k, k)}: cache has {self.settings.get(k)!r}, this run uses {v!r}"
             for k, v in settings.items()
-            if _norm(self.settings.get(k)) != _norm(v)
+            if k != "model_name" and _norm(self.settings.get(k)) != _norm(v)
         ]
         if diffs:
             raise CacheMismatch(
@@ -175,17 +176,23 @@ class DiskCache:
                 "Use another cache file, or overwrite this one."
             )
 
+    def serves(self, predictor) -> bool:
+        """Whether the stored embeddings are what ``predictor`` computes: same model (checksum), intensity
+        normalisation and magnification."""
+        s = self.settings
+        return (s.get("model_sha256") == predictor.model.checksum and s.get("normalize") == predictor.normalize
+                and _norm(s.get("input_scale")) == _norm(predictor.input_scale))
+
     def check_image(self, stack, signature_of) -> None:
-        """Refuse a stack whose first finished slice differs from what the cache was made from."""
+        """Refuse a stack whose finished slices (the first, middle and last of them: a blank first slice is
+        common to many stacks) differ from what the cache was made from."""
         done = self.done()
-        if not done:
-            return
-        index = done[0]
-        if not self._matches(index, signature_of(np.asarray(stack[index]))):
-            raise CacheMismatch(
-                f"{self.path} was made from a different image: slice {_fmt(index)} differs. "
-                "Use another cache file, or overwrite this one."
-            )
+        for index in dict.fromkeys((done[0], done[len(done) // 2], done[-1])) if done else ():
+            if not self._matches(index, signature_of(np.asarray(stack[index]))):
+                raise CacheMismatch(
+                    f"{self.path} was made from a different image: slice {_fmt(index)} differs. "
+                    "Use another cache file, or overwrite this one."
+                )
 
     # ------------------------------------------------------------ slices --
     def done(self) -> list[tuple[int, ...]]:
@@ -254,6 +261,11 @@ def _norm(v):
 
 
 def default_cache_path(image_path) -> Path:
-    """``stack.tif`` -> ``stack.embeddings.zarr`` beside it."""
+    """``stack.tif`` -> ``stack.embeddings.zarr`` beside it (only the image suffix goes:
+    ``2024.05.01_embryo1.tif`` -> ``2024.05.01_embryo1.embeddings.zarr``)."""
     p = Path(os.fspath(image_path))
-    return p.with_name(p.name.split(".")[0] + ".embeddings.zarr")
+    name = p.name
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".zarr", ".npy"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return p.with_name(name[: -len(suffix)] + ".embeddings.zarr")
+    return p.with_name(name + ".embeddings.zarr")

@@ -207,6 +207,10 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
         per_z = {o: {(zb[0] + zb[1]) // 2 if z is None else z: p} for o, (z, p) in objs.items()} if through_z else prompts
         input_scale, _ = stack_scale(model, stack, per_z, normalize=normalize, channel_axis=channel_axis, cache=cache)
     predictor = SlicePredictor(model, normalize=normalize, refine=refine, input_scale=input_scale)
+    if disk is not None:  # the DiskCache given: made for this model, these settings and this stack?
+        from .disk_cache import settings_for
+
+        disk.check(settings_for(predictor, stack.shape, stack.dtype, channel_axis=channel_axis))
     run = batch_prompts_through_z if through_z else propagate_objects
     gen = run(predictor, stack, prompts, z_range=z_range, cache=cache, labels=labels, channel_axis=channel_axis,
               disk=disk, **kwargs)
