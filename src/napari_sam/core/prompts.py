@@ -49,7 +49,7 @@ class ObjectPrompt:
             self.box = np.asarray(self.box, np.float32).reshape(4)
             if not np.isfinite(self.box).all():
                 raise ValueError("the box has a NaN or infinite coordinate: give (row0, col0, row1, col1) in pixels")
-        if self.mask is not None and np.asarray(self.mask).dtype.kind in "biu":  # a drawn mask, never logits
+        if self.mask is not None and np.asarray(self.mask).dtype.kind in "iu":  # a drawn mask, never logits
             self.mask = np.asarray(self.mask) != 0
 
     @property
