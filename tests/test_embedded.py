@@ -132,3 +132,8 @@ def test_pieces_not_connected_to_the_click_are_dropped(embedded_model):
             assert ndi.label(m)[1] <= 1
         found += sum(ndi.label(m)[1] > 1 for m in a)
     assert found >= 3, "this image's clicks give masks in pieces without it"
+
+
+def test_load_model_none_is_the_default_model_as_for_segment(embedded_model):
+    """segment(model=None) used the embedded model while load_model(None) raised a TypeError."""
+    assert napari_sam.load_model(None, device="cpu").checksum == embedded_model.checksum

@@ -96,6 +96,8 @@ def test_channels_one_or_composite():
     assert np.allclose(comp[:8, :, 0], comp[8:, :, 0])
     with pytest.raises(ValueError, match="channel 5 does not exist: the image has 2 channels"):
         to_sam_rgb(a, channel_axis=0, channel=5)
+    with pytest.raises(ValueError, match="channel=1 needs channel_axis"):  # was silently ignored
+        to_sam_rgb(a[:, :, :], channel=1)
 
 
 def test_rgb_uint8_passes_through_unchanged_without_normalisation():

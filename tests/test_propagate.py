@@ -160,6 +160,7 @@ def test_2d_input_gets_a_clear_message():
         ({0: {2: {"points": [[5, 5]]}}}, None, "0 is background"),
         ({1: {2: {"points": [[50, 5]]}}}, None, "outside the slice"),
         ({1: {2: {}}}, None, "has no prompt"),
+        ({1: {2.5: {"points": [[5, 5]]}}}, None, "slice index 2.5 is not a whole number"),
         ({}, None, "no prompts"),
     ],
 )
@@ -348,6 +349,9 @@ def test_propagate_labels_api(model, stack):
     out = propagate_labels(stack.image, {i: {z: {"points": pt[None]}}}, model=model, progress=seen.append)
     assert out.shape == SHAPE and seen and seen[-1].labels is out
     assert _iou3d(out == i, gt == i) > 0.6
+    # a slice index read from a table of floats (4.0) is the slice it names, not "not a whole number"
+    again = propagate_labels(stack.image, {i: {float(z): {"points": pt[None]}}}, model=model)
+    np.testing.assert_array_equal(again, out)
 
 
 def test_a_disk_cache_of_other_settings_is_refused_not_read(model, stack, tmp_path):

@@ -62,6 +62,9 @@ def to_sam_rgb(
     slice2d: (H, W) grayscale, or (H, W, C)/(C, H, W) with ``channel_axis``.
     """
     a = np.asarray(slice2d)
+    if channel is not None and channel_axis is None:
+        raise ValueError(f"channel={channel} needs channel_axis, the axis the channels are on (e.g. -1 for "
+                         "(H, W, C), 0 for (C, H, W))")
     if channel_axis is not None:
         a = np.moveaxis(a, channel_axis, -1)
         if channel is not None:

@@ -250,7 +250,7 @@ def fetch_checkpoint(name: str, *, progress: Any = True, url: str | None = None)
     return target
 
 
-def load_model(name_or_path: str | os.PathLike = "embedded", *, device: Any = "auto", half: Any = "auto",
+def load_model(name_or_path: str | os.PathLike | None = "embedded", *, device: Any = "auto", half: Any = "auto",
                progress: Any = True) -> LoadedModel:
     """Load a SAM model by registry name (downloaded once, then cached) or from a checkpoint path.
 
@@ -261,6 +261,8 @@ def load_model(name_or_path: str | os.PathLike = "embedded", *, device: Any = "a
     SAM 2 / 2.1 checkpoint (with the ``sam2`` package), or a napari-sam embedded
     checkpoint.
     """
+    if name_or_path is None:  # as segment(model=None): the default
+        name_or_path = "embedded"
     torch_device = resolve_device(device)
     dtype = choose_dtype(torch_device, half)
     key = os.fspath(name_or_path)

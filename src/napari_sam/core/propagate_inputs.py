@@ -105,9 +105,10 @@ def check_prompts(prompts, shape, zb) -> dict[int, dict[int, ObjectPrompt]]:
             raise ValueError(f"object {oid}: give its prompts per slice, {{z: prompt}}, with at least one slice")
         out[oid] = {}
         for z, p in per_z.items():
-            if isinstance(z, bool) or not isinstance(z, numbers.Integral):
+            if isinstance(z, bool) or not (isinstance(z, numbers.Integral)
+                                           or isinstance(z, numbers.Real) and float(z).is_integer()):
                 raise ValueError(f"object {oid}: slice index {z!r} is not a whole number")
-            z = int(z)
+            z = int(z)  # 4 or 4.0 (a z read from a table of floats)
             if not 0 <= z < nz:
                 raise ValueError(f"object {oid} is prompted on slice {z}, but the stack has {nz} slices (0..{nz - 1})")
             if not zb[0] <= z < zb[1]:
