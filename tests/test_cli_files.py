@@ -131,14 +131,20 @@ def test_labels_and_record_are_written_as_a_pair_with_the_usual_file_mode(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.prompts.json", "a.tif", "b.prompts.json", "b.tif"]
 
 
+def _one_click(st, path) -> int:
+    """A y,x table with one click in an object of slice 6 (the 2D image ``slice.tif``); the object's id."""
+    oid = _objects_on(st.labels, 6, 1)[0]
+    r, c = interior_point(st.labels[6] == oid)
+    _write(path, f"y,x\n{r},{c}\n")
+    return oid
+
+
 @needs_embedded
 def test_files_with_dots_zarr_and_npy_images_and_write_errors(stack_files, tmp_path, capsys, monkeypatch):
     import zarr
 
     d, st = stack_files
-    oid = _objects_on(st.labels, 6, 1)[0]
-    r, c = interior_point(st.labels[6] == oid)
-    _write(tmp_path / "p.csv", f"y,x\n{r},{c}\n")
+    _one_click(st, tmp_path / "p.csv")
     np.save(tmp_path / "slice.npy", st.image[6])
     z = zarr.open_array(str(tmp_path / "slice.zarr"), mode="w", shape=st.image[6].shape, dtype=st.image.dtype)
     z[:] = st.image[6]
@@ -172,9 +178,7 @@ def test_segment_reads_a_cache_embedded_with_another_normalisation(stack_files, 
     from napari_sam.core.predictor import SlicePredictor
 
     d, st = stack_files
-    oid = _objects_on(st.labels, 6, 1)[0]
-    r, c = interior_point(st.labels[6] == oid)
-    _write(tmp_path / "p.csv", f"y,x\n{r},{c}\n")
+    oid = _one_click(st, tmp_path / "p.csv")
     code, err = _run(["embed", d / "slice.tif", "--out", tmp_path / "e.zarr", "--normalize", "minmax"], capsys)
     assert code == 0, err
     code, err = _run(["segment", d / "slice.tif", "--points", tmp_path / "p.csv", "--out", tmp_path / "x.tif",
@@ -189,3 +193,17 @@ def test_segment_reads_a_cache_embedded_with_another_normalisation(stack_files, 
     got, gt = tifffile.imread(tmp_path / "o.tif") == 1, st.labels[6] == oid
     assert (gt & got).sum() / (gt | got).sum() >= 0.7
     assert json.loads((tmp_path / "o.prompts.json").read_text())["normalize"] == "minmax"
+
+
+@needs_embedded
+def test_an_object_that_got_no_pixels_is_named(stack_files, tmp_path, capsys):
+    """Two objects clicked at the same place: SAM gives both the same mask, and every pixel goes to one. The
+    run says which object came out empty instead of a bare object count."""
+    d, st = stack_files
+    oid = _objects_on(st.labels, 6, 1)[0]
+    r, c = interior_point(st.labels[6] == oid)
+    _write(tmp_path / "p.csv", f"y,x,object\n{r},{c},4\n{r},{c},5\n")
+    code, err = _run(["segment", d / "slice.tif", "--points", tmp_path / "p.csv", "--out", tmp_path / "o.tif"], capsys)
+    assert code == 0, err
+    assert "(1 of 2 objects" in err and "no pixels for object 5 (SAM found nothing there, or another" in err, err
+    assert set(np.unique(tifffile.imread(tmp_path / "o.tif"))) == {0, 4}

@@ -400,7 +400,7 @@ def test_unreachable_download_says_what_to_do(server):
     base, _, _ = server
     with pytest.raises(ModelError, match=r"could not download model 'vit_h' from .*/missing.pth: .*404") as e:
         models.fetch_checkpoint("vit_h", url=f"{base}/missing.pth", progress=False)
-    assert "pass its path to load_model" in str(e.value)
+    assert "give its path instead of the name (load_model(PATH), --model PATH" in str(e.value)
 
 
 def test_registry_entries_are_complete():

@@ -176,8 +176,11 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
         "napari_sam_version": _version(),
     }
     write_labels_atomic(out, labels, record)
-    n = len(np.unique(labels[labels > 0]))
-    return f"wrote {out} ({n} objects, {labels.dtype}, {time.time() - t0:.1f}s{note})"
+    found = set(np.unique(labels[labels > 0]).tolist())
+    missing = [o for o in prompts if o not in found]
+    lost = (f"; no pixels for object {', '.join(map(str, missing[:10]))}{' …' if len(missing) > 10 else ''} "
+            "(SAM found nothing there, or another object scored higher on every pixel)" if missing else "")
+    return f"wrote {out} ({len(found)} of {len(prompts)} objects, {labels.dtype}, {time.time() - t0:.1f}s{note}){lost}"
 
 
 def _mode(args) -> str:

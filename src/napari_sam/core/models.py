@@ -232,7 +232,8 @@ def fetch_checkpoint(name: str, *, progress: Any = True, url: str | None = None)
         except Exception as e:  # requests' connection, timeout and HTTP status errors
             raise ModelError(
                 f"could not download model {name!r} from {url}: {e}. Check the internet connection, "
-                f"or download the file yourself and pass its path to load_model."
+                f"or download the file yourself and give its path instead of the name (load_model(PATH), "
+                f"--model PATH, or the widget's 'from file…')."
             ) from None
         actual = _file_hash(Path(part), alg)
         if actual != expected:
@@ -240,7 +241,8 @@ def fetch_checkpoint(name: str, *, progress: Any = True, url: str | None = None)
                 f"checksum mismatch for model {name!r} downloaded from {url}: expected {alg} {expected}, "
                 f"got {actual}. The corrupted download was deleted and nothing was cached. Try again (a "
                 f"download cut short or altered by a proxy does this); if it keeps failing, the file at that "
-                f"address has changed: download it yourself and pass its path to load_model."
+                f"address has changed: download it yourself and give its path instead of the name "
+                f"(load_model(PATH), --model PATH, or the widget's 'from file…')."
             )
         os.chmod(part, 0o644)  # mkstemp made it private; a cache is shareable
         os.replace(part, target)
