@@ -45,8 +45,8 @@ def segment(
     points: (N, 2) (row, col); point_labels: (N,) 1 positive / 0 negative
     (default all positive). boxes: (4,) or (M, 4) (row0, col0, row1, col1);
     M boxes are M objects. mask: a previous (H, W) bool (or integer) mask or SAM
-    low-res float logits; alone it is a weak prompt (SAM returns little of it):
-    give it with the point(s) that say what to change. model: a ``LoadedModel``, a registry name or checkpoint path
+    low-res float logits; a mask alone is given with its bounding box (SAM
+    returns little of a mask alone; ``core.predictor.with_mask_box``). model: a ``LoadedModel``, a registry name or checkpoint path
     (default: the embedded model). refine: boundary snapping and removal of
     fragments not connected to the prompt (``core.refine``; off by default:
     it removes every stray fragment but does not raise the IoU on average,

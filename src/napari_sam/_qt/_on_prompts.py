@@ -103,13 +103,13 @@ class Prompting:
             if ignored:
                 notes.append(f"{ignored} shape(s) that are not rectangles were ignored")
         if self._ui.refine.isChecked():
-            mask = self._refine_mask(plane, notes, prompted=any(a is not None and len(a) for a in (pts, boxes)))
+            mask = self._refine_mask(plane, notes)
         objects, more = group_prompts(pts, lab, boxes, mask)
         return plane, objects, notes + more
 
-    def _refine_mask(self, plane, notes, prompted: bool):
-        """The selected label's mask on this slice as SAM's mask prompt, once a point or box says what to
-        change (SAM given a mask alone returns little or nothing: committing that would erase the label)."""
+    def _refine_mask(self, plane, notes):
+        """The selected label's mask on this slice as SAM's mask prompt (alone, the predictor adds its box:
+        ``core.predictor.with_mask_box``)."""
         if self._labels is None:
             raise CommitError("refining needs a labels layer: choose one, or commit an object first")
         check_target(self._labels, spatial_shape(self._image))
@@ -117,10 +117,6 @@ class Prompting:
         mask = self._labels.data[plane.index] == label
         if label == 0 or not mask.any():
             notes.append(f"label {label} is not on this slice, nothing to refine")
-            return None
-        if not prompted:
-            notes.append(f"to refine label {label}, click where its mask is wrong (a positive point adds, "
-                         "a negative point removes)")
             return None
         return mask
 

@@ -34,6 +34,16 @@ def input_scale_problem(scale: float) -> str | None:
     return None if lo <= scale <= hi else f"must be between {lo:g} and {hi:g}, got {scale:g}"
 
 
+def with_mask_box(o: ObjectPrompt) -> ObjectPrompt:
+    """A drawn mask alone is a weak prompt for SAM: it returns little of it (the embedded model, given
+    validation objects' own true masks: median IoU 0.17). With the mask's bounding box added, as micro-sam's
+    ``segment_from_mask`` does, 0.95 (and 0.74 from a rough mask of IoU 0.52)."""
+    if not o.mask_alone or not o.mask.any():
+        return o
+    rr, cc = np.nonzero(o.mask)
+    return ObjectPrompt(box=np.array([rr.min(), cc.min(), rr.max(), cc.max()], np.float32), mask=o.mask)
+
+
 class SlicePredictor:
     """SAM on one 2D slice: ``set_image`` once, ``predict`` many times."""
 
@@ -174,6 +184,7 @@ class SlicePredictor:
         if self.embedding is None:
             raise RuntimeError("no image set: call set_image(slice) or set_embedding(...) first")
         emb = self.embedding
+        objects = [with_mask_box(o) for o in objects]
         for o in objects:
             if o.empty:
                 raise ValueError("an object has no prompt: give at least one point, a box or a mask")
