@@ -24,7 +24,9 @@ def _refused(argv, capsys, tmp_path, message, monkeypatch=None):
     return err
 
 
-MORE_AXES = [  # a table with more coordinate axes than the image is refused, not cut to fit
+MORE_AXES = [  # a table with more coordinate axes than the image is refused, not cut to fit (or fewer: said why)
+    ("two.tif", "--points", "y,x\n30,30\n",  # a 2-channel (y, x, 2) image is read as a stack of 128 slices
+     r"lacks the columns z,y,x .*: \S*two.tif was read as a 3D image \(128, 128, 2\) \(its last axis has 2: channels\?"),
     ("slice.tif", "--points", "z,y,x\n0,40,40\n", r"p.csv has columns z,y,x but \S*slice.tif was read as a 2D image "
                                                   r"\(128, 128\): give the columns y,x"),
     ("slice.tif", "--points", "index,axis-0,axis-1,axis-2\n0,0,40,40\n", "has columns axis-0,axis-1,axis-2 but "),
@@ -41,6 +43,7 @@ def test_a_table_with_more_axes_than_the_image_is_refused(stack_files, tmp_path,
                                                           table, message):
     d, st = stack_files
     tifffile.imwrite(d / "rgb3.tif", st.image[:3].astype(np.uint8), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(d / "two.tif", np.stack([st.image[6], st.image[7]], -1))
     out = tmp_path / "o.tif"
     _refused(["segment", d / image, option, _write(tmp_path / "p.csv", table), "--out", out], capsys, tmp_path,
              message, monkeypatch)

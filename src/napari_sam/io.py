@@ -211,7 +211,11 @@ def _coord_columns(fields, ndim: int, kind: str, path, image=None) -> list[str]:
     for cols in (named, napari):
         if all(c in fields for c in cols):
             return cols
-    raise InputError(f"{path}: header {','.join(fields)} lacks the columns {want} for a {ndim}D image")
+    hint = ""
+    if image is not None and ndim == 3 and not image[2] and min(image[1]) <= 4 and image[1][-1] == min(image[1]):
+        hint = (f" (its last axis has {image[1][-1]}: channels? napari-sam reads (z, y, x) stacks and RGB; save one "
+                "channel as its own TIFF)")
+    raise InputError(f"{path}: header {','.join(fields)} lacks the columns {want}: {_image_phrase(image, ndim)}{hint}")
 
 
 def _image_phrase(image, ndim: int) -> str:
