@@ -24,6 +24,7 @@ BAD = [
     ("stack.tif", "bad_z.csv", "point on z=40, but the image has slices 0..11"),
     ("stack.tif", "only_negative.csv", "negative point on z=3 but no object has a positive prompt there"),
     ("missing.tif", "points.csv", "image not found"),
+    ("complex.tif", "points.csv", r"holds complex values \(complex64\): save its magnitude"),
 ]
 
 
@@ -31,6 +32,7 @@ BAD = [
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(stack_files, tmp_path, capsys, image, points, message):
     d, _ = stack_files
     _write(d / "image.txt", "this is not an image")
+    tifffile.imwrite(d / "complex.tif", np.ones((12, 128, 128), np.complex64))
     _write(d / "points.csv", "z,y,x\n6,40,40\n")
     _write(d / "no_header.csv", "")
     _write(d / "bad_cols.csv", "row,col\n1,2\n")

@@ -98,6 +98,8 @@ def test_channels_one_or_composite():
         to_sam_rgb(a, channel_axis=0, channel=5)
     with pytest.raises(ValueError, match="channel=1 needs channel_axis"):  # was silently ignored
         to_sam_rgb(a[:, :, :], channel=1)
+    with pytest.raises(ValueError, match=r"complex-valued: give its magnitude \(np.abs\)"):  # was a warning
+        to_sam_rgb(a[0] * (1 + 1j))
 
 
 def test_rgb_uint8_passes_through_unchanged_without_normalisation():

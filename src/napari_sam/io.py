@@ -69,7 +69,7 @@ def read_image(path) -> Volume:
     if _is_store(path):
         lazy = _open_store(path)
         data = np.asarray(lazy.data[0])[None] if lazy.was_2d else np.asarray(lazy.data[...])
-        return Volume(data, lazy.was_2d, lazy.rgb)
+        return Volume(_real(data, path), lazy.was_2d, lazy.rgb)
     p = _existing(path)
     try:
         with tifffile.TiffFile(p) as tf:
@@ -81,7 +81,14 @@ def read_image(path) -> Volume:
     if planes:
         data = np.moveaxis(data, -3, -1)  # RGB stored as separate planes: (..., 3, y, x)
     spatial = _spatial_shape(p, data.shape, rgb)
-    return Volume(data[None] if len(spatial) == 2 else data, len(spatial) == 2, rgb)
+    return Volume(_real(data[None] if len(spatial) == 2 else data, p), len(spatial) == 2, rgb)
+
+
+def _real(data: np.ndarray, path) -> np.ndarray:
+    if data.dtype.kind == "c":
+        raise InputError(f"{path} holds complex values ({data.dtype}): save its magnitude (np.abs) or real part "
+                         "as the image")
+    return data
 
 
 def image_spatial_shape(path) -> tuple[int, ...]:

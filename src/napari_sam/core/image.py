@@ -62,6 +62,8 @@ def to_sam_rgb(
     slice2d: (H, W) grayscale, or (H, W, C)/(C, H, W) with ``channel_axis``.
     """
     a = np.asarray(slice2d)
+    if np.iscomplexobj(a):  # numpy would drop the imaginary part with only a warning
+        raise ValueError("the image is complex-valued: give its magnitude (np.abs) or its real part (.real)")
     if channel is not None and channel_axis is None:
         raise ValueError(f"channel={channel} needs channel_axis, the axis the channels are on (e.g. -1 for "
                          "(H, W, C), 0 for (C, H, W))")
