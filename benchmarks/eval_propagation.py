@@ -4,6 +4,7 @@
     python benchmarks/eval_propagation.py --drift 4 --without 950001 [--micro-sam]   # objects drifting in z
     python benchmarks/eval_propagation.py --model sam2.1_hiera_tiny.pt --memory --no-timing  # + SAM 2's memory
     python benchmarks/eval_propagation.py --every-slice --no-timing   # + prompts applied to every slice
+    python benchmarks/eval_propagation.py --oracle --no-timing        # + two ceilings (ground-truth prompts)
 
 Stacks: ``napari_sam.synthetic.make_stack`` seeds 950000..950005, shape
 (32, 256, 256), four of nuclei and two of cells (seeds never used for
@@ -31,7 +32,10 @@ Methods, on the same stacks and seed points:
   slices where the object is not there are left empty (``PresenceRule``);
 * micro-sam (``--micro-sam``): micro-sam's own propagation function with its
   3D annotator's defaults, on the same model and embeddings, one object at a
-  time (``micro_sam_baseline.py``).
+  time (``micro_sam_baseline.py``);
+* oracle-click / oracle-box (``--oracle``): not methods but ceilings; every
+  slice of each object's true extent prompted from the ground truth
+  (``run_oracle``).
 
 Timing: the 8 largest objects of stack 950000 propagated together through
 its 32 slices, against each of them alone (stop rule off, so every object is
