@@ -123,7 +123,7 @@ def test_console_script_runs_as_a_process(stack_files, tmp_path):
 
 
 @needs_embedded
-def test_demo_writes_results_and_never_clobbers(tmp_path, capsys):
+def test_demo_writes_results_and_never_clobbers(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--no-viewer"]) == 0
     err = capsys.readouterr().err
@@ -138,6 +138,14 @@ def test_demo_writes_results_and_never_clobbers(tmp_path, capsys):
     before = (out / "labels.tif").read_bytes()
     assert main(["demo", "--out", str(out), "--no-viewer"]) == 0
     assert (out / "labels.tif").read_bytes() == before and (tmp_path / "demo-2" / "labels.tif").exists()
+    # "--out ." inside it (a traceback: '.' has no name), with a file where the next folder would go
+    (tmp_path / "demo-3").write_text("mine")
+    monkeypatch.chdir(out)
+    assert main(["demo", "--out", ".", "--no-viewer"]) == 0
+    assert (tmp_path / "demo-4" / "labels.tif").exists() and (tmp_path / "demo-3").read_text() == "mine"
+    capsys.readouterr()
+    assert main(["demo", "--out", str(tmp_path / "demo-3"), "--no-viewer"]) == 2
+    assert "is a file: give a folder for the demo's results" in capsys.readouterr().err
 
 
 def test_planar_rgb_tiff_is_read_as_colour_and_a_4_slice_stack_as_slices(tmp_path):

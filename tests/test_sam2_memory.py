@@ -178,6 +178,17 @@ def test_memory_propagation_needs_a_sam2_model_and_says_so(stack_with_clicks):
         napari_sam.propagate(stack, prompts, method="video")
 
 
+def test_options_of_slice_by_slice_propagation_are_refused_with_memory(video):
+    """min_score/stop/step gave a TypeError naming an internal function; refine was silently ignored."""
+    import napari_sam
+
+    model, _, frames = video
+    prompts = {1: {1: {"points": [[90.0, 110.0]]}}}
+    for extra in ({"min_score": 0.5}, {"refine": True}):
+        with pytest.raises(ValueError, match=rf"{next(iter(extra))} only apply to method='slices'"):
+            napari_sam.propagate(frames[:4, ..., 0], prompts, model=model, method="memory", **extra)
+
+
 @pytest.fixture
 def stack_with_clicks():
     from napari_sam.synthetic import make_stack

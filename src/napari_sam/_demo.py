@@ -22,9 +22,14 @@ DEMO_FILES = ("stack.tif", "points.csv", "labels.tif", "labels.prompts.json", "o
 
 
 def _free_folder(out: Path) -> Path:
-    """``out``, or ``out-2``, ``out-3``... if ``out`` already holds demo results (never clobber)."""
+    """``out``, or ``out-2``, ``out-3``... if ``out`` already holds demo results or is a file (never clobber)."""
+    from .io import InputError
+
+    out = out.resolve()  # "." and "/" have no name to number
+    if out.is_file():
+        raise InputError(f"--out {out} is a file: give a folder for the demo's results")
     cand, n = out, 1
-    while cand.exists() and any((cand / f).exists() for f in DEMO_FILES):
+    while cand.is_file() or cand.exists() and any((cand / f).exists() for f in DEMO_FILES):
         n += 1
         cand = out.with_name(f"{out.name}-{n}")
     cand.mkdir(parents=True, exist_ok=True)
