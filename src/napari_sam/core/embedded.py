@@ -28,7 +28,7 @@ EMBEDDED_DEFAULT_CONFIG = {
     "img_size": 512,  # nominal; the encoder runs at the slice's own size
     "stride": 8,
     "max_size": 1024,  # one encoder pass at most; longer (magnified) slices are encoded in tiles (core/tiles.py)
-    # inference: slices are magnified 2x before encoding (long side at most tiles.MAX_TILED). The model was
+    # inference: slices are magnified 2x before encoding (at most tiles.MAX_TILED**2 pixels). The model was
     # trained on slices magnified 1-2.2x (train.py --max-scale); 2x was chosen on validation stacks (seeds
     # 800000-800007, 1x ... 2.5x in docs/embedded-model.md). The shipped checkpoint carries its own value.
     "input_scale": 2.0,

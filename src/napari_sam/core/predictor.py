@@ -59,7 +59,7 @@ class SlicePredictor:
         ``core.fast_decoder`` (same weights; results equal up to float rounding);
         False runs segment-anything's own forward passes.
         input_scale: native-resolution encoders only: the slice is magnified by
-        this factor before encoding (long side at most ``tiles.MAX_TILED``;
+        this factor before encoding (at most ``tiles.MAX_TILED`` ** 2 pixels;
         beyond the encoder's ``max_size`` it is encoded in tiles); default the model's own (embedded model: see its
         ``input_scale``). Official ViT models always see SAM's 1024 canvas.
         rank: how an ambiguous prompt's candidates are ordered, best first
@@ -99,8 +99,10 @@ class SlicePredictor:
 
             from .tiles import MAX_TILED
 
-            long = max(original)
-            target = min(int(round(long * self.input_scale)), MAX_TILED)
+            long, area = max(original), original[0] * original[1]
+            # magnified up to MAX_TILED**2 pixels (tiles take any shape): a thin 5000 x 40 slice keeps its 2x
+            scale = min(self.input_scale, MAX_TILED / area**0.5)
+            target = int(round(long * scale))
             resized = img8 if target == long else ResizeLongestSide(target).apply_image(img8)
         elif self.sam2 is not None:  # SAM2ImagePredictor resizes it
             resized = img8

@@ -9,13 +9,13 @@ magnified slice is encoded in tiles of at most ``max_size`` px overlapping by at
 ``OVERLAP`` px, and each tile contributes the features of its own part, cut
 in the middle of each overlap. Every object is decoded on a window of at
 most 256 px of slice (``decode_window``), well inside one tile's context.
-Slices are still scaled down beyond ``MAX_TILED`` px (magnified long side).
+Slices are still scaled down beyond ``MAX_TILED`` ** 2 px (magnified; a square of MAX_TILED a side).
 """
 
 from __future__ import annotations
 
 OVERLAP = 128  # px of the magnified slice shared by neighbouring tiles (a multiple of 16)
-MAX_TILED = 4096  # magnified long side beyond which the slice is scaled down
+MAX_TILED = 4096  # magnified slices of more than MAX_TILED**2 px are scaled down to that many
 
 
 def spans(length: int, tile: int, overlap: int = OVERLAP, multiple: int = 16) -> list[tuple[int, int, int, int]]:
