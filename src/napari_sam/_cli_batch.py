@@ -91,14 +91,15 @@ def _check_distinct(images: list[Path]) -> None:
 
 def _check_out_folder(args) -> Path:
     """``--out`` as a folder: an existing one, or a new one that can be made (not named like a TIFF)."""
-    from ._labels_file import IMAGE_SUFFIXES, check_folder
+    from ._labels_file import check_folder
+    from .core.lazy import TIFF_SUFFIXES
 
     out = Path(args.out)
     why = "with several images" if len(args.image) > 1 else "with a folder of prompt tables"
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; {why} --out is a folder (IMAGE-NAME.tif is written there)")
     if not out.exists():
-        if out.name.lower().endswith(IMAGE_SUFFIXES) and not str(args.out).endswith(("/", "\\")):
+        if out.name.lower().endswith(TIFF_SUFFIXES) and not str(args.out).endswith(("/", "\\")):
             raise InputError(f"--out {out} names a TIFF, but {why} --out is a folder (IMAGE-NAME.tif is written "
                              "there): give a folder name")
         check_folder(out.parent, f"--out {out}")

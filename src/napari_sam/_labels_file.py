@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-# longest first: "a.ome.tif" is the image "a"
-IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
+from .core.lazy import image_stem
 
 
 def _input_error(msg: str):
@@ -29,12 +28,7 @@ def sidecar_path(path) -> Path:
     """The record beside labels ``path``: its name without the image suffix (``.tif``, ``.tiff``,
     ``.ome.tif``, ``.ome.tiff``; only that: ``2024.01.15_s1.tif`` -> ``2024.01.15_s1.prompts.json``)."""
     p = Path(path)
-    name = p.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            name = name[: -len(suffix)]
-            break
-    return p.with_name(name + ".prompts.json")
+    return p.with_name(image_stem(p) + ".prompts.json")
 
 
 def check_folder(folder: Path, what: str) -> None:

@@ -77,20 +77,26 @@ class LayerChoice:
         self._say(f"Image {image.name!r}: click positive/negative points or draw boxes on the slice.")
         self._schedule()
 
+    def _misfit(self, role: str, layer) -> str | None:
+        """Why ``layer`` cannot serve as the image's ``role`` layer, or None."""
+        if role != "labels":
+            return None if layer.ndim == self._image.ndim else "dimensions or shape differ"
+        if layer.multiscale or tuple(layer.data.shape) != spatial_shape(self._image):
+            return "dimensions or shape differ"
+        if not same_transform(layer, self._image):  # written by data index: it must lie where the image lies
+            return "its scale, translate or rotation differ: give it the image's"
+        return None
+
     def _fits(self, role: str, layer) -> bool:
-        if role == "labels":  # written by data index: it must lie where the image lies
-            return not layer.multiscale and tuple(layer.data.shape) == spatial_shape(self._image) \
-                and same_transform(layer, self._image)
-        return layer.ndim == self._image.ndim
+        return self._misfit(role, layer) is None
 
     def _on_layer_choice(self, role: str) -> None:
         combo = getattr(self._ui, role)
         layer = combo.currentData()
         if layer is None and role != "labels" and self._image is not None:
             layer = (L.add_points_layer if role == "points" else L.add_shapes_layer)(self._viewer, self._image)
-        if layer is not None and self._image is not None and not self._fits(role, layer):
-            placed = role == "labels" and not layer.multiscale and tuple(layer.data.shape) == spatial_shape(self._image)
-            why = "its scale, translate or rotation differ: give it the image's" if placed else "dimensions or shape differ"
+        why = self._misfit(role, layer) if layer is not None and self._image is not None else None
+        if why:
             self._say(f"{layer.name!r} does not fit image {self._image.name!r} ({why}).", error=True)
             self._on_layers_renamed()
             return

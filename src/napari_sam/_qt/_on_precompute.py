@@ -41,7 +41,7 @@ class Precomputing:
         self._gate = EncoderGate()
         self._pc_runs = Runs()
         self._pc_done_key = None  # a background run that ended (or was stopped): not restarted
-        self._pc_disk = None  # (SharedDisk, image layer, image version) that clicks read
+        self._pc_disk = None  # (SharedDisk, image layer) that clicks read
         ui = self._ui
         ui.precompute.toggled.connect(self._on_precompute_toggled)
         ui.precompute_stack.clicked.connect(self._on_precompute_stack)
@@ -182,7 +182,7 @@ class Precomputing:
         key = (str(path), id(self._image), self._image_version, self._session.version)
         run = self._pc_runs.start(self, "stack", key, start, whole_stack, path, pred, data, start,
                                   -1 if self._image.rgb else None, threading.Lock(), stop=stop)
-        run.path, run.image, run.image_version = path, self._image, self._image_version
+        run.path, run.image = path, self._image
         self._show_controls()
         self._pc_say(f"Opening the embedding cache {path.name}…")
         return True
@@ -215,7 +215,7 @@ class Precomputing:
         run.primed = True
         run.recentre(run.want)
         if isinstance(p, Opened):
-            self._pc_disk = (p.disk, run.image, run.image_version)
+            self._pc_disk = (p.disk, run.image)
             self._pc_say(
                 f"Embedding cache {run.path.name}: {p.done}/{p.total} slices already there.")
             return

@@ -23,7 +23,7 @@ class Run:
         self.sent = self.want = where  # where it is centred / where it should be
         self.shown = 0.0  # when its progress was last shown
         self.last = None  # the last PrecomputeProgress
-        self.path = self.image = self.image_version = None  # whole stack: the cache folder, what it is for
+        self.path = self.image = None  # whole stack: the cache folder, what it is for
 
     def halt(self) -> None:
         self.stop.set()

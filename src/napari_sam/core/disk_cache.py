@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .lazy import image_stem
+
 FORMAT = "napari-sam-embeddings/1"
 ATTR = "napari_sam_embeddings"
 
@@ -264,8 +266,4 @@ def default_cache_path(image_path) -> Path:
     """``stack.tif`` -> ``stack.embeddings.zarr`` beside it (only the image suffix goes:
     ``2024.05.01_embryo1.tif`` -> ``2024.05.01_embryo1.embeddings.zarr``)."""
     p = Path(os.fspath(image_path))
-    name = p.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".zarr", ".npy"):
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return p.with_name(name[: -len(suffix)] + ".embeddings.zarr")
-    return p.with_name(name + ".embeddings.zarr")
+    return p.with_name(image_stem(p) + ".embeddings.zarr")

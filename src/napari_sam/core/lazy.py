@@ -20,7 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LazyStack", "open_stack"]
+__all__ = ["LazyStack", "open_stack", "image_stem"]
+
+# longest first: "a.ome.tif" is the image "a"
+TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
+IMAGE_SUFFIXES = TIFF_SUFFIXES + (".zarr", ".npy")
+
+
+def image_stem(path) -> str:
+    """An image file's name without its image suffix, and only that (``2024.01.15_s1.ome.tif`` ->
+    ``2024.01.15_s1``): what files made for it (its labels' record, its embedding cache) are named after."""
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 @dataclass

@@ -22,6 +22,8 @@ value and the ``labels`` of its last progress record.
 
 from __future__ import annotations
 
+import inspect
+
 from collections.abc import Iterator
 
 import numpy as np
@@ -196,10 +198,12 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
         if through_z or disk is not None:
             raise ValueError("method='memory' follows objects from their prompted slices with SAM 2's video "
                              "predictor, which encodes each slice itself: it takes no through_z and no disk cache")
-        other = sorted(set(kwargs) - {"decay", "max_state_bytes"}) + (["refine"] if refine else [])
+        own = sorted(set(inspect.signature(propagate_memory).parameters)
+                     - {"predictor", "stack", "prompts", "z_range", "labels", "channel_axis"})
+        other = sorted(set(kwargs) - set(own)) + (["refine"] if refine else [])
         if other:  # the slice-by-slice rules and snapping: SAM 2's memory decides where objects go and end
             raise ValueError(f"{', '.join(other)} only apply to method='slices'; SAM 2's memory "
-                             "(method='memory') takes decay and max_state_bytes")
+                             f"(method='memory') takes {' and '.join(own)}")
         gen = propagate_memory(SlicePredictor(model, normalize=normalize), stack, prompts, z_range=z_range,
                                labels=labels, channel_axis=channel_axis, **kwargs)
         return run_to_end(gen, progress)
