@@ -56,16 +56,40 @@ def import_torch() -> None:
     from segment_anything.utils.transforms import ResizeLongestSide  # noqa: F401
 
 
-def load_model_cached(name_or_path: str, device: str):
-    """``core.models.load_model``, remembering the last few models (runs in a worker)."""
-    from napari_sam.core.models import load_model
+def _model_key(name_or_path: str, device: str) -> tuple:
+    """What identifies a loaded model: the name or path and the device, and for a file its size and
+    modification time (a checkpoint saved again at the same path is a new model)."""
+    from pathlib import Path
 
     key = (str(name_or_path), str(device))
+    path = Path(str(name_or_path)).expanduser()
+    if path.is_file():
+        st = path.stat()
+        key += (st.st_size, st.st_mtime_ns)
+    return key
+
+
+def load_model_cached(name_or_path: str, device: str):
+    """``core.models.load_model``, remembering the last few models (runs in a worker). A download shows
+    its progress in napari's activity dock."""
+    from napari_sam.core.models import load_model, pending_download
+
+    key = _model_key(name_or_path, device)
     with _MODELS_LOCK:
         if key in _MODELS:
             _MODELS.move_to_end(key)
             return _MODELS[key]
-    model = load_model(name_or_path, device=device, progress=False)
+    name, bar = pending_download(name_or_path), None
+    if name is not None:
+        from napari.utils import progress
+
+        # a total of 1 until the server gives the size (pooch skips a bar whose total is 0: bool(bar) is False)
+        bar = progress(total=1, desc=f"Downloading model {name}", unit="B", unit_scale=True)
+    try:
+        model = load_model(name_or_path, device=device, progress=bar if bar is not None else False)
+    finally:
+        if bar is not None:
+            bar.close()
     with _MODELS_LOCK:
         _MODELS[key] = model
         while len(_MODELS) > _KEEP_MODELS:

@@ -10,7 +10,7 @@ Three kinds of file are understood, all read with
 * a SAM 2 / SAM 2.1 checkpoint (Hiera tiny/small/base+/large, ``core.sam2_model``;
   needs Meta's ``sam2`` package);
   wrapped or not in ``{"state_dict" | "model_state" | "model": ...}``, keys
-  with or without a ``sam.`` / ``module.`` prefix;
+  with or without ``sam.`` / ``module.`` / ``_orig_mod.`` / ``model.`` prefixes;
 * napari-sam's embedded model: ``{"format": "napari-sam-embedded/1",
   "config": {...}, "state_dict": {...}}`` (fp16 weights, cast to fp32 here).
 
@@ -49,7 +49,7 @@ STANDARD_VITS = {
     "vit_h": (1280, 32, 16, (7, 15, 23, 31)),
 }
 _WRAPPER_KEYS = ("state_dict", "model_state", "model")
-_PREFIXES = ("sam.", "module.")
+_PREFIXES = ("sam.", "module.", "_orig_mod.", "model.")
 
 
 class ModelError(ValueError):
@@ -107,6 +107,17 @@ def read_checkpoint(path: Path) -> Any:
 
 
 def _not_a_checkpoint(path: Path, reason: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024).lstrip().lower()
+    except OSError:
+        head = b""
+    if head.startswith(b"version https://git-lfs"):
+        return (f"{path} is a Git LFS pointer (a small text file standing for the weights), not the weights: "
+                "fetch them with 'git lfs pull' in that repository, or download the file itself.")
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        return (f"{path} is a web page (HTML), not a checkpoint: the link it was downloaded from gave a page "
+                "(a login, a preview or an error) instead of the file; download the file itself.")
     return (
         f"{path} is not a PyTorch checkpoint (torch.load could not read it: {reason}). "
         f"Give a .pth/.pt file saved with torch.save; {SUPPORTED}."
@@ -123,7 +134,8 @@ def extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
     for _ in range(3):  # e.g. {"model_state": {...}} or {"state_dict": {"model": ...}}
         if isinstance(obj, dict):
-            inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            wrapped = [obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)]
+            inner = next((w for w in wrapped if _holds_tensors(w)), wrapped[0] if wrapped else None)
             if inner is not None:
                 obj = inner
                 continue
@@ -136,10 +148,21 @@ def extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     sd = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not sd:
         raise ModelError(f"{path} holds a dict without any tensors: it is not a model checkpoint; {SUPPORTED}.")
-    for prefix in _PREFIXES:
-        if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    # in any order and nesting: DataParallel's "module.sam.", torch.compile's "_orig_mod.", ...
+    while (prefix := next((p for p in _PREFIXES if all(k.startswith(p) for k in sd)), None)) is not None:
+        sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
+
+
+def _holds_tensors(obj: Any, depth: int = 3) -> bool:
+    """True if ``obj`` is a dict with tensors in it, directly or in a wrapper dict (``{"model": {...}}``)."""
+    import torch
+
+    if not isinstance(obj, dict) or depth == 0:
+        return False
+    return any(isinstance(v, torch.Tensor) for v in obj.values()) or any(
+        _holds_tensors(obj.get(k), depth - 1) for k in _WRAPPER_KEYS
+    )
 
 
 def infer_vit(sd: dict[str, torch.Tensor]) -> tuple[str, dict] | None:

@@ -7,6 +7,7 @@ time, so tests can monkeypatch them to play a GPU machine.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from .checkpoints import ModelError
@@ -18,7 +19,18 @@ if TYPE_CHECKING:
 def _cuda_refusal(torch) -> str:
     if torch.version.cuda is None:
         return "this torch build has no CUDA support (a CPU-only build)"
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and hidden.strip() in ("", "-1", "none", "NoDevFiles"):
+        return (f"the environment variable CUDA_VISIBLE_DEVICES={hidden!r} hides every GPU from this process "
+                "(on a cluster: request a GPU for the job)")
     return "this torch build has CUDA support but no usable CUDA GPU or driver was found"
+
+
+def _visible_note() -> str:
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not hidden:
+        return ""
+    return f" (CUDA_VISIBLE_DEVICES={hidden!r}: the visible GPUs are numbered from 0 in that order)"
 
 
 def _mps_available(torch) -> bool:
@@ -53,7 +65,7 @@ def resolve_device(device: Any = "auto") -> torch.device:
         if colon and int(index) >= count:
             raise ModelError(
                 f"device {text!r} requested but only {count} CUDA device(s) are visible "
-                f"(cuda:0..cuda:{count - 1}); use one of those or 'auto'"
+                f"(cuda:0..cuda:{count - 1}){_visible_note()}; use one of those or 'auto'"
             )
     if kind == "mps" and not _mps_available(torch):
         mps = getattr(torch.backends, "mps", None)
@@ -72,7 +84,7 @@ def resolve_device(device: Any = "auto") -> torch.device:
 def choose_dtype(device: Any, half: Any = "auto") -> torch.dtype:
     """Compute dtype for ``device``: half precision only on CUDA.
 
-    half="auto" or True on CUDA: bfloat16 if the GPU supports it, else float16;
+    half="auto" or True on CUDA: bfloat16 if the GPU computes in it natively (Ampere or newer), else float16;
     half=False: float32. On cpu and mps the answer is always float32, and
     half=True there is refused (SAM in half precision on the CPU is slow and inexact).
     """
@@ -84,10 +96,25 @@ def choose_dtype(device: Any, half: Any = "auto") -> torch.dtype:
     if kind == "cuda":
         if half is False:
             return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if _native_bf16(torch, torch.device(device)) else torch.float16
     if half is True:
         raise ModelError(
             f"half precision was requested on {kind!r}, but napari-sam uses half precision only on CUDA "
             "GPUs; on the CPU and on MPS it runs in float32. Use half='auto' or half=False."
         )
     return torch.float32
+
+
+def _native_bf16(torch, device) -> bool:
+    """True if the GPU computes in bfloat16 itself (Ampere or newer). ``is_bf16_supported()`` alone also
+    says True where bf16 is only emulated (T4, V100: slower than fp16, and no bf16 convolutions in cuDNN)."""
+    def ask():
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # torch < 2.3 has no including_emulation, and checks the compute capability
+            return bool(torch.cuda.is_bf16_supported())
+
+    if device.index is not None and torch.cuda.device_count() > 1:
+        with torch.cuda.device(device.index):  # it asks about the current GPU: make it the chosen one
+            return ask()
+    return ask()

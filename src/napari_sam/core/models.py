@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .checkpoints import ModelError, build_sam, read_checkpoint, sha256_file
 from .devices import choose_dtype, resolve_device
+from .download import cache_dir, download, file_hash, remove_stale_parts
 
 if TYPE_CHECKING:
     import torch
@@ -144,16 +144,6 @@ def model_help() -> str:
     return f"registry name ({_known()}) or checkpoint path"
 
 
-def cache_dir() -> Path:
-    """Folder for downloaded weights: ``$NAPARI_SAM_CACHE``, else the platform cache."""
-    env = os.environ.get("NAPARI_SAM_CACHE")
-    if env:
-        return Path(env).expanduser()
-    import pooch
-
-    return Path(pooch.os_cache("napari-sam"))
-
-
 def _embedded_files() -> tuple[Path, Path]:
     """(weights, metadata) of the embedded model inside the installed package."""
     from importlib.resources import files
@@ -188,15 +178,38 @@ def _spec(name: str) -> ModelSpec:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise ModelError(f"unknown model {name!r}: known names are {_known()}") from None
+        raise ModelError(_unknown_name(name, path_hint=False)) from None
 
 
-def _file_hash(path: Path, alg: str) -> str:
-    if alg == "sha256":
-        return sha256_file(path)  # remembered, so load_model does not hash the file twice
-    import pooch
+def _unknown_name(key: str, path_hint: bool = True) -> str:
+    """The message for an unknown name: the nearest registry name, and how SAM 2 and other files load."""
+    import difflib
 
-    return pooch.file_hash(str(path), alg=alg)
+    near = difflib.get_close_matches(key.strip().lower(), list(REGISTRY), n=1, cutoff=0.6)
+    msg = f"unknown model {key!r}" + (f" (did you mean {near[0]!r}?)" if near else "") + f": known names are {_known()}"
+    if key.strip().lower().startswith("sam2"):
+        msg += ("; SAM 2 / 2.1 checkpoints load by path: download e.g. sam2.1_hiera_tiny.pt from "
+                "github.com/facebookresearch/sam2 and give its path")
+    return msg + ("; or give a path to a .pth/.pt checkpoint" if path_hint else "")
+
+
+def _registry_name(key: str) -> str | None:
+    """The registry name ``key`` means: exact, else (when no file of that name exists) ignoring case and
+    surrounding spaces ("VIT_B", " embedded")."""
+    if key in REGISTRY:
+        return key
+    if not Path(key).expanduser().exists() and key.strip().lower() in REGISTRY:
+        return key.strip().lower()
+    return None
+
+
+def pending_download(name_or_path) -> str | None:
+    """The registry name ``load_model(name_or_path)`` would download (its file is not in the cache folder
+    yet), else None: lets a caller show a progress bar only when there is something to show."""
+    name = _registry_name(os.fspath(name_or_path)) if name_or_path is not None else None
+    if name is None or REGISTRY[name].url is None:
+        return None
+    return None if (cache_dir() / REGISTRY[name].filename).is_file() else name
 
 
 def fetch_checkpoint(name: str, *, progress: Any = True, url: str | None = None) -> Path:
@@ -205,7 +218,8 @@ def fetch_checkpoint(name: str, *, progress: Any = True, url: str | None = None)
     ``progress``: True for a tqdm bar on stderr, False for none, or a tqdm-like
     object (e.g. ``napari.utils.progress``). ``url`` overrides the registry's
     address (a mirror, or a local server in tests); the checksum stays the registry's.
-    A cached file is re-verified and downloaded again if it does not match.
+    A cached file is re-verified and downloaded again if it does not match
+    (``core.download``: never a partial or unverified file, errors that say what to do).
     """
     spec = _spec(name)
     if spec.url is None:
@@ -218,38 +232,11 @@ def fetch_checkpoint(name: str, *, progress: Any = True, url: str | None = None)
         raise ModelError(
             f"model {name!r} is verified with a {alg} checksum, which needs the xxhash package: pip install xxhash"
         )
-    folder = cache_dir()
-    target = folder / spec.filename
-    if target.is_file() and _file_hash(target, alg) == expected:
+    target = cache_dir() / spec.filename
+    if target.is_file() and file_hash(target, alg) == expected:
+        remove_stale_parts(target.parent, target.name)
         return target
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, part = tempfile.mkstemp(dir=folder, prefix=spec.filename + ".", suffix=".part")
-    os.close(fd)
-    try:
-        downloader = pooch.HTTPDownloader(progressbar=progress, chunk_size=1 << 20, timeout=60)
-        try:
-            downloader(url=url, output_file=part, pooch=None)
-        except Exception as e:  # requests' connection, timeout and HTTP status errors
-            raise ModelError(
-                f"could not download model {name!r} from {url}: {e}. Check the internet connection, "
-                f"or download the file yourself and give its path instead of the name (load_model(PATH), "
-                f"--model PATH, or the widget's 'from file…')."
-            ) from None
-        actual = _file_hash(Path(part), alg)
-        if actual != expected:
-            raise ModelError(
-                f"checksum mismatch for model {name!r} downloaded from {url}: expected {alg} {expected}, "
-                f"got {actual}. The corrupted download was deleted and nothing was cached. Try again (a "
-                f"download cut short or altered by a proxy does this); if it keeps failing, the file at that "
-                f"address has changed: download it yourself and give its path instead of the name "
-                f"(load_model(PATH), --model PATH, or the widget's 'from file…')."
-            )
-        os.chmod(part, 0o644)  # mkstemp made it private; a cache is shareable
-        os.replace(part, target)
-    finally:
-        if os.path.exists(part):
-            os.remove(part)
-    return target
+    return download(name, url, spec.known_hash, target, progress)
 
 
 def load_model(name_or_path: str | os.PathLike | None = "embedded", *, device: Any = "auto", half: Any = "auto",
@@ -268,8 +255,8 @@ def load_model(name_or_path: str | os.PathLike | None = "embedded", *, device: A
     torch_device = resolve_device(device)
     dtype = choose_dtype(torch_device, half)
     key = os.fspath(name_or_path)
-    if key in REGISTRY:
-        name = key
+    name = _registry_name(key)
+    if name is not None:
         path = fetch_checkpoint(name, progress=progress)
     else:
         path = Path(key).expanduser()
@@ -277,9 +264,7 @@ def load_model(name_or_path: str | os.PathLike | None = "embedded", *, device: A
             looks_like_path = os.sep in key or "/" in key or path.suffix in (".pt", ".pth", ".bin", ".ckpt")
             if looks_like_path:
                 raise ModelError(f"checkpoint file not found: {path}")
-            raise ModelError(
-                f"unknown model {key!r}: known names are {_known()}; or give a path to a .pth/.pt checkpoint"
-            )
+            raise ModelError(_unknown_name(key))
         if path.is_dir():
             raise ModelError(f"{path} is a folder; give the path of a .pth/.pt checkpoint file inside it")
         name = path.name
