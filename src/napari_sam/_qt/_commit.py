@@ -42,6 +42,27 @@ def check_target(labels, shape: tuple[int, ...]) -> None:
         )
     if labels.multiscale:
         raise CommitError(f"labels layer {labels.name!r} is multiscale: SAM commits into single-scale labels only")
+    why = read_only(labels.data)
+    if why:
+        raise CommitError(f"labels layer {labels.name!r} is read-only ({why}): nothing can be written into it; "
+                          f"choose another Labels layer or '(new layer)'")
+
+
+def read_only(data) -> str:
+    """Why an array cannot be written into ("" when it can): a dask array, a read-only numpy or zarr array."""
+    if hasattr(data, "dask"):
+        return "a dask array, computed lazily"
+    if isinstance(data, np.ndarray) and not data.flags.writeable:
+        return "a read-only numpy array, e.g. a file opened for reading"
+    if getattr(data, "read_only", False) is True:
+        return "a zarr array opened for reading"
+    return ""
+
+
+def next_id(labels) -> int:
+    """The first free object id of a Labels layer (its data may be a zarr array on disk: read a block at a
+    time)."""
+    return next_label_id(labels.data)
 
 
 def check_fits(labels, top: int) -> None:
@@ -71,7 +92,7 @@ def commit_masks(
     """
     existing = np.array(labels.data[plane.index], copy=True)  # before the commit (numpy data gives a view)
     if label is None:
-        first = next_label_id(np.asarray(labels.data))
+        first = next_id(labels)
         ids = list(range(first, first + len(masks)))
     else:
         ids = [int(label)] * len(masks)

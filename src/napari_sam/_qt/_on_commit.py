@@ -39,7 +39,17 @@ class Committing:
 
     def _ensure_labels(self):
         if self._labels is None:
-            self._watch("labels", L.add_labels_layer(self._viewer, self._image))
+            try:
+                layer = L.add_labels_layer(self._viewer, self._image)
+            except MemoryError:  # a huge lazy image: its labels cannot be held in memory
+                shape = spatial_shape(self._image)
+                raise CommitError(
+                    f"a labels layer for {self._image.name!r} {shape} would need {np.prod(shape) * 4 / 2**30:.0f} GB "
+                    "of memory, more than this computer has: add a Labels layer kept on disk (in napari's console: "
+                    f"viewer.add_labels(zarr.open_array('labels.zarr', mode='w', shape={shape}, dtype='uint32', "
+                    f"chunks={(1,) * (len(shape) - 2) + shape[-2:]}), scale=...) with the image's scale) and "
+                    "choose it under Labels") from None
+            self._watch("labels", layer)
             self._on_layers_renamed()
         L.move_below(self._viewer, self._labels, [self._preview, self._boxes, self._points])
         check_target(self._labels, spatial_shape(self._image))

@@ -8,6 +8,7 @@ and refuses layers that do not fit the image (with a message).
 from __future__ import annotations
 
 from . import _layers as L
+from ._commit import read_only
 from ._plane import same_transform, spatial_shape
 
 _ROLES = {"points": "Points", "boxes": "Shapes", "labels": "Labels"}
@@ -85,6 +86,8 @@ class LayerChoice:
             return "dimensions or shape differ"
         if not same_transform(layer, self._image):  # written by data index: it must lie where the image lies
             return "its scale, translate or rotation differ: give it the image's"
+        if read_only(layer.data):
+            return f"it is read-only, {read_only(layer.data)}: napari-sam cannot write into it"
         return None
 
     def _fits(self, role: str, layer) -> bool:

@@ -19,16 +19,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._commit import CommitError, check_fits, check_target, object_record, record_objects
+from ._commit import CommitError, check_fits, check_target, next_id, object_record, record_objects
 from ._plane import PlaneError, current_plane, image_data, spatial_shape
+from ._outcome import Outcome
 from ._propagate import (
-    Outcome,
+    Changes,
     PropagateError,
     StackView,
-    new_pixels,
+    in_worker,
+    negative_label,
     objects_on_slice,
     run_every_slice,
     run_propagation,
+    still_background,
     z_axis_of,
     z_name,
 )
@@ -54,7 +57,7 @@ def _slices_text(z_range, view, plane) -> str:
 class _Run:
     key: tuple
     view: StackView
-    before: np.ndarray  # (z, H, W) labels when the run started
+    source: StackView  # the labels layer along the same z: read by the worker
     labels: object  # the napari Labels layer written at the end
     image: object
     image_version: int
@@ -80,7 +83,7 @@ class Propagating:
         self._start_propagation(every_object=True)
 
     def _propagation_inputs(self, every_object: bool):
-        """(view, plane, before, ids, z range); PropagateError/PlaneError/CommitError say what is missing."""
+        """(view, plane, labels view, ids, z range); PropagateError/PlaneError/CommitError say what is missing."""
         if self._image is None:
             raise PropagateError("no image layer: open a z-stack first")
         image = self._image
@@ -94,29 +97,31 @@ class Propagating:
         view = StackView(image_data(image), plane, z_axis)
         if view.shape[0] < 2:
             raise PropagateError(f"the stack has a single slice along {z_name(plane)}: nothing to propagate to")
-        before = StackView(self._labels.data, plane, z_axis).volume()
+        source = StackView(self._labels.data, plane, z_axis)  # read in the worker, not here: it may be huge
         z = dict(plane.fixed)[z_axis]
         zr = self._slice_range(view, plane)  # the current slice must be inside the slices set
-        here = objects_on_slice(before[z])
+        here = objects_on_slice(source[z])
         if every_object:
             if not here:
                 raise PropagateError(f"no objects on {plane.label}: commit objects on this slice first, then propagate")
-            return view, plane, before, here, zr
+            return view, plane, source, here, zr
         label = int(self._labels.selected_label)
         if label == 0:
             raise PropagateError("the selected label is 0 (background): select the label of the object to propagate")
+        if label < 0:
+            raise PropagateError(negative_label(label))
         if label not in here:
             raise PropagateError(
                 f"label {label} is not on {plane.label}: go to a slice where it is, or commit it here first (C)"
             )
-        return view, plane, before, [label], zr
+        return view, plane, source, [label], zr
 
     def _start_propagation(self, every_object: bool) -> None:
         if self._propagation is not None:
             self._say("A propagation is already running: wait for it, or Cancel it.")
             return
         try:
-            view, plane, before, ids, zr = self._propagation_inputs(every_object)
+            view, plane, source, ids, zr = self._propagation_inputs(every_object)
         except (PropagateError, PlaneError, CommitError) as e:
             self._say(str(e), error=True)
             return
@@ -125,13 +130,13 @@ class Propagating:
         memory = self._ui.propagate_memory.isEnabled() and self._ui.propagate_memory.isChecked()
         if memory:
             desc = desc.replace("…", " with SAM 2's memory…")
-        run = _Run(None, view, before, self._labels, self._image, self._image_version,
+        run = _Run(None, view, source, self._labels, self._image, self._image_version,
                    Outcome(ids, z_name(plane), _bounds(zr)))
         self._launch(run, desc, run_propagation, ids, memory, zr)
 
     def _launch(self, run: _Run, desc: str, fn, *args) -> None:
-        """Start ``fn(predictor, view, before, *args, cache, disk, channel_axis)``-like work for ``run``:
-        a propagation generator in a worker, its result written by ``_on_propagated``."""
+        """Start ``fn(predictor, view, labels, *args, cache, disk, channel_axis)``-like work for ``run``:
+        a propagation generator in a worker (through ``in_worker``), its ``Changes`` written by ``_on_propagated``."""
         from napari_sam.core.predictor import SlicePredictor
 
         gui = self._session.predictor
@@ -145,8 +150,8 @@ class Propagating:
         self._sync_precompute()  # pauses the background run
         disk, rgb = self._propagation_disk(run.view.plane), -1 if self._image.rgb else None
         head, tail = args[:1], args[1:]  # the ids or prompts, then the method's own options
-        self._jobs.start(run.key, desc, fn, predictor, run.view, run.before, *head, self._session.cache, disk, rgb,
-                         *tail, on_result=self._on_propagated, on_error=self._on_propagate_error,
+        self._jobs.start(run.key, desc, in_worker, fn, predictor, run.view, run.source, *head, self._session.cache,
+                         disk, rgb, *tail, on_result=self._on_propagated, on_error=self._on_propagate_error,
                          on_yield=self._on_propagate_progress, on_done=self._on_propagate_done)
         self._say(desc)
 
@@ -163,7 +168,7 @@ class Propagating:
             self._say(str(e), error=True)
             return
         z = dict(plane.fixed)[view.z_axis]
-        before = StackView(labels.data, plane, view.z_axis).volume()
+        source = StackView(labels.data, plane, view.z_axis)
         prompts = {i: {z: o} for i, o in zip(ids, objects)}
         model, used = self._session.model, self._prompt_snapshot(plane)
 
@@ -173,7 +178,7 @@ class Propagating:
             self._clear_prompts(plane, only=used)
 
         what = _objects_text(ids)
-        run = _Run(None, view, before, labels, self._image, self._image_version,
+        run = _Run(None, view, source, labels, self._image, self._image_version,
                    Outcome(ids, z_name(plane), _bounds(zr)), what="prompts on every slice", after=after)
         self._launch(run, f"Segmenting {what} with the prompts of {plane.label} on {_slices_text(zr, view, plane)}…",
                      run_every_slice, prompts, zr)
@@ -219,17 +224,17 @@ class Propagating:
 
     def _every_slice_ids(self, labels, n: int) -> list[int]:
         """New ids (largest + 1, ...), or the selected label for every object when the widget says so."""
-        from napari_sam.core.commit import next_label_id
-
         if self._ui.selected_id.isChecked():
             label = int(labels.selected_label)
             if label == 0:
                 raise CommitError("the selected label is 0 (background): select a label, or use a new object id")
+            if label < 0:
+                raise CommitError(negative_label(label))
             if n > 1:
                 raise CommitError(f"'selected label' puts every object into label {label}, but this slice has "
                                   f"prompts for {n} objects: keep one, or choose 'new object id'")
             return [label]
-        first = next_label_id(np.asarray(labels.data))
+        first = next_id(labels)
         check_fits(labels, first + n - 1)
         return list(range(first, first + n))
 
@@ -267,7 +272,7 @@ class Propagating:
             self._sync_precompute()  # resumes the background run
         return run
 
-    def _on_propagated(self, key, result) -> None:
+    def _on_propagated(self, key, ch: Changes) -> None:
         run = self._propagation
         if self._closed or run is None or run.key != key:
             return
@@ -277,19 +282,18 @@ class Propagating:
             self._say("Propagation finished, but the image or the labels layer changed meanwhile: nothing written.",
                       error=True)
             return
-        now = StackView(layer.data, run.view.plane, run.view.z_axis).volume()
-        write = new_pixels(result, run.before, now)
+        write = still_background(layer.data, run.view, ch)  # the user may have painted meanwhile
         with self._undo.writing():
-            n = self._write_propagation(layer, run.view, result, write)
+            n = self._write_propagation(layer, run.view, write)
         if n and layer is self._labels:  # the layer whose edits the widget follows
             ids = ", ".join(map(str, run.outcome.ids))
-            self._undo.remember(layer, f"{run.what} of label {ids}", run.view.full_index(*np.nonzero(write)))
+            self._undo.remember(layer, f"{run.what} of label {ids}", run.view.full_index(*write[:3]))
         if n and run.after is not None:
             run.after(layer)
-        summary = run.outcome.text(result, write)
+        summary = run.outcome.text(ch, write)
         # stays when the slice changes: short, the reasons in its tooltip
-        self._ui.propagate_status.setText(run.outcome.text(result, write, show=3, short=True))
-        self._ui.propagate_status.setToolTip(run.outcome.text(result, write, show=len(run.outcome.ids)))
+        self._ui.propagate_status.setText(run.outcome.text(ch, write, show=3, short=True))
+        self._ui.propagate_status.setToolTip(run.outcome.text(ch, write, show=len(run.outcome.ids)))
         what, done = ("Propagation", "Propagated") if run.after is None else ("Prompts on every slice",) * 2
         msg = f"{what} added no pixels.\n{summary}" if n == 0 else \
             f"{done}: {n} px written (one step: Ctrl-Z or the Undo button undoes it).\n{summary}"
@@ -297,14 +301,15 @@ class Propagating:
         self._say(msg)
 
     @staticmethod
-    def _write_propagation(layer, view: StackView, result: np.ndarray, write: np.ndarray) -> int:
-        """Write ``result`` where ``write`` into ``layer``: one history entry (one Ctrl-Z)."""
-        ids = [int(i) for i in np.unique(result[write])]
+    def _write_propagation(layer, view: StackView, write: tuple) -> int:
+        """Write ``write`` ((z, rows, cols, ids) pixels) into ``layer``: one history entry (one Ctrl-Z)."""
+        z, r, c, v = write
+        ids = [int(i) for i in np.unique(v)]
         with layer.block_history():
             for k, oid in enumerate(ids):
-                z, r, c = np.nonzero(write & (result == oid))
-                layer.data_setitem(view.full_index(z, r, c), oid, refresh=k == len(ids) - 1)
-        return int(np.count_nonzero(write))
+                m = v == oid
+                layer.data_setitem(view.full_index(z[m], r[m], c[m]), oid, refresh=k == len(ids) - 1)
+        return len(v)
 
     def _on_propagate_error(self, key, exc) -> None:
         run = self._propagation

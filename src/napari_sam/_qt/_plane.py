@@ -31,13 +31,15 @@ class Plane:
 
     fixed: ((axis, index), ...) for every axis not displayed.
     axes: (row_axis, col_axis) data axes shown, in data order.
-    shape: (H, W) size of the slice; label: "z=5" style text for messages.
+    shape: (H, W) size of the slice; label: "z=5" style text for messages (one "name=index" per fixed axis).
+    extent: the image's (spatial) shape, every axis; () when not known.
     """
 
     fixed: tuple[tuple[int, int], ...]
     axes: tuple[int, int]
     shape: tuple[int, int]
     label: str
+    extent: tuple[int, ...] = ()
 
     @property
     def index(self) -> tuple:
@@ -74,14 +76,18 @@ def spatial_shape(image: napari.layers.Image) -> tuple[int, ...]:
     return shape[:-1] if image.rgb else shape
 
 
-def _axis_names(viewer, nd: int, offset: int) -> list[str]:
+def _axis_names(viewer, shape: tuple[int, ...], offset: int) -> list[str]:
     """Names of the image's axes: the viewer's labels, or, for napari's numeric defaults, by their place
-    in the data (... t, z, y, x), whichever two the viewer shows: a stack seen from the side slices along y."""
+    in the data (... t, z, y, x; an axis of one slice, e.g. a single channel, is not counted), whichever two
+    the viewer shows: a stack seen from the side slices along y."""
+    nd = len(shape)
     given = [str(x) for x in viewer.dims.axis_labels[offset : offset + nd]]
     if not all(g.lstrip("-").isdigit() for g in given):
         return given
-    conventional = {nd - 1: "x", nd - 2: "y", nd - 3: "z", nd - 4: "t"}
-    return [conventional.get(a, f"axis {a}") for a in range(nd)]
+    names = {nd - 1: "x", nd - 2: "y"}
+    outer = [a for a in range(nd - 3, -1, -1) if shape[a] > 1] or list(range(nd - 3, -1, -1))
+    names.update(zip(outer, ("z", "t")))
+    return [names.get(a, f"axis {a}") for a in range(nd)]
 
 
 def current_plane(viewer: napari.Viewer, image: napari.layers.Image) -> Plane:
@@ -96,11 +102,11 @@ def current_plane(viewer: napari.Viewer, image: napari.layers.Image) -> Plane:
         raise PlaneError(f"the viewer does not show two axes of {image.name!r}; reset the axis order")
     pos = np.asarray(image.world_to_data(viewer.dims.point), float)
     fixed, names = [], []
-    labels = _axis_names(viewer, nd, offset)
+    labels = _axis_names(viewer, shape, offset)
     for a in range(nd):
         if a in axes:
             continue
-        i = int(np.floor(pos[a] + 0.5))
+        i = int(np.round(pos[a]))  # as napari picks the slice it shows (a half rounds to even)
         if not 0 <= i < shape[a]:
             raise PlaneError(
                 f"the current position is outside {image.name!r} on axis {labels[a]} "
@@ -108,7 +114,7 @@ def current_plane(viewer: napari.Viewer, image: napari.layers.Image) -> Plane:
             )
         fixed.append((a, i))
         names.append(f"{labels[a]}={i}")
-    return Plane(tuple(fixed), axes, (shape[axes[0]], shape[axes[1]]), ", ".join(names) or "2D image")
+    return Plane(tuple(fixed), axes, (shape[axes[0]], shape[axes[1]]), ", ".join(names) or "2D image", tuple(shape))
 
 
 def same_transform(a, b) -> bool:
@@ -137,9 +143,10 @@ def to_image_coords(layer, image, coords: np.ndarray) -> np.ndarray:
 
 
 def _on_plane(coords: np.ndarray, plane: Plane) -> np.ndarray:
+    """Which ``coords`` lie on ``plane``: those napari would show the plane at (rounded as ``current_plane``)."""
     on = np.ones(len(coords), bool)
     for a, i in plane.fixed:
-        on &= np.abs(coords[:, a] - i) < 0.5
+        on &= np.round(coords[:, a]) == i
     return on
 
 

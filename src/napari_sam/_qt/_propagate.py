@@ -3,16 +3,20 @@
 The labels layer's committed objects are the prompts: an object's mask on
 every slice where it already is becomes a mask prompt (kept as it is, see
 ``core.propagate``), so propagation fills the gaps between those slices and
-goes on beyond them. The run works on a snapshot; at the end only pixels that
-were background (0) before the run, and still are, are written, so no existing
-object (nor the object's own committed slices) ever changes.
+goes on beyond them. At the end only pixels that were background (0) when the
+run started, and still are, are written, so no existing object (nor the
+object's own committed slices) ever changes.
+The labels are held once: the worker reads the layer slice by slice (which
+pixels are background, packed to a bit each; the anchors), the run makes its
+one copy, and what it would write comes back as pixel lists (:class:`Changes`),
+so nothing of the size of the stack is copied on the GUI thread.
 Here z is the image's last non-displayed axis; any other one stays where the
 viewer is. Pure numpy over core objects: testable without Qt.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -45,6 +49,14 @@ class StackView:
     def __getitem__(self, z: int) -> np.ndarray:
         return np.asarray(self.data[self._index(int(z))])
 
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        """The whole stack, one copy (what a run's ``LabelCanvas`` takes of the labels)."""
+        vol = self.volume()
+        return vol if dtype is None else vol.astype(dtype, copy=False)
+
     def volume(self) -> np.ndarray:
         """The whole (z, rows, cols) stack as a numpy copy (for labels)."""
         sub = np.asarray(self.data[self._index(slice(None))])
@@ -64,24 +76,34 @@ class StackView:
 
 
 def z_axis_of(plane: Plane) -> int:
-    """The axis propagation follows: the plane's last non-displayed axis (z of t, z, y, x)."""
+    """The axis propagation follows: the plane's last non-displayed axis with more than one slice (z of
+    t, z, y, x; the first axis of a (z, 1, y, x) stack with a single channel, t of (t, 1, y, x))."""
     if not plane.fixed:
         raise PropagateError(
             "propagation follows objects through z, but this image is 2D (one slice): "
             "commit objects with C instead, or open a z-stack"
         )
-    return plane.fixed[-1][0]
+    longer = [a for a, _ in plane.fixed if not plane.extent or plane.extent[a] > 1]
+    return (longer or [plane.fixed[-1][0]])[-1]
 
 
 def z_name(plane: Plane) -> str:
     """The z axis' name as the status line shows it ("z" in "z=5")."""
-    return plane.label.split(", ")[-1].split("=")[0]
+    k = [a for a, _ in plane.fixed].index(z_axis_of(plane))
+    return plane.label.split(", ")[k].split("=")[0]
 
 
 def objects_on_slice(labels2d: np.ndarray) -> list[int]:
-    """Label ids present on one (rows, cols) slice, ascending."""
-    ids = np.unique(labels2d)
-    return [int(i) for i in ids if i != 0]
+    """Object ids present on one (rows, cols) slice, ascending: its positive labels (a negative label of a
+    user's int layer is not followed, and never overwritten)."""
+    labels2d = np.asarray(labels2d)
+    return [int(i) for i in np.unique(labels2d[labels2d > 0])]
+
+
+def negative_label(label: int) -> str:
+    """The message for a negative selected label (napari-sam's objects have positive ids)."""
+    return (f"the selected label is {label}: napari-sam follows objects with positive ids only; "
+            "select a positive label (or relabel this object)")
 
 
 def anchor_prompts(labels: np.ndarray, ids, z_range=None) -> dict[int, dict[int, dict]]:
@@ -89,9 +111,10 @@ def anchor_prompts(labels: np.ndarray, ids, z_range=None) -> dict[int, dict[int,
     where it already is."""
     out: dict[int, dict[int, dict]] = {}
     for z in range(*(z_range or (0, labels.shape[0]))):
-        present = set(objects_on_slice(labels[z])) & set(ids)
+        sl = np.asarray(labels[z])
+        present = set(np.unique(sl[sl != 0]).tolist()) & set(ids)  # the labelled pixels only: quick when few
         for oid in sorted(present):
-            out.setdefault(oid, {})[z] = {"mask": labels[z] == oid}
+            out.setdefault(oid, {})[z] = {"mask": sl == oid}
     return out
 
 
@@ -130,77 +153,55 @@ def run_every_slice(predictor, stack, labels: np.ndarray, prompts: dict, cache, 
                                                channel_axis=channel_axis, z_range=z_range))
 
 
-def new_pixels(result: np.ndarray, before: np.ndarray, now: np.ndarray) -> np.ndarray:
-    """(z, H, W) bool: where the run labelled a pixel that was background before it and still is."""
-    return (result != 0) & (before == 0) & (now == 0)
-
-
 @dataclass
-class Outcome:
-    """What a propagation run reached, for the status line.
+class Changes:
+    """What a run would write, as pixel lists (small: the objects' pixels, not the stack).
 
-    ends: {(id, "up"/"down"): (z, reason)} from the progress records' ``ended``.
+    pixels: {z: (rows, cols, ids)} labelled by the run where the layer was background when it started.
+    present: {id: [z, ...]} slices where the result holds each object. nz: the stack's slices.
     """
 
-    ids: list[int]
-    zname: str = "z"
-    bounds: tuple | None = None  # (first, last) slice the run could reach, when not the whole stack
-    ends: dict = field(default_factory=dict)
-    absent: dict = field(default_factory=dict)  # {id: [(z, reason)]}: slices left empty by prompts on every slice
+    nz: int
+    pixels: dict
+    present: dict
 
-    def record(self, progress) -> None:
-        for oid, direction, reason, z in progress.ended:
-            if direction == "absent":  # prompts on every slice: a slice the object is not on
-                self.absent.setdefault(int(oid), []).append((int(z), reason))
-            else:
-                self.ends[(int(oid), direction)] = (int(z), reason)
 
-    def _stops(self, oid: int, zs: np.ndarray, nz: int) -> list[tuple[str, int | None, str]]:
-        """[(direction, z it stopped at or None, why)] for the directions where it ended."""
-        out = []
-        lo, hi = self.bounds or (0, nz - 1)
-        for direction, edge, end, whole, which in (("up", zs[-1], hi, hi == nz - 1, "last"),
-                                                   ("down", zs[0], lo, lo == 0, "first")):
-            if (oid, direction) in self.ends:
-                out.append((direction, *self.ends[(oid, direction)]))
-            elif edge == end:
-                out.append((direction, None, "reached the stack's end" if whole else
-                            f"reached the {which} slice set ({self.zname}={end})"))
-        return out
+def in_worker(fn, predictor, stack, labels: StackView, *args):
+    """Generator (runs in a worker): ``fn`` (``run_propagation`` or ``run_every_slice``) on the labels
+    layer seen through ``labels``, returning :class:`Changes` instead of the (z, H, W) result.
 
-    def object_text(self, oid: int, result: np.ndarray, written: np.ndarray) -> str:
-        """Where ``oid`` is in ``result``, how many slices got new pixels, where and why it stopped."""
-        zs = np.flatnonzero((result == oid).any((1, 2)))
-        if not len(zs):
-            return f"label {oid}: nowhere"
-        new = int(np.count_nonzero((written & (result == oid)).any((1, 2))))
-        zn = self.zname
-        parts = [f"{d}: stopped at {zn}={z} ({why})" if z is not None else f"{d}: {why}"
-                 for d, z, why in self._stops(oid, zs, result.shape[0])]
-        if oid in self.absent:
-            gone = sorted(self.absent[oid])
-            parts.append(f"left out of {len(gone)} slice(s) where it is not, e.g. {zn}={gone[0][0]} ({gone[0][1]})")
-        return f"label {oid}: {self._extent(zs)}, {len(zs)} slice(s), {new} with new pixels" + (
-            f"; {'; '.join(parts)}" if parts else "")
+    Which pixels are background is read first, slice by slice, a bit each; then ``fn`` reads the layer
+    (its one copy of the labels). A pixel the user changes meanwhile is, at worst, left unwritten.
+    """
+    background = [np.packbits(np.asarray(labels[z]) == 0) for z in range(labels.shape[0])]
+    result = yield from fn(predictor, stack, labels, *args)
+    return changes(result, background)
 
-    def short_text(self, oid: int, result: np.ndarray) -> str:
-        """One short line: where ``oid`` is and where it stopped."""
-        zs = np.flatnonzero((result == oid).any((1, 2)))
-        if not len(zs):
-            return f"label {oid}: nowhere"
-        stops = [f"{self.zname}={z} {d}" if z is not None else f"stack end {d}"
-                 for d, z, _ in self._stops(oid, zs, result.shape[0])]
-        return f"label {oid}: {self._extent(zs)} ({len(zs)} slices)" + (
-            f"; stopped at {', '.join(stops)}" if stops else "")
 
-    def _extent(self, zs: np.ndarray) -> str:
-        zn = self.zname
-        return f"{zn}={zs[0]}–{zs[-1]}" if zs[-1] > zs[0] else f"{zn}={zs[0]}"
+def changes(result: np.ndarray, background: list) -> Changes:
+    """The :class:`Changes` of ``result`` (z, H, W) over the layer's ``background`` (packed bits per slice)."""
+    pixels, present = {}, {}
+    for z, res in enumerate(result):
+        if not res.any():
+            continue
+        for oid in np.unique(res[res != 0]).tolist():
+            present.setdefault(int(oid), []).append(z)
+        was = np.unpackbits(background[z], count=res.size).reshape(res.shape).astype(bool)
+        r, c = np.nonzero((res != 0) & was)
+        if len(r):
+            pixels[z] = (r, c, res[r, c])
+    return Changes(len(result), pixels, present)
 
-    def text(self, result: np.ndarray, written: np.ndarray, *, show: int = 4, short: bool = False) -> str:
-        """One line per object (the first ``show``)."""
-        lines = [self.short_text(o, result) if short else self.object_text(o, result, written)
-                 for o in self.ids[:show]]
-        if len(self.ids) > show:
-            lines.append(f"… and {len(self.ids) - show} more object(s)")
-        return "\n".join(lines)
+
+def still_background(layer_data, view: StackView, ch: Changes) -> tuple[np.ndarray, ...]:
+    """(z, rows, cols, ids) of the pixels of ``ch`` that are still background in the layer: what to write."""
+    parts = []
+    for z, (r, c, v) in ch.pixels.items():
+        zs = np.full(len(r), z, np.intp)
+        keep = np.asarray(layer_data[view.full_index(zs, r, c)]) == 0
+        parts.append((zs[keep], r[keep], c[keep], v[keep]))
+    if not parts:
+        return tuple(np.zeros(0, np.intp) for _ in range(4))
+    return tuple(np.concatenate(a) for a in zip(*parts))
+
+

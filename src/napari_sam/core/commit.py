@@ -26,10 +26,13 @@ class Write:
         return len(self.rows)
 
 
-def next_label_id(labels: np.ndarray) -> int:
-    """The first free object id: one more than the largest label (1 on an empty array)."""
-    a = np.asarray(labels)
-    return int(a.max()) + 1 if a.size else 1
+def next_label_id(labels) -> int:
+    """The first free object id: one more than the largest label (1 on an empty array or one without
+    positive labels). A lazy array (zarr on disk, dask) is read a block at a time, never whole."""
+    from .lazy import largest
+
+    top = largest(labels)
+    return 1 if top is None else max(int(top) + 1, 1)
 
 
 def plan_commit(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LazyStack", "open_stack", "image_stem"]
+__all__ = ["LazyStack", "open_stack", "image_stem", "largest"]
 
 # longest first: "a.ome.tif" is the image "a"
 TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
@@ -77,6 +77,23 @@ class _AddZ:
 
     def __len__(self):
         return 1
+
+
+def largest(a, block_bytes: int = 16 << 20):
+    """The largest value of array ``a`` (None when empty), reading a lazy array (zarr, dask...) a block
+    of leading-axis slices at a time: a labels array on disk is never read whole into memory."""
+    if 0 in tuple(a.shape):
+        return None
+    if isinstance(a, np.ndarray) or a.ndim < 2:
+        return np.asarray(a).max()
+    if hasattr(a, "dask"):  # dask reduces chunk by chunk
+        return a.max().compute()
+    per = int(np.prod(a.shape[1:])) * np.dtype(a.dtype).itemsize
+    step = max(1, block_bytes // max(per, 1))
+    chunk = getattr(a, "chunks", None)
+    if isinstance(chunk, tuple) and chunk and isinstance(chunk[0], int):  # zarr: whole chunks per read
+        step = max(chunk[0], step // chunk[0] * chunk[0])
+    return max(np.asarray(a[i : i + step]).max() for i in range(0, a.shape[0], step))
 
 
 def tiff_layout(shape, dtype, photometric=None) -> tuple[bool, bool]:
