@@ -130,6 +130,30 @@ def test_download_cut_short_keeps_nothing_then_a_retry_loads_the_right_weights(s
     assert same_weights(loaded.sam, sam)
 
 
+def test_terminal_bar_of_a_failed_download_is_closed_and_none_is_drawn_offline(site, tiny, monkeypatch, capsys,
+                                                                                 tmp_path):
+    """pooch's own bar stayed open when a transfer broke, so the command line's error began on the bar's
+    line; and an unreachable server got an empty bar. The bar now appears once the server answers, and closes."""
+    import numpy as np
+    import tifffile
+
+    from napari_sam import cli
+
+    base, routes, _ = site
+    routes["/m.pt"] = [("cut", tiny[2])]
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((32, 32), np.uint8))
+    (tmp_path / "p.csv").write_text("y,x\n10,10\n")
+    args = ["segment", str(tmp_path / "img.tif"), "--points", str(tmp_path / "p.csv"), "--out",
+            str(tmp_path / "labels.tif"), "--model", "m", "--device", "cpu"]
+    _register(monkeypatch, "m", f"{base}/m.pt", tiny[2])
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "m:" in err and "\nnapari-sam: error: could not download model 'm'" in err, repr(err[-300:])
+    _register(monkeypatch, "m", "http://127.0.0.1:9/m.pt", tiny[2])  # the discard port: nobody answers
+    assert cli.main(args) == 2
+    assert capsys.readouterr().err.startswith("napari-sam: error: could not download model 'm'")
+
+
 def test_login_page_instead_of_weights_is_named(site, tiny, monkeypatch, tmp_path):
     base, routes, _ = site
     page = b"<!DOCTYPE html>\n<html><body><form>Sign in to continue</form></body></html>"

@@ -178,6 +178,41 @@ def _one_at_a_time(folder: Path, filename: str):
             f.close()  # releases the lock
 
 
+class _TerminalBar:
+    """A tqdm bar on stderr that appears once the server has answered (pooch sets ``total`` then): an
+    unreachable server prints no empty bar before its message."""
+
+    def __init__(self, desc: str):
+        self.desc, self._bar = desc, None
+
+    def __bool__(self) -> bool:  # pooch uses the bar only if it is truthy
+        return True
+
+    @property
+    def total(self):
+        return None if self._bar is None else self._bar.total
+
+    @total.setter
+    def total(self, total) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=total, ncols=79, unit="B", unit_scale=True, leave=True, desc=self.desc)
+        self._bar.total = total
+
+    def update(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def reset(self) -> None:
+        if self._bar is not None:
+            self._bar.reset()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
 def download(name: str, url: str, known_hash: str, target: Path, progress: Any = True) -> Path:
     """Download ``url`` to ``target`` through a ``.part`` file, verified against ``known_hash`` ("alg:hex")."""
     alg, _, expected = known_hash.partition(":")
@@ -198,11 +233,16 @@ def _download_verified(name: str, url: str, alg: str, expected: str, part: str, 
     """Download into ``part``, check its checksum, then rename it to ``target`` (the only way a file gets there)."""
     import pooch
 
-    downloader = pooch.HTTPDownloader(progressbar=progress, chunk_size=1 << 20, timeout=60)
+    # our own bar for progress=True, so that a failed download closes it too (pooch's stays half drawn)
+    bar = _TerminalBar(name) if progress is True else progress
+    downloader = pooch.HTTPDownloader(progressbar=bar, chunk_size=1 << 20, timeout=60)
     try:
         downloader(url=url, output_file=part, pooch=None)
     except OSError as e:  # requests' connection, timeout and HTTP errors, and failed writes
         raise _download_error(e, name, url, part) from None
+    finally:
+        if bar is not progress:
+            bar.close()
     actual = file_hash(Path(part), alg)
     if actual != expected:
         if _looks_like_html(part):
