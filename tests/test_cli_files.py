@@ -210,3 +210,18 @@ def test_an_object_that_got_no_pixels_is_named(stack_files, tmp_path, capsys):
     assert code == 0, err
     assert "(1 of 2 objects" in err and "no pixels for object 5 (SAM found nothing there, or another" in err, err
     assert set(np.unique(tifffile.imread(tmp_path / "o.tif"))) == {0, 4}
+
+
+def test_propagate_refuses_two_objects_on_one_click_before_the_model_loads(stack_files, tmp_path, capsys,
+                                                                           monkeypatch):
+    """Two objects given the same click split one nucleus between them (propagation refuses it); the CLI's
+    up-front check, which vets every image before anything runs, let it through to the run."""
+    import napari_sam.core.models as models_mod
+
+    d, _ = stack_files
+    pts = _write(tmp_path / "p.csv", "z,y,x,positive,object\n6,40,50,1,1\n6,40,50,1,2\n")
+    loads = []
+    monkeypatch.setattr(models_mod, "load_model", lambda *a, **k: loads.append(a) or 1 / 0)
+    code, err = _run(["segment", d / "stack.tif", "--points", pts, "--propagate", "--out", tmp_path / "l.tif"], capsys)
+    assert code == 2 and not (tmp_path / "l.tif").exists() and loads == []
+    assert "--propagate: objects 1 and 2 have a positive click at (row=40, col=50) on slice 6" in err, err

@@ -262,3 +262,20 @@ def test_widget_propagates_with_sam2_memory_as_the_api_does(video, make_napari_v
     assert np.array_equal(labels.data == 4, np.broadcast_to(mask, stack.shape) & (np.arange(4) == 1)[:, None, None])
     qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
     viewer.window.remove_dock_widget(widget)
+
+
+def test_memory_propagation_refuses_two_objects_on_one_click_and_ids_the_labels_cannot_hold(video):
+    """As slice-by-slice propagation does (core.propagate_inputs.check_distinct, check_fits): SAM 2 followed
+    both objects from one click, splitting the block between them, and a uint16 labels array got id 70000
+    wrapped."""
+    from napari_sam.core.predictor import SlicePredictor
+    from napari_sam.core.sam2_memory import propagate_memory
+
+    model, _, frames = video
+    pred = SlicePredictor(model, normalize="none")
+    same = {1: {1: {"points": [CLICK]}}, 2: {1: {"points": [CLICK]}}}
+    with pytest.raises(ValueError, match=r"objects 1 and 2 have a positive click at \(row=90, col=110\) on slice 1"):
+        next(propagate_memory(pred, frames, same, channel_axis=-1))
+    labels = np.zeros(frames.shape[:3], np.uint16)
+    with pytest.raises(ValueError, match="object id 70000 does not fit the labels' dtype uint16"):
+        next(propagate_memory(pred, frames, {70000: {1: {"points": [CLICK]}}}, channel_axis=-1, labels=labels))

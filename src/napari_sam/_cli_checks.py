@@ -3,6 +3,8 @@ is written. Used for one image (``cli``) and for every image of a batch before a
 
 from __future__ import annotations
 
+import functools
+
 from .io import InputError
 
 
@@ -35,7 +37,8 @@ def check_propagation(args, spatial_shape, prompts=None):
     if (args.propagate or args.every_slice) and prompts is not None:  # as propagation will, before the model loads
         from .core.propagate_inputs import check_prompts, check_through_z
 
-        check, flag = (check_through_z, "--every-slice") if args.every_slice else (check_prompts, "--propagate")
+        check, flag = (check_through_z, "--every-slice") if args.every_slice else \
+            (functools.partial(check_prompts, distinct=True), "--propagate")
         try:
             check(prompts, tuple(spatial_shape), z_range or (0, spatial_shape[0]))
         except ValueError as e:

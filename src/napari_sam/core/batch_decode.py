@@ -81,8 +81,9 @@ def decode_objects(predictor, prompts: list[ObjectPrompt], *, multimask: bool = 
     emb = predictor.embedding
     for idx in groups.values():
         win = None if windows is None else token_windows(predictor, [windows[i] for i in idx])
-        per_object = (sum(t[0].numel() for t in emb.tensors) if win is None
-                      else win.size[0] * win.size[1] * emb.features.shape[1])
+        # each object's dense prompt (its mask's embedding) is made at the whole embedding's size, even for
+        # a window: 129 objects of a 256 px slice at 2x in one call took 0.7 GB (sized by their windows)
+        per_object = sum(t[0].numel() for t in emb.tensors)
         chunk = max(1, DECODER_BUDGET // max(per_object, 1))
         for s in range(0, len(idx), chunk):
             part = idx[s : s + chunk]
@@ -206,6 +207,7 @@ def _crop_object(predictor, low: np.ndarray, score: float, prompt: ObjectPrompt,
     """Full-resolution logits of one object inside the box of its low-res mask."""
     emb = predictor.embedding
     H, W = emb.original_size
+    low = low.copy()  # not a view: it would keep the whole call's (n, c, h, w) logits alive as long as a track
     pos = low > thr
     if not pos.any():
         z = np.zeros((0, 0), np.float32)

@@ -17,6 +17,24 @@ import numpy as np
 USER_SCORE = np.float16(np.inf)  # a mask the user gave: no prediction can take its pixels
 
 
+def label_dtype(top: int):
+    """The smallest unsigned dtype of labels up to ``top`` (uint16 at least, as napari's Labels)."""
+    return np.uint16 if top < 2**16 else np.uint32 if top < 2**32 else np.uint64
+
+
+def check_fits(dtype, ids) -> None:
+    """ValueError unless labels of ``dtype`` hold every object id in ``ids`` exactly."""
+    for oid in ids:
+        try:
+            fits = int(np.asarray(oid).astype(dtype)) == int(oid)
+        except (OverflowError, ValueError, TypeError):
+            fits = False
+        if not fits:
+            wide = np.dtype(label_dtype(int(oid))).name
+            raise ValueError(f"object id {oid} does not fit the labels' dtype {np.dtype(dtype)}: "
+                             f"pass labels.astype(np.{wide}), or use smaller ids")
+
+
 class LabelCanvas:
     """labels: the (z, y, x) array being built (a copy of ``base``, or zeros).
 
@@ -27,10 +45,10 @@ class LabelCanvas:
     def __init__(self, shape, base=None, ids=(), zs=None, dtype=None):
         if base is None:
             top = max([int(i) for i in ids] + [0])
-            dtype = dtype or (np.uint16 if top < 65536 else np.uint32)
-            self.labels = np.zeros(shape, dtype)
+            self.labels = np.zeros(shape, dtype or label_dtype(top))
         else:
             self.labels = np.array(base, copy=True)
+            check_fits(self.labels.dtype, ids)
             ids = np.asarray(list(ids), self.labels.dtype)
             sl = slice(None) if zs is None else slice(zs[0], zs[1])
             part = self.labels[sl]

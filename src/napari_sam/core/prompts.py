@@ -46,7 +46,11 @@ class ObjectPrompt:
             raise ValueError(f"point label {labels[bad][0]:g} is neither 1 (positive) nor 0 (negative)")
         self.labels = labels.astype(np.int64)
         if self.box is not None:
-            self.box = np.asarray(self.box, np.float32).reshape(4)
+            box = np.asarray(self.box, np.float32)
+            if box.size != 4:
+                raise ValueError(f"a box is 4 numbers (row0, col0, row1, col1), got {box.size}: "
+                                 "give one box per object")
+            self.box = box.reshape(4)
             if not np.isfinite(self.box).all():
                 raise ValueError("the box has a NaN or infinite coordinate: give (row0, col0, row1, col1) in pixels")
         if self.mask is not None and np.asarray(self.mask).dtype.kind in "iu":  # a drawn mask, never logits

@@ -103,9 +103,9 @@ def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: Embeddi
     """
     shape = check_stack(stack, channel_axis)
     zb = z_bounds(z_range, shape[0])
-    objs = check_prompts(prompts, shape, zb)
+    objs = check_prompts(prompts, shape, zb, distinct=True)
     embed = stack_embedder(predictor, stack, cache, channel_axis, disk)
-    labels = check_labels(labels, shape)
+    labels = check_labels(labels, shape, objs)
     stop, step = stop or StopRule(), step or StepRule()
     canvas = LabelCanvas(shape, labels, objs, zb)
     anchors = {o: sorted(p) for o, p in objs.items()}
@@ -184,11 +184,8 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
         raise ValueError(f"method must be 'slices' or 'memory', not {method!r}")
     shape = check_stack(stack, channel_axis)
     zb = z_bounds(z_range, shape[0])
-    if through_z:
-        objs = check_through_z(prompts, shape, zb)
-    else:
-        check_prompts(prompts, shape, zb)
-    check_labels(labels, shape)
+    objs = check_through_z(prompts, shape, zb) if through_z else check_prompts(prompts, shape, zb, distinct=True)
+    check_labels(labels, shape, objs)
     if model is None:
         raise ValueError("no model: load one with napari_sam.load_model() and pass it as model=")
     if method == "memory":

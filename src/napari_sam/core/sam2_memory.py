@@ -158,8 +158,8 @@ def propagate_memory(predictor, stack, prompts, *, z_range=None, labels=None, ch
     """
     shape = check_stack(stack, channel_axis)
     zb = z_bounds(z_range, shape[0])
-    objs = check_prompts(prompts, shape, zb)
-    labels = check_labels(labels, shape)
+    objs = check_prompts(prompts, shape, zb, distinct=True)
+    labels = check_labels(labels, shape, objs)
     vp = video_predictor(predictor.model)
     canvas = LabelCanvas(shape, labels, objs, zb)
     anchors = {o: sorted(p) for o, p in objs.items()}

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .batch_decode import decode_grouped
+from .batch_decode import Decoded, decode_grouped
 from .cache import EmbeddingCache, stack_embedder
-from .label_canvas import LabelCanvas
+from .label_canvas import USER_SCORE, LabelCanvas
+from .predictor import with_mask_box
 from .propagate_inputs import check_labels, check_stack, check_through_z, z_bounds
 from .propagate_records import Progress
 from .propagate_rules import PresenceRule, contrast
@@ -44,7 +45,7 @@ def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: E
     zb = z_bounds(z_range, shape[0])
     objs = check_through_z(prompts, shape, zb)
     presence = PresenceRule() if presence is None else presence
-    labels = check_labels(labels, shape)
+    labels = check_labels(labels, shape, objs)
     embed = stack_embedder(predictor, stack, cache, channel_axis, disk)
     canvas = LabelCanvas(shape, labels, objs, zb)
     ids = list(objs)
@@ -52,6 +53,7 @@ def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: E
     # the slices prompts were drawn on first (their own objects only: the references), then every slice
     visits = [(z, [o for o in ids if objs[o][0] == z]) for z in refs]
     visits += [(z, g) for z in range(*zb) if (g := [o for o in ids if objs[o][0] != z])]
+    asked = {o: with_mask_box(p) for o, (_, p) in objs.items()}  # a mask alone: with its box, as segment()
     reference: dict[int, tuple[float, int]] = {}  # oid -> (contrast, area) on the slice it was prompted on
     absent: list[tuple[int, int]] = []  # (oid, z) left out so far
     footprint: dict[int, tuple] = {}  # oid -> its grown outline on that slice (_footprint)
@@ -59,7 +61,9 @@ def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: E
         image2d = embed(z)
         prompted = n <= len(refs)
         ended = []
-        for o, d in decode_grouped(predictor, [(o, objs[o][1]) for o in group]):
+        for o, d in decode_grouped(predictor, [(o, asked[o]) for o in group]):
+            if prompted and objs[o][1].mask_alone:  # the user's own drawing on its slice: kept as it is
+                d = _as_drawn(d, objs[o][1].mask)
             why = "empty mask" if not d.mask.any() else (
                 f"predicted IoU {d.score:.2f} < {min_score}" if d.score < min_score else None)
             judged = not why and (prompted or o in reference)  # objects without a prompted slice: not judged
@@ -79,6 +83,15 @@ def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: E
         yield Progress(n, len(visits), z, "prompted" if prompted else "batch", canvas.labels[z].copy(), tuple(group),
                        tuple(ended), canvas.labels if n == len(visits) else None)
     return canvas.labels
+
+
+def _as_drawn(d: Decoded, mask: np.ndarray) -> Decoded:
+    """``d`` (SAM's answer to a mask alone, on the mask's own slice) with the drawn mask's pixels, which
+    outrank any prediction (``USER_SCORE``)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    r0, c0 = int(rows[0]), int(cols[0])
+    crop = mask[r0 : rows[-1] + 1, c0 : cols[-1] + 1]
+    return Decoded(d.score, d.low_res, r0, c0, np.full(crop.shape, USER_SCORE, np.float32), crop.copy())
 
 
 def _footprint(d, grow: float):
