@@ -473,3 +473,25 @@ def test_widget_reloads_a_checkpoint_saved_again_at_the_same_path(tmp_path, tiny
     new = _session.load_model_cached(str(path), "cpu")
     key = "mask_decoder.iou_token.weight"
     assert torch.equal(new.sam.state_dict()[key], newer[key]) and not torch.equal(old.sam.state_dict()[key], newer[key])
+
+
+def test_api_takes_a_path_object_and_reloads_a_checkpoint_saved_again(tmp_path, tiny, monkeypatch):
+    """segment(model=Path(...)) was passed on as if it were a loaded model (AttributeError), and a name or
+    path given as text was loaded once per process: a checkpoint saved again at that path kept the old weights."""
+    import numpy as np
+
+    import napari_sam
+    from napari_sam import api
+
+    monkeypatch.setattr(api, "_DEFAULT", {})
+    path = tmp_path / "mine.pth"
+    torch.save(tiny[1], path)
+    pred = napari_sam.segment(np.random.default_rng(0).random((64, 80)), points=[[30, 40]], model=path)
+    assert pred.masks.shape[-2:] == (64, 80)
+    old = api._model(str(path))
+    assert api._model(path) is old and same_weights(old.sam, tiny[0])
+    newer = {k: v + 1 if v.is_floating_point() else v for k, v in tiny[1].items()}
+    torch.save(newer, path)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    key = "mask_decoder.iou_token.weight"
+    assert torch.equal(api._model(path).sam.state_dict()[key], newer[key])

@@ -6,9 +6,11 @@ Prompts use napari's convention: points (N, 2) as (row, col); boxes (M, 4) as
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from .core.models import load_model
+from .core.models import load_model, model_key
 
 __all__ = ["load_model", "segment", "propagate"]
 
@@ -16,11 +18,14 @@ _DEFAULT = {}
 
 
 def _model(model):
-    if model is None or isinstance(model, str):
-        name = model or "embedded"
-        if name not in _DEFAULT:
-            _DEFAULT[name] = load_model(name)
-        return _DEFAULT[name]
+    """A loaded model for ``model``: itself, or a name or path loaded once (again when the file changes)."""
+    if model is None or isinstance(model, (str, os.PathLike)):
+        key = model_key(model)
+        if key not in _DEFAULT:
+            _DEFAULT[key] = load_model("embedded" if model is None else model)
+            while len(_DEFAULT) > 2:  # the last two: models are large
+                _DEFAULT.pop(next(iter(_DEFAULT)))
+        return _DEFAULT[key]
     return model
 
 

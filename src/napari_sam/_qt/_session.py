@@ -56,25 +56,12 @@ def import_torch() -> None:
     from segment_anything.utils.transforms import ResizeLongestSide  # noqa: F401
 
 
-def _model_key(name_or_path: str, device: str) -> tuple:
-    """What identifies a loaded model: the name or path and the device, and for a file its size and
-    modification time (a checkpoint saved again at the same path is a new model)."""
-    from pathlib import Path
-
-    key = (str(name_or_path), str(device))
-    path = Path(str(name_or_path)).expanduser()
-    if path.is_file():
-        st = path.stat()
-        key += (st.st_size, st.st_mtime_ns)
-    return key
-
-
 def load_model_cached(name_or_path: str, device: str):
     """``core.models.load_model``, remembering the last few models (runs in a worker). A download shows
     its progress in napari's activity dock."""
-    from napari_sam.core.models import load_model, pending_download
+    from napari_sam.core.models import load_model, model_key, pending_download
 
-    key = _model_key(name_or_path, device)
+    key = model_key(name_or_path, device)
     with _MODELS_LOCK:
         if key in _MODELS:
             _MODELS.move_to_end(key)

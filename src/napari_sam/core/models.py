@@ -203,6 +203,21 @@ def _registry_name(key: str) -> str | None:
     return None
 
 
+def model_key(name_or_path, device: str = "auto") -> tuple:
+    """What identifies a model to load, for caches of loaded models: the registry name, or the file's
+    absolute path with its size and modification time (a checkpoint saved again at the same path is
+    another model; a relative path means another file in another working folder), and the device."""
+    key = os.fspath("embedded" if name_or_path is None else name_or_path)
+    name = _registry_name(key)
+    if name is not None:
+        return (name, str(device))
+    path = Path(key).expanduser().absolute()
+    if not path.is_file():
+        return (str(path), str(device))
+    st = path.stat()
+    return (str(path), str(device), st.st_size, st.st_mtime_ns)
+
+
 def pending_download(name_or_path) -> str | None:
     """The registry name ``load_model(name_or_path)`` would download (its file is not in the cache folder
     yet), else None: lets a caller show a progress bar only when there is something to show."""
