@@ -50,9 +50,9 @@ class LabelCanvas:
             self.labels = np.array(base, copy=True)
             check_fits(self.labels.dtype, ids)
             ids = np.asarray(list(ids), self.labels.dtype)
-            sl = slice(None) if zs is None else slice(zs[0], zs[1])
-            part = self.labels[sl]
-            part[np.isin(part, ids)] = 0
+            for z in range(*(zs or (0, self.labels.shape[0]))):  # a slice at a time: no stack-sized temporaries
+                sl = self.labels[z]
+                sl[np.isin(sl, ids)] = 0
         self._scores: dict[int, dict[int, tuple[int, int, np.ndarray]]] = {}
 
     def paint(self, z: int, oid: int, r0: int, c0: int, mask: np.ndarray, score: np.ndarray | float) -> np.ndarray:
