@@ -1,5 +1,6 @@
 """Shared test helpers: the shipped embedded model, loaded once."""
 
+import contextlib
 import functools
 import http.server
 import threading
@@ -34,6 +35,24 @@ def _workers_finish_before_the_next_test():
         QThreadPool.globalInstance().waitForDone(30000)
 
 
+@contextlib.contextmanager
+def serve_on_loopback(handler, tmp_path, monkeypatch):
+    """Run an ``http.server`` handler on 127.0.0.1 (a free port) for the block; yields its base URL.
+    Proxies are bypassed for it and $NAPARI_SAM_CACHE is tmp_path/"cache"."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
 @pytest.fixture
 def server(tmp_path, monkeypatch):
     """An HTTP server on 127.0.0.1 serving tmp_path/"served"; yields (base_url, folder, requests_seen)."""
@@ -49,18 +68,8 @@ def server(tmp_path, monkeypatch):
             seen.append(self.path)
             super().do_GET()
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    for var in ("NO_PROXY", "no_proxy"):
-        monkeypatch.setenv(var, "127.0.0.1,localhost")
-    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", folder, seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with serve_on_loopback(functools.partial(Handler, directory=str(folder)), tmp_path, monkeypatch) as url:
+        yield url, folder, seen
 
 
 @pytest.fixture(scope="module")

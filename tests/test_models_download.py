@@ -25,6 +25,7 @@ from napari_sam.core import devices, download, models
 from napari_sam.core.models import ModelError, ModelSpec, choose_dtype, load_model, resolve_device
 
 from ._sam_helpers import same_weights
+from .conftest import serve_on_loopback
 
 TINY_KWARGS = dict(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=[1])
 
@@ -81,18 +82,8 @@ def site(tmp_path, monkeypatch):
                 if kind == "slow":
                     time.sleep(0.05)
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    for var in ("NO_PROXY", "no_proxy"):
-        monkeypatch.setenv(var, "127.0.0.1,localhost")
-    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", routes, seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with serve_on_loopback(Handler, tmp_path, monkeypatch) as url:
+        yield url, routes, seen
 
 
 def _register(monkeypatch, name, url, data, filename="m.pt"):
