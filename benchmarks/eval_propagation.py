@@ -114,10 +114,26 @@ def run_memory(predictor, image, seeds) -> np.ndarray:
 
 
 def run_naive(predictor, image, seeds, cache=None, min_score=0.0) -> np.ndarray:
+    """Each seed point on every slice. Objects stacked in z can share a seed pixel; the product refuses two
+    objects with the same click on every slice (they would split one object), so such objects run in
+    separate passes, a later pass writing only where the earlier ones left background (6 objects of the
+    held-out stacks' 710 share a seed pixel with another object)."""
     from napari_sam.core.propagate import batch_prompts_through_z, run_to_end
 
-    prompts = {i: {"points": pt[None]} for i, (z, pt) in seeds.items()}
-    return run_to_end(batch_prompts_through_z(predictor, image, prompts, cache=cache, min_score=min_score))
+    passes: list[dict] = []
+    for i, (z, pt) in seeds.items():
+        key = tuple(np.round(pt).astype(int))
+        free = next((p for p in passes if key not in p["keys"]), None)
+        if free is None:
+            free = {"keys": set(), "prompts": {}}
+            passes.append(free)
+        free["keys"].add(key)
+        free["prompts"][i] = {"points": pt[None]}
+    out = None
+    for p in passes:
+        lab = run_to_end(batch_prompts_through_z(predictor, image, p["prompts"], cache=cache, min_score=min_score))
+        out = lab if out is None else np.where(out == 0, lab, out)
+    return out
 
 
 def run_every_slice(predictor, image, seeds, cache=None) -> np.ndarray:
