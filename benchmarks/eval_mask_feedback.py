@@ -1,0 +1,77 @@
+"""Would feeding a prompt's own answer back to the decoder help, with no new click? SAM's decoder takes the
+previous low-res logits as a mask prompt (the corrective loop of its training, and of the widget's second
+click). Per object, on the same clicks and boxes as ``eval_embedded.py``:
+
+* click: the candidate shown first (as the widget), against the same click decoded again with
+  (a) that candidate's logits, (b) the box of that candidate, (c) both; single-mask output each;
+* box: the box's mask, against the box decoded again with its own logits.
+
+    python benchmarks/eval_mask_feedback.py [--stacks 8] [--seed0 800000]
+
+A measurement, not a feature (session 12 result in docs/embedded-model.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from baselines import iou  # noqa: E402
+from eval_embedded import held_out  # noqa: E402
+
+
+def main(argv=None):
+    import napari_sam
+    from napari_sam.core.predictor import SlicePredictor
+    from napari_sam.core.prompts import ObjectPrompt
+    from napari_sam.synthetic import interior_point
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--stacks", type=int, default=8)
+    ap.add_argument("--seed0", type=int, default=800_000, help="800000: the validation stacks")
+    args = ap.parse_args(argv)
+    pred = SlicePredictor(napari_sam.load_model(args.model, device="cpu"), refine=False)
+    no_points = (np.zeros((0, 2), np.float32), np.zeros(0, np.int64))
+    rows = []
+    for _name, img, lab, rng in held_out(args.stacks, args.seed0):
+        ids, counts = np.unique(lab[lab > 0], return_counts=True)
+        ids = ids[counts >= 20]
+        clicks = [interior_point(lab == oid, rng, depth=0.5) for oid in ids]  # as eval_embedded.py
+        pred.set_image(img)
+
+        def again(*prompt):
+            return pred.predict_objects([ObjectPrompt(*prompt)], multimask=False).masks[0][0]
+
+        for oid, p in zip(ids, clicks):
+            gt = lab == oid
+            pt, pl = p[None].astype(np.float32), np.array([1])
+            m = pred.predict(points=pt, point_labels=pl)
+            top = int(m.best_index()[0])
+            shown, logits = m.masks[0, top], m.low_res_logits[0, top]
+            r = {"click: shown": iou(shown, gt), "click + its logits": iou(again(pt, pl, None, logits), gt)}
+            rr, cc = np.nonzero(shown)
+            if rr.size:
+                box = np.array([rr.min(), cc.min(), rr.max(), cc.max()], np.float32)
+                r["click + its box"] = iou(again(pt, pl, box), gt)
+                r["click + its box + its logits"] = iou(again(pt, pl, box, logits), gt)
+            else:
+                r["click + its box"] = r["click + its box + its logits"] = r["click: shown"]
+            rg, cg = np.nonzero(gt)
+            box = np.array([rg.min(), cg.min(), rg.max(), cg.max()], np.float32)
+            b = pred.predict(boxes=box, multimask=False)
+            r["box"] = iou(b.masks[0, 0], gt)
+            r["box + its logits"] = iou(again(*no_points, box, b.low_res_logits[0, 0]), gt)
+            rows.append(r)
+    print(f"{len(rows)} objects, stacks {args.seed0}..{args.seed0 + args.stacks - 1}")
+    for key in rows[0]:
+        v = np.array([r[key] for r in rows])
+        print(f"{key:30s} median {np.median(v):.3f}  p10 {np.percentile(v, 10):.3f}  mean {v.mean():.3f}")
+
+
+if __name__ == "__main__":
+    main()
