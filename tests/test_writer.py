@@ -85,6 +85,49 @@ def test_saving_labels_without_records_keeps_an_earlier_record_of_objects_still_
     assert json.loads(side.read_text()) == cli
 
 
+def test_objects_committed_into_labels_opened_from_a_file_keep_the_earlier_record(tmp_path):
+    """Yesterday's labels opened again, one more object committed, saved over the file: the record beside it
+    was replaced by today's commit alone, losing how every earlier object was made. Now the earlier records of
+    objects still there stay (one record per label and slice: today's, where both describe one); a
+    napari-sam segment record keeps what it says beside today's objects."""
+    a = np.zeros((3, 20, 20), np.uint8)
+    a[1, 2:6, 2:6] = 1
+    a[1, 10:14, 10:14] = 2
+    target = tmp_path / "s1.tif"
+    side = prompts_sidecar(target)
+    yesterday = [_record(1, 1, [3, 3]), _record(2, 1, [12, 12]), _record(3, 2, [5, 5])]  # 3 since erased
+    side.write_text(json.dumps({"napari_sam_version": "0", "objects": yesterday}))
+    a[2, 15:19, 15:19] = 4
+    today = [_record(4, 2, [16, 16]), _record(2, 1, [11, 11])]  # a new object; label 2 refined
+    assert write_labels(str(target), a, {"metadata": {"napari_sam": {"objects": today}}}) == [str(target), str(side)]
+    doc = json.loads(side.read_text())
+    assert [(o["label"], o["points"]) for o in doc["objects"]] == [(1, [[1, 3, 3]]), (4, [[2, 16, 16]]),
+                                                                   (2, [[1, 11, 11]])]
+    assert doc["labels_file"] == "s1.tif"
+    write_labels(str(target), a, {"metadata": {"napari_sam": {"objects": today}}})  # saved again: no duplicates
+    assert [o["label"] for o in json.loads(side.read_text())["objects"]] == [1, 4, 2]
+
+    cli = {"napari_sam_version": "0", "model": "embedded", "prompts": {"1": {"1": {"points": [[3, 3]]}}}}
+    side.write_text(json.dumps(cli))
+    write_labels(str(target), a, {"metadata": {"napari_sam": {"objects": today[:1]}}})
+    doc = json.loads(side.read_text())
+    assert doc["prompts"] == cli["prompts"] and doc["model"] == "embedded"
+    assert [o["label"] for o in doc["objects"]] == [4]
+
+
+def test_a_missing_folder_is_named_and_nothing_is_written(tmp_path):
+    """napari's console (viewer.layers.save) with a folder that does not exist: the error named a temporary
+    '.part' file the user never asked for."""
+    a = np.ones((4, 4), np.uint8)
+    with pytest.raises(OSError, match=r"cannot save l\.tif: .*missing does not exist; create the folder"):
+        write_labels(str(tmp_path / "missing" / "l.tif"), a, {})
+    (tmp_path / "afile").write_text("keep")
+    with pytest.raises(OSError, match=r"afile is a file, not a folder"):
+        write_labels(str(tmp_path / "afile" / "l.tif"), a, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    assert (tmp_path / "afile").read_text() == "keep"
+
+
 def test_large_ids_overwrite_and_missing_suffix(tmp_path, labels):
     labels[0, 0, 0] = 70000
     target = tmp_path / "big.tiff"
@@ -96,6 +139,19 @@ def test_large_ids_overwrite_and_missing_suffix(tmp_path, labels):
     out = write_labels(str(tmp_path / "noext"), labels[0], {})
     assert out == [str(tmp_path / "noext.tif")]
     np.testing.assert_array_equal(tifffile.imread(out[0]), labels[0])
+
+
+def test_negative_and_large_ids_are_saved_as_they_are(tmp_path):
+    """An int64 layer with a negative id and one past int32: every value was cast to int32 (3e9 became
+    -1294967296)."""
+    a = np.zeros((6, 6), np.int64)
+    a[0, 0], a[1, 1], a[2, 2] = -1, 3_000_000_000, 7
+    out = write_labels(str(tmp_path / "l.tif"), a, {})
+    np.testing.assert_array_equal(tifffile.imread(out[0]), a)
+    small = np.array([[-2, 0], [5, 40000]], np.int64)
+    back = tifffile.imread(write_labels(str(tmp_path / "s.tif"), small, {})[0])
+    assert back.dtype == np.int32
+    np.testing.assert_array_equal(back, small)
 
 
 def test_sample_data_is_the_seeded_nuclei_stack_with_its_voxel_size():

@@ -10,7 +10,9 @@ to a temporary file first, so a failure never leaves a half-written TIFF.
   hyperstacks with the voxel size; larger ids are written as uint32).
 * ``<name>.prompts.json``: when the widget committed objects into this layer
   (``metadata["napari_sam"]``), the prompts of every object still present:
-  label, slice, points (full data coordinates), point labels, box, model.
+  label, slice, points (full data coordinates), point labels, box, model;
+  with them, those of a record already beside the file for objects still
+  present that the layer's records do not describe (saved in an earlier session).
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ def _label_array(data) -> np.ndarray:
     a = np.asarray(data)
     if a.dtype == bool:
         return a.astype(np.uint8)
-    if a.size and a.min() < 0:
-        return a.astype(np.int32)
     top = int(a.max()) if a.size else 0
+    if a.size and a.min() < 0:  # int32 when the values fit (ImageJ and most readers), else as they are
+        info = np.iinfo(np.int32)
+        return a.astype(np.int32 if info.min <= int(a.min()) and top <= info.max else np.int64, copy=False)
     for t in (np.uint8, np.uint16, np.uint32):
         if top <= np.iinfo(t).max:
             return a.astype(t, copy=False)
@@ -96,13 +99,16 @@ def prompts_sidecar(tiff_path: str | os.PathLike) -> Path:
 
 
 def _present(a: np.ndarray, rec: dict) -> bool:
-    """The record's label is on its slice of ``a``."""
+    """The record's label is on its slice of ``a`` (False for a record that is not one, e.g. edited by hand)."""
     idx: list = [slice(None)] * a.ndim
-    for axis, i in zip(rec["plane"]["axes"], rec["plane"]["index"]):
-        if not 0 <= i < a.shape[axis]:
-            return False
-        idx[axis] = i
-    return bool(np.any(a[tuple(idx)] == rec["label"]))
+    try:
+        for axis, i in zip(rec["plane"]["axes"], rec["plane"]["index"]):
+            if not 0 <= i < a.shape[axis]:
+                return False
+            idx[axis] = i
+        return bool(np.any(a[tuple(idx)] == rec["label"]))
+    except (KeyError, TypeError, IndexError):
+        return False
 
 
 def _clicked_on(a: np.ndarray, rec: dict) -> bool:
@@ -134,46 +140,65 @@ def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
     target = Path(path)
     if target.suffix.lower() not in TIFF_SUFFIXES:
         target = target.with_name(target.name + ".tif")
+    if not target.parent.is_dir():
+        why = "is a file, not a folder" if target.parent.exists() else "does not exist"
+        raise OSError(f"cannot save {target.name}: {target.parent} {why}; create the folder or choose another")
     a = _label_array(data)
-    _write_tiff(target, a, attributes)
-    written = [str(target)]
+    try:
+        _write_tiff(target, a, attributes)
+    except OSError as e:  # the temporary file's name would say nothing to the user
+        raise OSError(f"cannot save {target}: {e.strerror or e}; nothing was written") from e
     entry = (attributes.get("metadata") or {}).get("napari_sam")
     objects = entry.get("objects", []) if isinstance(entry, dict) else []
-    objects = _current(a, objects)
-    if objects:
+    return [str(target), *_write_record(prompts_sidecar(target), target, a, _current(a, objects))]
+
+
+def _key(rec: dict) -> tuple:
+    return rec["label"], tuple(rec["plane"]["axes"]), tuple(rec["plane"]["index"])
+
+
+def _write_record(sidecar: Path, target: Path, a: np.ndarray, objects: list) -> list[str]:
+    """Write ``objects`` (the layer's records of objects in ``a``) to ``sidecar``; returns [sidecar] or [].
+
+    A record already beside the file (the file opened and saved again, in this session or a later one) may be
+    the only one of how some of its objects were made, so it is not thrown away: a widget's record keeps the
+    objects still in ``a`` that the layer's records do not describe (label and slice), and is removed when
+    none is left; a ``napari-sam segment`` record (prompts per object) keeps what it says beside them.
+    """
+    earlier = _read_record(sidecar)
+    before = earlier.get("objects") if earlier is not None else None
+    mine = {_key(r) for r in objects}
+    kept = [r for r in _current(a, before) if _key(r) not in mine] if isinstance(before, list) else []
+    if not objects:
+        if earlier is None:
+            return []
+        if not isinstance(before, list):
+            return [str(sidecar)]  # a segment record: as it is
+        if not kept:
+            sidecar.unlink(missing_ok=True)
+            return []
+        if len(kept) == len(before):
+            return [str(sidecar)]
+        doc = {**earlier, "objects": kept}
+    else:
         from napari_sam import __version__
 
-        sidecar = prompts_sidecar(target)
         doc = {
+            **(earlier or {}),
             "napari_sam_version": __version__,
             "labels_file": target.name,
             "coordinates": "data (pixel) coordinates of the label array, axis order as the array",
-            "objects": objects,
+            "objects": kept + objects,
         }
-        text = json.dumps(doc, indent=1)
-        _replace_atomically(sidecar, lambda tmp: Path(tmp).write_text(text))
-        written.append(str(sidecar))
-    else:
-        written += _earlier_sidecar(prompts_sidecar(target), a)
-    return written
+    text = json.dumps(doc, indent=1)
+    _replace_atomically(sidecar, lambda tmp: Path(tmp).write_text(text))
+    return [str(sidecar)]
 
 
-def _earlier_sidecar(sidecar: Path, a: np.ndarray) -> list[str]:
-    """The layer has no records (opened from a file, say): a record already beside the file is the only one of
-    how its objects were made, so it is not thrown away. A widget's record keeps the objects still in ``a``
-    (removed when none is); a ``napari-sam segment`` record (prompts per object) stays as it is."""
+def _read_record(sidecar: Path) -> dict | None:
+    """The napari-sam record at ``sidecar`` (a widget's or ``napari-sam segment``'s), or None."""
     try:
         doc = json.loads(sidecar.read_text())
     except (OSError, ValueError, TypeError):
-        return []
-    objects = doc.get("objects") if isinstance(doc, dict) and "napari_sam_version" in doc else None
-    if not isinstance(objects, list):
-        return []
-    kept = _current(a, objects)
-    if not kept:
-        sidecar.unlink(missing_ok=True)
-        return []
-    if len(kept) < len(objects):
-        text = json.dumps({**doc, "objects": kept}, indent=1)
-        _replace_atomically(sidecar, lambda tmp: Path(tmp).write_text(text))
-    return [str(sidecar)]
+        return None
+    return doc if isinstance(doc, dict) and "napari_sam_version" in doc else None
