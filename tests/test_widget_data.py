@@ -283,3 +283,39 @@ def test_a_stack_with_a_single_channel_axis_propagates_along_z(open_sam, qtbot, 
     assert reached.sum() >= 3 and set(np.unique(out)) == {0, 1}
     inter, union = np.logical_and(out == 1, truth).sum(), np.logical_or(out == 1, truth).sum()
     assert inter / union > 0.5, f"3D IoU {inter / union:.2f}"
+
+
+def _show_an_empty_candidate(qtbot, viewer, widget) -> None:
+    """Press K until the status shows a candidate of 0 px."""
+    from .test_widget import _press
+
+    for _ in range(4):
+        if " 0 px)" in widget._ui.status.text():
+            return
+        _press(viewer, "K")
+    pytest.fail(f"no empty candidate: {widget._ui.status.text()}")
+
+
+def test_an_empty_mask_is_not_committed_and_a_refined_label_is_left_as_it_is(open_sam, qtbot):
+    """A click where SAM finds nothing (a blank slice), a candidate of 0 px shown: the commit said "the labels
+    already hold exactly this mask", and in Refine mode it erased the selected label from the slice."""
+    viewer, widget = open_sam(np.zeros((3, 64, 64), np.uint16))
+    viewer.dims.current_step = (1, 0, 0)
+    mine = np.zeros((3, 64, 64), np.uint32)
+    mine[1, 10:20, 10:20] = 5
+    viewer.add_labels(mine.copy(), name="mine")
+    _choose(widget._ui.labels, "mine")
+    viewer.layers["mine"].selected_label = 5
+    _click_and_wait(qtbot, viewer, widget, [1, 48, 48])
+    _show_an_empty_candidate(qtbot, viewer, widget)
+    widget._on_commit()
+    status = widget._ui.status.text()
+    assert "SAM's mask on z=1 is empty (0 px): nothing was committed; show another candidate (K)" in status, status
+    np.testing.assert_array_equal(viewer.layers["mine"].data, mine)
+
+    widget._ui.refine.setChecked(True)  # label 5's mask on the slice as SAM's mask prompt, with the click
+    qtbot.waitUntil(lambda: not widget.busy and "candidate 1/" in widget._ui.status.text(), timeout=60000)
+    _show_an_empty_candidate(qtbot, viewer, widget)
+    widget._on_commit()
+    assert "is empty (0 px): nothing was committed" in widget._ui.status.text(), widget._ui.status.text()
+    np.testing.assert_array_equal(viewer.layers["mine"].data, mine)
