@@ -434,7 +434,8 @@ def test_layer_removal_rename_switch_and_bad_choices_keep_the_session(sam, qtbot
 
     viewer.add_labels(np.zeros((3, 10, 10), np.uint8), name="small")
     _choose(widget._ui.labels, "small")
-    assert "does not fit" in status.text()
+    assert "does not fit" in status.text() and "its shape (3, 10, 10) is not the image's (8, 256, 256): choose " \
+        "'(new layer)'" in status.text(), status.text()
     # the image's shape, but without its voxel size: commits by index would land elsewhere on screen
     viewer.add_labels(np.zeros(stack.labels.shape, np.uint32), name="unscaled")
     _choose(widget._ui.labels, "unscaled")
@@ -443,7 +444,8 @@ def test_layer_removal_rename_switch_and_bad_choices_keep_the_session(sam, qtbot
 
     viewer.add_points(np.zeros((0, 2)), name="flat points")
     _choose(widget._ui.points, "flat points")
-    assert "does not fit" in status.text()
+    assert "does not fit" in status.text() and "it has 2 dimensions, the image 3: choose '(new layer)'" \
+        in status.text(), status.text()
 
     widget.load_model("/nonexistent/sam.pth")
     qtbot.waitUntil(lambda: not widget.busy, timeout=30000)

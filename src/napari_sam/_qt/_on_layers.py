@@ -81,9 +81,13 @@ class LayerChoice:
     def _misfit(self, role: str, layer) -> str | None:
         """Why ``layer`` cannot serve as the image's ``role`` layer, or None."""
         if role != "labels":
-            return None if layer.ndim == self._image.ndim else "dimensions or shape differ"
-        if layer.multiscale or tuple(layer.data.shape) != spatial_shape(self._image):
-            return "dimensions or shape differ"
+            return None if layer.ndim == self._image.ndim else \
+                f"it has {layer.ndim} dimensions, the image {self._image.ndim}: choose '(new layer)' for one of its own"
+        if layer.multiscale:
+            return "it is multiscale: napari-sam writes into single-scale labels; choose '(new layer)'"
+        if tuple(layer.data.shape) != spatial_shape(self._image):
+            return (f"its shape {tuple(layer.data.shape)} is not the image's {spatial_shape(self._image)}: "
+                    "choose '(new layer)'")
         if not same_transform(layer, self._image):  # written by data index: it must lie where the image lies
             return "its scale, translate or rotation differ: give it the image's"
         if read_only(layer.data):
