@@ -152,8 +152,10 @@ def test_propagation_on_a_large_stack_copies_the_labels_once(open_sam, qtbot, st
     assert "Propagated" in status and "label 1: z=" in status, status
     out = np.asarray(labels.data)
     # the run's own copy of the labels (core.label_canvas; its clearing of the object's old pixels went a slice
-    # at a time in session 12: 1.75x before) and a bit per pixel in the widget (what was background). Before: 3.5x
-    assert peak < 1.3 * out.nbytes, f"{peak / 1e6:.0f} MB allocated to propagate in {out.nbytes / 1e6:.0f} MB of labels"
+    # at a time in session 12: 1.75x before) and a bit per pixel in the widget (what was background), plus the
+    # encoder's activations when a slice is not cached yet (~50 MB for a 512 px slice at 2x: 1.38x was seen when
+    # the neighbouring-slice precompute had not reached the slices the run needed). Before: 3.5x
+    assert peak < 1.5 * out.nbytes, f"{peak / 1e6:.0f} MB allocated to propagate in {out.nbytes / 1e6:.0f} MB of labels"
     new = out != before
     assert new.any((1, 2)).sum() >= 2, "it reached other slices"
     assert (before[new] == 0).all() and set(np.unique(out[new])) == {1}, "background pixels only, as label 1"
