@@ -371,3 +371,102 @@ def test_batches_fall_back_to_one_slice_at_a_time_off_cuda():
     assert len(embed_batch(pred, [st[0], st[1]])) == 2 and pred.calls == 2
     out = list(precompute(pred, st, start=2, cache=EmbeddingCache(), batch=3))
     assert [p.index for p in out] == [2, 3, 1, 4, 0, 5] and pred.calls == 8
+
+
+def _encoder_calls(monkeypatch) -> list:
+    """Every run of the real image encoder (``SlicePredictor.embed``), recorded."""
+    from napari_sam.core.predictor import SlicePredictor
+
+    calls, real = [], SlicePredictor.embed
+
+    def embed(self, slice2d, **kw):
+        calls.append(1)
+        return real(self, slice2d, **kw)
+
+    monkeypatch.setattr(SlicePredictor, "embed", embed)
+    return calls
+
+
+def test_cli_embed_overwrite_never_replaces_an_image_or_other_data(tmp_path, tiny_checkpoint):
+    """``--out`` given the image's own zarr store (or a data folder) by a slip: refused even with --overwrite,
+    before any encoder work, and left as it was. It was deleted, and the slices then read from it were zeros."""
+    import zarr
+
+    from napari_sam.io import InputError
+
+    st = _stack(nz=3, shape=(40, 48))
+    img = zarr.open(str(tmp_path / "img.zarr"), mode="w", shape=st.shape, dtype=st.dtype, chunks=(1, 40, 48))
+    img[:] = st
+    args = ["--model", tiny_checkpoint, "--device", "cpu"]
+    for flags in ([], ["--overwrite"]):
+        with pytest.raises(InputError, match="img.zarr is a zarr store but not a napari-sam embedding cache.*"
+                                             "refusing to replace it; choose another name"):
+            _embed_cli([tmp_path / "img.zarr", "--out", tmp_path / "img.zarr", *args, *flags])
+    assert np.array_equal(open_stack(tmp_path / "img.zarr").data[:], st)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not a zarr store: refusing to replace it"):
+        _embed_cli([tmp_path / "img.zarr", "--out", tmp_path / "data", *args, "--overwrite"])
+    assert (tmp_path / "data" / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_embed_starts_in_an_empty_folder_and_over_a_cache_cut_short(tmp_path, tiny_checkpoint, capsys):
+    """A folder made beforehand (a file dialog's "new folder") is not "not a cache"; nor is a cache whose
+    creation was killed before its record was written: both are (re)started without --overwrite."""
+    import zarr
+
+    st = _stack(nz=3, shape=(40, 48))
+    tifffile.imwrite(tmp_path / "s.tif", st)
+    (tmp_path / "empty.zarr").mkdir()
+    zarr.open_group(str(tmp_path / "cut.zarr"), mode="w").create_array("features", shape=(3, 2), dtype="f2")
+    for name in ("empty.zarr", "cut.zarr"):
+        assert _embed_cli([tmp_path / "s.tif", "--out", tmp_path / name, "--model", tiny_checkpoint,
+                           "--device", "cpu"]) == 0
+        assert "3 slices (3 encoded, 0 already there)" in capsys.readouterr().err
+        assert len(DiskCache.open(tmp_path / name).done()) == 3
+
+
+def _points_csv(path, z=1):
+    path.write_text(f"z,y,x\n{z},20,24\n")
+    return path
+
+
+def test_cache_of_a_big_endian_tiff_serves_segment(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    """ImageJ writes big-endian TIFFs: ``embed`` reads them memory-mapped ('>u2'), ``segment`` into memory
+    ('<u2'). The cache was refused ("image dtype: cache has '>u2'") by the command made to use it."""
+    from napari_sam.cli import main
+
+    st = _stack(nz=3, shape=(40, 48))
+    tifffile.imwrite(tmp_path / "be.tif", st, byteorder=">")
+    assert open_stack(tmp_path / "be.tif").data.dtype.str == ">u2"
+    args = ["--model", str(tiny_checkpoint), "--device", "cpu"]
+    assert main(["embed", str(tmp_path / "be.tif"), "--out", str(tmp_path / "be.zarr"), *args]) == 0
+    calls = _encoder_calls(monkeypatch)
+    rc = main(["segment", str(tmp_path / "be.tif"), "--points", str(_points_csv(tmp_path / "p.csv")),
+               "--out", str(tmp_path / "l.tif"), "--embeddings", str(tmp_path / "be.zarr"), *args])
+    assert rc == 0, capsys.readouterr().err
+    assert calls == [] and (tmp_path / "l.tif").exists(), "every slice came from the cache"
+    assert slice_signature(st[1].astype(">u2")) == slice_signature(st[1])  # the widget's layer reads it too
+
+
+def test_segment_with_a_cache_it_cannot_write_still_segments(tmp_path, tiny_checkpoint, capsys):
+    """A cache on a read-only share or a full disk only speeds segmenting up: a slice it lacks is encoded,
+    not added, and said so. The run failed with "Read-only file system" and wrote no labels."""
+    from napari_sam.cli import main
+
+    st = _stack(nz=3, shape=(40, 48))
+    tifffile.imwrite(tmp_path / "s.tif", st)
+    args = ["--model", str(tiny_checkpoint), "--device", "cpu"]
+    assert _embed_cli([tmp_path / "s.tif", "--out", tmp_path / "c.zarr", *args, "--z-range", "0:1"]) == 0
+    chunks = tmp_path / "c.zarr" / "features" / "c"
+    if not chunks.is_dir():
+        pytest.skip("not zarr's v3 chunk layout")
+    (chunks / "1").write_text("")  # slice 1's features cannot be written: an OSError, as on a read-only disk
+    before = DiskCache.open(tmp_path / "c.zarr").done()
+    rc = main(["segment", str(tmp_path / "s.tif"), "--points", str(_points_csv(tmp_path / "p.csv")),
+               "--out", str(tmp_path / "l.tif"), "--embeddings", str(tmp_path / "c.zarr"), *args])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "slices encoded here were not added to" in err and "it was only read" in err
+    assert tifffile.imread(tmp_path / "l.tif").shape == st.shape
+    assert DiskCache.open(tmp_path / "c.zarr").done() == before == [(0,)]

@@ -242,3 +242,64 @@ def test_t_z_stack_background_then_whole_stack_reuses_memory(open_sam, qtbot, st
     qtbot.waitUntil(lambda: not widget.precomputing, timeout=40000)
     assert sorted(_slices(tz, encoded)) == [(0, z) for z in range(NZ // 2)], "time point 1 came from memory"
     assert len(DiskCache.open(tmp_path / "tz.zarr").done()) == NZ
+
+
+def test_whole_stack_into_a_new_folder_then_the_layer_data_replaced(open_sam, qtbot, stack, encoded, tmp_path):
+    """A folder made in the file dialog ("New Folder") is a place for a new cache, not "not a cache"; once the
+    layer's data is replaced (a crop), the cache no longer serves it: clicks segment the crop (they failed:
+    "SAM failed on this slice: slice 3 has geometry ...") and leave the cache as it was."""
+    from napari_sam.core.disk_cache import DiskCache
+
+    viewer, widget = open_sam(stack.image, Z, precompute=False)
+    path = tmp_path / "new folder é.zarr"
+    path.mkdir()
+    assert widget.precompute_stack(path)
+    qtbot.waitUntil(lambda: not widget.precomputing, timeout=40000)
+    assert f"{NZ} slices ({NZ} encoded now); clicks read it" in widget._ui.precompute_status.text()
+
+    crop = stack.image[:, 8:120, 8:112].copy()
+    viewer.layers["nuclei"].data = crop
+    encoded.clear()
+    lab = stack.labels[Z][8:120, 8:112]
+    gt = lab == _objects_by_size(lab)[0]
+    viewer.layers["nuclei SAM points"].add([[Z, *interior_point(gt)]])
+    mask = _wait_preview(qtbot, viewer, widget) > 0
+    assert "failed" not in widget._ui.status.text() and _iou(mask, gt) >= 0.8
+    assert _slices(crop, encoded) == [Z], "the crop's slice is encoded"
+    kept = DiskCache.open(path)
+    assert len(kept.done()) == NZ and kept.get(Z, slice_signature(stack.image[Z])) is not None, "cache unchanged"
+
+
+def test_whole_stack_that_cannot_write_says_so_and_clicks_still_work(open_sam, qtbot, stack, encoded, tmp_path):
+    """A cache on a full disk or a read-only share: the run stops with the reason and how to resume, the
+    slices done stay; a click on a slice it lacks is encoded (it failed with the write's error)."""
+    from qtpy.QtCore import Qt
+
+    from napari_sam.core.disk_cache import DiskCache
+
+    encoded.delay = 0.25
+    viewer, widget = open_sam(stack.image, 0, precompute=False)
+    path = tmp_path / "c.zarr"
+    widget.precompute_stack(path)
+    qtbot.waitUntil(lambda: len(encoded) >= 2, timeout=30000)
+    with qtbot.waitSignal(widget._pc_runs.get("stack").worker.finished, timeout=10000):
+        qtbot.mouseClick(widget._ui.precompute_stop, Qt.MouseButton.LeftButton)
+    done = DiskCache.open(path).done()
+    missing = [z for z in range(NZ) if (z,) not in done]
+    chunks = path / "features" / "c"
+    if not chunks.is_dir():
+        pytest.skip("not zarr's v3 chunk layout")
+    for z in missing:
+        (chunks / str(z)).write_text("")  # these slices cannot be written: an OSError, as on a full disk
+    encoded.delay = 0.0
+    widget.precompute_stack(path)
+    qtbot.waitUntil(lambda: not widget.precomputing, timeout=40000)
+    text = widget._ui.precompute_status.text()
+    assert "could not write to c.zarr" in text and "slices done are kept" in text and "resume" in text, text
+    assert DiskCache.open(path).done() == done
+
+    encoded.clear()
+    z = min(missing, key=lambda m: abs(m - Z))
+    mask, gt = _click(qtbot, viewer, widget, stack, z)
+    assert "failed" not in widget._ui.status.text() and _iou(mask, gt) >= 0.8
+    assert _slices(stack.image, encoded) == [z]

@@ -51,6 +51,7 @@ def _z_range(text, nz):
 
 
 def run_embed(args) -> int:
+    from .core.cache_folder import store_kind
     from .core.disk_cache import CacheMismatch
     from .core.lazy import open_stack
     from .core.precompute import disk_cache_for, precompute
@@ -78,12 +79,14 @@ def run_embed(args) -> int:
     pred = SlicePredictor(model, normalize=args.normalize, input_scale=args.input_scale)
     channel_axis = -1 if vol.rgb else None
     t0 = time.time()
-    resuming = out.exists() and not args.overwrite
+    resuming = store_kind(out) == "cache" and not args.overwrite
     try:
         disk, first_encoded = disk_cache_for(out, pred, vol.data, start=start, channel_axis=channel_axis,
                                              overwrite=args.overwrite)
-    except (CacheMismatch, FileExistsError) as e:
+    except CacheMismatch as e:
         raise InputError(f"{e} (--overwrite replaces it)") from None
+    except FileExistsError as e:  # an image or other data there: never replaced
+        raise InputError(f"--out {e}") from None
     if resuming:
         print(f"resuming {out}: {len(disk.done())} of {nz} slices already there", file=sys.stderr)
     gen = precompute(pred, vol.data, start=start, z_range=(lo, hi), disk=disk, channel_axis=channel_axis,
@@ -95,6 +98,11 @@ def run_embed(args) -> int:
         print(f"napari-sam: interrupted; {len(disk.done())} slices are saved in {out}: run the same command "
               "again to resume", file=sys.stderr)
         return 130
+    except OSError as e:  # read-only, disk full: what is done is kept
+        print(f"napari-sam: error: could not write to {out} ({e.strerror or e}); the {len(disk.done())} slices "
+              "done are kept there: make room (or use another --out) and run the same command again to resume",
+              file=sys.stderr)
+        return 1
     mb = disk.nbytes_on_disk() / 1e6
     print(f"wrote {out}: {hi - lo} slices ({encoded} encoded, {hi - lo - encoded} already there), "
           f"{mb:.0f} MB, {time.time() - t0:.1f}s", file=sys.stderr)

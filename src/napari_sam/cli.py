@@ -180,6 +180,8 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
     missing = [o for o in prompts if o not in found]
     lost = (f"; no pixels for object {', '.join(map(str, missing[:10]))}{' …' if len(missing) > 10 else ''} "
             "(SAM found nothing there, or another object scored higher on every pixel)" if missing else "")
+    if disk is not None and disk.write_error:
+        lost += f"; slices encoded here were not added to {embeddings} ({disk.write_error}): it was only read"
     return f"wrote {out} ({len(found)} of {len(prompts)} objects, {labels.dtype}, {time.time() - t0:.1f}s{note}){lost}"
 
 

@@ -69,6 +69,8 @@ class Precomputing:
             return None, None
         if not use[0].disk.serves(pred):  # another model, normalisation or magnification than now
             return None, None
+        if not use[0].disk.fits(image_data(self._image)):  # the layer's data was replaced since
+            return None, None
         loc = stack_location(plane.fixed, plane.axes, len(spatial_shape(self._image)))
         return (use[0], (*loc[0], loc[1])) if loc is not None else (None, None)
 
@@ -263,6 +265,10 @@ class Precomputing:
         if run.kind == "background":
             self._pc_done_key = run.key
             self._pc_say(f"Background precompute failed: {exc}", error=True)
+        elif isinstance(exc, OSError) and not isinstance(exc, FileExistsError):  # read-only, disk full...
+            self._pc_say(f"Precompute whole stack: could not write to {run.path.name} ({exc.strerror or exc}); "
+                         "the slices done are kept there: make room (or choose another file), then run it again "
+                         "to resume.", error=True)
         else:
             self._pc_say(f"Precompute whole stack: {exc}", error=True)
         self._sync_precompute()

@@ -110,6 +110,10 @@ class SharedDisk:
         with self._lock:
             self.disk.put(self._full(index), signature, emb)
 
+    def try_put(self, index, signature, emb) -> bool:
+        with self._lock:
+            return self.disk.try_put(self._full(index), signature, emb)
+
     def done(self) -> list:
         with self._lock:
             return self.disk.done()

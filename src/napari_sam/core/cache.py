@@ -24,10 +24,13 @@ from .embedding import Embedding
 
 
 def slice_signature(slice2d: np.ndarray) -> str:
-    """A content hash of one slice: xxh3-128 of its bytes, with shape and dtype."""
+    """A content hash of one slice: xxh3-128 of its bytes (in this machine's byte order: a big-endian
+    TIFF read memory-mapped or into memory is the same slice), with shape and dtype."""
     import xxhash
 
     a = np.ascontiguousarray(slice2d)
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
     h = xxhash.xxh3_128()
     h.update(str((a.shape, a.dtype.str)).encode())
     h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
@@ -118,8 +121,8 @@ def embed_cached(predictor, cache: EmbeddingCache | None, slice2d, *, channel_ax
         emb = disk.get(index, sig, predictor.model.device)
     if emb is None:
         emb = predictor.embed(a, channel_axis=channel_axis, channel=channel)
-        if disk is not None:
-            disk.put(index, sig, emb)
+        if disk is not None:  # best effort: a cache that cannot be written (read-only, disk full) is only read
+            disk.try_put(index, sig, emb)
     if cache is not None:
         cache.put(key, emb)
     return emb

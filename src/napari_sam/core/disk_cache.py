@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache_folder import ATTR, NOT_OURS, store_kind
 from .lazy import image_stem
 
 FORMAT = "napari-sam-embeddings/1"
-ATTR = "napari_sam_embeddings"
 
 
 class CacheMismatch(ValueError):
@@ -69,8 +69,14 @@ def settings_for(predictor, stack_shape, stack_dtype, *, channel_axis=None, chan
         "channel_axis": channel_axis,
         "channel": channel,
         "stack_shape": [int(s) for s in stack_shape],
-        "stack_dtype": np.dtype(stack_dtype).str,
+        "stack_dtype": native_dtype(stack_dtype).str,
     }
+
+
+def native_dtype(dtype) -> np.dtype:
+    """``dtype`` in this machine's byte order: a big-endian TIFF (ImageJ's default) read memory-mapped
+    and the same file read into memory are the same image."""
+    return np.dtype(dtype).newbyteorder("=")
 
 
 _WHAT = {
@@ -104,6 +110,7 @@ class DiskCache:
         self._high_res = [group[f"high_res_{i}"] for i in range(len(geometry.high_res_shapes))]
         self._gray = group["gray"]
         self._sig = group["signature"]
+        self.write_error = ""  # why slices could not be added (see try_put)
 
     # ---------------------------------------------------------------- open --
     @classmethod
@@ -133,10 +140,11 @@ class DiskCache:
         import zarr
 
         p = Path(path)
-        if p.exists() and not overwrite:
+        kind = store_kind(p)
+        if kind in ("zarr", "other"):
+            raise FileExistsError(NOT_OURS[kind].format(p=p))
+        if kind == "cache" and not overwrite:
             raise FileExistsError(f"{p} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-        if p.exists() and not (p / "zarr.json").exists() and not (p / ".zgroup").exists():
-            raise FileExistsError(f"{p} exists and is not a zarr store: refusing to overwrite it")
         lead = tuple(int(s) for s in settings["stack_shape"][: _lead_ndim(settings)])
         g = zarr.open_group(str(p), mode="w")
         C, h, w = geometry.feature_shape
@@ -170,7 +178,7 @@ class DiskCache:
         diffs = [
             f"{_WHAT.get(k, k)}: cache has {self.settings.get(k)!r}, this run uses {v!r}"
             for k, v in settings.items()
-            if k != "model_name" and _norm(self.settings.get(k)) != _norm(v)
+            if k != "model_name" and _norm(self.settings.get(k), k) != _norm(v, k)
         ]
         if diffs:
             raise CacheMismatch(
@@ -184,6 +192,13 @@ class DiskCache:
         s = self.settings
         return (s.get("model_sha256") == predictor.model.checksum and s.get("normalize") == predictor.normalize
                 and _norm(s.get("input_scale")) == _norm(predictor.input_scale))
+
+    def fits(self, stack) -> bool:
+        """Whether ``stack`` has the shape and dtype the cache was made for (its slices' bytes are
+        checked one by one as they are read)."""
+        s = self.settings
+        return (_norm(s.get("stack_shape")) == [int(n) for n in stack.shape]
+                and _norm(s.get("stack_dtype"), "stack_dtype") == native_dtype(stack.dtype).str)
 
     def check_image(self, stack, signature_of) -> None:
         """Refuse a stack whose finished slices (the first, middle and last of them: a blank first slice is
@@ -236,6 +251,18 @@ class DiskCache:
             self._gray[index] = emb.gray
         self._sig[index] = np.frombuffer(bytes.fromhex(signature), np.uint8)
 
+    def try_put(self, index, signature: str, emb) -> bool:
+        """``put``, for a cache that only speeds up the work (segmenting): a store that cannot be written
+        (read-only, disk full...) is used read-only from then on, with the reason in ``write_error``."""
+        if self.write_error:
+            return False
+        try:
+            self.put(index, signature, emb)
+        except OSError as e:
+            self.write_error = e.strerror or str(e)
+            return False
+        return True
+
     def nbytes_on_disk(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
 
@@ -258,7 +285,9 @@ def _fmt(index: tuple) -> str:
     return str(index[0]) if len(index) == 1 else str(index)
 
 
-def _norm(v):
+def _norm(v, key=None):
+    if key == "stack_dtype" and v is not None:
+        return native_dtype(v).str
     return list(v) if isinstance(v, (list, tuple)) else v
 
 

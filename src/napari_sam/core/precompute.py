@@ -135,15 +135,22 @@ def disk_cache_for(path, predictor, stack, *, start=0, channel_axis=None, channe
     """The stack's ``DiskCache`` at ``path``: resumed if it matches, else started.
 
     Resuming checks the model, settings and image (raising ``CacheMismatch``
-    with the reason). Starting embeds slice ``start`` to learn the
-    embedding's shape and stores it. Returns (cache, slices encoded here: 0 or 1).
+    with the reason). Starting (also in an empty folder, or over a cache whose
+    creation was cut short) embeds slice ``start`` to learn the embedding's
+    shape and stores it. Anything else at ``path`` (an image's zarr store, a
+    folder of files) raises ``FileExistsError``, even with ``overwrite``.
+    Returns (cache, slices encoded here: 0 or 1).
     """
     from pathlib import Path
 
+    from .cache_folder import NOT_OURS, store_kind
     from .disk_cache import DiskCache, Geometry, settings_for
 
     settings = settings_for(predictor, stack.shape, stack.dtype, channel_axis=channel_axis, channel=channel)
-    if Path(path).exists() and not overwrite:
+    kind = store_kind(path)
+    if kind in ("zarr", "other"):  # never replaced (an image, a folder of data): said before any encoder work
+        raise FileExistsError(NOT_OURS[kind].format(p=Path(path)))
+    if kind == "cache" and not overwrite:
         disk = DiskCache.open(path, settings)
         disk.check_image(stack, slice_signature)
         return disk, 0
