@@ -39,6 +39,27 @@ def held_out(n_stacks: int, seed0: int = EVAL_SEED0):
             yield f"{i}:{z}", st.image[z], st.labels[z], rng
 
 
+def validation_options(description: str) -> argparse.ArgumentParser:
+    """The options of a measurement on the validation stacks (``--model``, ``--stacks``, ``--seed0``)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--stacks", type=int, default=8)
+    ap.add_argument("--seed0", type=int, default=800_000, help="800000: the validation stacks")
+    return ap
+
+
+def objects_of(lab: np.ndarray, rng):
+    """Each object of >= 20 px on a slice's labels: (its mask, a click at depth >= half its deepest point,
+    its box (row0, col0, row1, col1)), the clicks drawn from ``rng`` in id order as in ``evaluate_images``."""
+    from napari_sam.synthetic import interior_point
+
+    ids, counts = np.unique(lab[lab > 0], return_counts=True)
+    for oid in ids[counts >= 20]:
+        gt = lab == oid
+        rr, cc = np.nonzero(gt)
+        yield gt, interior_point(gt, rng, depth=0.5), np.array([rr.min(), cc.min(), rr.max(), cc.max()], np.float32)
+
+
 def like_training(n_stacks: int, seed0: int):
     """Slices made as the training data is (``train_data._gen_one``: its random stack depth, z and dtype;
     normalised to 8 bit), the first 2 of each stack, from seeds ``seed0 + i``: with the training seeds

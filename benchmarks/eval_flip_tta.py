@@ -11,7 +11,6 @@ docs/embedded-model.md).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines import iou  # noqa: E402
-from eval_embedded import held_out  # noqa: E402
+from eval_embedded import held_out, objects_of, validation_options  # noqa: E402
 
 VIEWS = [(False, False), (False, True), (True, False), (True, True)]  # (flip rows, flip cols)
 
@@ -38,13 +37,8 @@ def main(argv=None):
     import napari_sam
     from napari_sam.core.predictor import SlicePredictor
     from napari_sam.core.refine import keep_prompted
-    from napari_sam.synthetic import interior_point
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="embedded")
-    ap.add_argument("--stacks", type=int, default=8)
-    ap.add_argument("--seed0", type=int, default=800_000, help="800000: the validation stacks")
-    args = ap.parse_args(argv)
+    args = validation_options(__doc__.split("\n")[0]).parse_args(argv)
     model = napari_sam.load_model(args.model, device="cpu")
     preds = [SlicePredictor(model, fragments=False) for _ in VIEWS]
     rows = []
@@ -52,12 +46,7 @@ def main(argv=None):
         h, w = img.shape
         for p, v in zip(preds, VIEWS):
             p.set_image(_flip(img, v))
-        ids, counts = np.unique(lab[lab > 0], return_counts=True)
-        for oid in ids[counts >= 20]:
-            gt = lab == oid
-            pt = interior_point(gt, rng, depth=0.5)
-            rr, cc = np.nonzero(gt)
-            box = np.array([rr.min(), cc.min(), rr.max(), cc.max()], float)
+        for gt, pt, box in objects_of(lab, rng):
             row = {}
             for kind in ("point", "box"):
                 logits, scores = [], []

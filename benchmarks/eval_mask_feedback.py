@@ -13,7 +13,6 @@ A measurement, not a feature (session 12 result in docs/embedded-model.md).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,34 +20,25 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines import iou  # noqa: E402
-from eval_embedded import held_out  # noqa: E402
+from eval_embedded import held_out, objects_of, validation_options  # noqa: E402
 
 
 def main(argv=None):
     import napari_sam
     from napari_sam.core.predictor import SlicePredictor
     from napari_sam.core.prompts import ObjectPrompt
-    from napari_sam.synthetic import interior_point
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="embedded")
-    ap.add_argument("--stacks", type=int, default=8)
-    ap.add_argument("--seed0", type=int, default=800_000, help="800000: the validation stacks")
-    args = ap.parse_args(argv)
+    args = validation_options(__doc__.split("\n")[0]).parse_args(argv)
     pred = SlicePredictor(napari_sam.load_model(args.model, device="cpu"), refine=False)
     no_points = (np.zeros((0, 2), np.float32), np.zeros(0, np.int64))
     rows = []
     for _name, img, lab, rng in held_out(args.stacks, args.seed0):
-        ids, counts = np.unique(lab[lab > 0], return_counts=True)
-        ids = ids[counts >= 20]
-        clicks = [interior_point(lab == oid, rng, depth=0.5) for oid in ids]  # as eval_embedded.py
         pred.set_image(img)
 
         def again(*prompt):
             return pred.predict_objects([ObjectPrompt(*prompt)], multimask=False).masks[0][0]
 
-        for oid, p in zip(ids, clicks):
-            gt = lab == oid
+        for gt, p, box in objects_of(lab, rng):
             pt, pl = p[None].astype(np.float32), np.array([1])
             m = pred.predict(points=pt, point_labels=pl)
             top = int(m.best_index()[0])
@@ -56,13 +46,11 @@ def main(argv=None):
             r = {"click: shown": iou(shown, gt), "click + its logits": iou(again(pt, pl, None, logits), gt)}
             rr, cc = np.nonzero(shown)
             if rr.size:
-                box = np.array([rr.min(), cc.min(), rr.max(), cc.max()], np.float32)
-                r["click + its box"] = iou(again(pt, pl, box), gt)
-                r["click + its box + its logits"] = iou(again(pt, pl, box, logits), gt)
+                shown_box = np.array([rr.min(), cc.min(), rr.max(), cc.max()], np.float32)
+                r["click + its box"] = iou(again(pt, pl, shown_box), gt)
+                r["click + its box + its logits"] = iou(again(pt, pl, shown_box, logits), gt)
             else:
                 r["click + its box"] = r["click + its box + its logits"] = r["click: shown"]
-            rg, cg = np.nonzero(gt)
-            box = np.array([rg.min(), cg.min(), rg.max(), cg.max()], np.float32)
             b = pred.predict(boxes=box, multimask=False)
             r["box"] = iou(b.masks[0, 0], gt)
             r["box + its logits"] = iou(again(*no_points, box, b.low_res_logits[0, 0]), gt)
