@@ -62,7 +62,8 @@ def open_sam(make_napari_viewer, qtbot):
     yield open_
     for viewer, widget in opened:
         qtbot.waitUntil(lambda: not widget.busy and not widget.precomputing, timeout=30000)
-        viewer.window.remove_dock_widget(widget)
+        if not widget._closed:  # a test may have closed it
+            viewer.window.remove_dock_widget(widget)
 
 
 @pytest.fixture
@@ -308,11 +309,11 @@ def test_prompts_on_every_slice_are_new_objects_where_they_are_and_one_undo_step
 def test_during_a_run_c_is_refused_and_prompts_added_meanwhile_stay(sam, qtbot, stack, monkeypatch):
     """Prompts on every slice has taken its ids when it starts: C during the run must not commit (it could
     reuse them), and the run's end removes only the prompts it used, not a click added meanwhile."""
-    from napari_sam._qt import _on_propagate
+    from napari_sam._qt import _on_every_slice
     from napari_sam.synthetic import interior_point
 
     viewer, widget, labels = sam
-    monkeypatch.setattr(_on_propagate, "run_every_slice", _slowed(_on_propagate.run_every_slice))
+    monkeypatch.setattr(_on_every_slice, "run_every_slice", _slowed(_on_every_slice.run_every_slice))
     points = viewer.layers["nuclei SAM points"]
     points.add([[Z, *interior_point(stack.labels[Z] == OBJ)]])
     widget._ui.every_slice.click()
@@ -534,3 +535,135 @@ def test_t_z_stack_propagation_reads_its_time_point_from_the_disk_cache(open_sam
     fresh, disk = _fresh_then_from_disk(qtbot, widget, labels, tmp_path / "tz.zarr", encoder_calls)
     assert not disk[0].any(), "time point 0 is left alone"
     _same_labels(fresh, disk, 5)
+
+
+# ------------------------------------------------------------ bug hunt (session 11) --
+def test_a_one_slice_range_is_refused_and_a_range_reports_its_own_edges(sam, qtbot, stack):
+    """Slices 'Z to Z' used to run the whole propagation for nothing ("added no pixels"), and an object
+    already committed outside the slices set hid where the run reached the set's edge."""
+    viewer, widget, labels = sam
+    gt = stack.labels
+    _commit(labels, gt[Z] == OBJ, 5)
+    _commit(labels, gt[Z + 3] == OBJ, 5, at=(Z + 3,))  # the same object, committed beyond the slices set
+    labels.selected_label = 5
+    before = np.array(labels.data, copy=True)
+    widget._ui.z_from.setValue(Z)
+    widget._ui.z_to.setValue(Z)
+    for button in (widget._ui.propagate_object, widget._ui.propagate_all):
+        button.click()
+        assert not widget.propagating
+        assert f"(z={Z}–{Z}) hold only z={Z}: nothing to carry the objects to; widen them" in \
+            widget._ui.status.text(), widget._ui.status.text()
+    np.testing.assert_array_equal(labels.data, before)
+
+    widget._ui.z_from.setValue(Z - 1)
+    widget._ui.z_to.setValue(Z + 1)
+    status = _run(qtbot, widget, widget._ui.propagate_object)
+    after = np.asarray(labels.data)
+    assert f"up: reached the last slice set (z={Z + 1})" in status, status
+    assert f"down: reached the first slice set (z={Z - 1})" in status, status
+    assert np.flatnonzero((after == 5).any((1, 2))).tolist() == [Z - 1, Z, Z + 1, Z + 3]
+    np.testing.assert_array_equal(after[before != 0], before[before != 0])
+    np.testing.assert_array_equal(after[[Z - 2, Z + 2, Z + 3]], before[[Z - 2, Z + 2, Z + 3]])
+
+
+@pytest.mark.parametrize("change", ["image", "image data", "labels removed"])
+def test_a_run_whose_image_or_labels_go_away_stops_at_once(sam, qtbot, stack, monkeypatch, change):
+    """Choosing another image (or removing the labels layer) mid-run used to let the run go on to its end,
+    holding the encoder and showing its progress, only to write nothing."""
+    from napari_sam._qt import _on_propagate
+
+    viewer, widget, labels = sam
+    _commit(labels, stack.labels[Z] == OBJ, 5)
+    labels.selected_label = 5
+    before = np.array(labels.data, copy=True)
+    records = []
+    monkeypatch.setattr(_on_propagate, "run_propagation", _slowed(_on_propagate.run_propagation, records))
+    widget._ui.propagate_object.click()
+    qtbot.waitUntil(lambda: len(records) >= 1, timeout=30000)
+    if change == "image":
+        viewer.add_image(stack.image[:, ::-1], name="other")
+        i = widget._ui.image.findText("other")
+        widget._ui.image.setCurrentIndex(i)
+        widget._ui.image.activated.emit(i)
+        why = "the widget left the image 'nuclei': the labels are unchanged. To run it, choose 'nuclei' again."
+    elif change == "image data":
+        viewer.layers["nuclei"].data = stack.image[:, ::-1].copy()
+        why = "the data of 'nuclei' changed: the labels are unchanged. Run it again on the new data."
+    else:
+        viewer.layers.remove(labels)
+        why = ("its labels layer 'curated' was removed: the labels are unchanged. Choose a labels layer (or "
+               "commit), then run it again.")
+    assert widget._ui.status.text() == f"Propagation stopped, because {why}", widget._ui.status.text()
+    qtbot.waitUntil(lambda: not widget.propagating, timeout=30000)
+    assert len(records) < records[0].total, "the worker stopped midway"
+    assert widget._ui.status.text() == f"Propagation stopped, because {why}", widget._ui.status.text()
+    assert widget._ui.propagate_status.text() == "Stopped: the labels are unchanged."
+    np.testing.assert_array_equal(labels.data, before)
+    assert widget._ui.propagate_object.isEnabled() and widget._ui.commit.isEnabled()
+
+
+def test_undo_with_nothing_left_says_so(sam, qtbot, stack):
+    """Once every step is undone, Undo used to tell the user to select the labels layer and press Ctrl-Z,
+    which does nothing."""
+    viewer, widget, labels = sam
+    _commit(labels, stack.labels[Z] == OBJ, 5)
+    labels.selected_label = 5
+    empty = np.zeros_like(labels.data)
+    assert "Propagated" in _run(qtbot, widget, widget._ui.propagate_object)
+    widget._ui.undo.click()
+    assert "Undid the propagation of label 5" in widget._ui.status.text()
+    labels.undo()  # the commit (napari's own Ctrl-Z)
+    np.testing.assert_array_equal(labels.data, empty)
+    widget._ui.undo.click()
+    assert widget._ui.status.text() == "Nothing to undo: 'curated' has no change left to undo."
+    np.testing.assert_array_equal(labels.data, empty)
+
+
+def test_closing_the_widget_mid_run_writes_nothing_and_ends_the_run(sam, qtbot, stack, monkeypatch):
+    from napari_sam._qt import _on_propagate
+
+    viewer, widget, labels = sam
+    _commit(labels, stack.labels[Z] == OBJ, 5)
+    labels.selected_label = 5
+    before = np.array(labels.data, copy=True)
+    monkeypatch.setattr(_on_propagate, "run_propagation", _slowed(_on_propagate.run_propagation))
+    widget._ui.propagate_object.click()
+    qtbot.waitUntil(lambda: widget._ui.progress.value() >= 1, timeout=30000)
+    viewer.window.remove_dock_widget(widget)
+    assert not widget.propagating and not widget.busy
+    _no_workers(qtbot)
+    np.testing.assert_array_equal(labels.data, before)
+
+
+def test_c_right_after_cancel_says_the_run_is_stopping(sam, qtbot, stack, monkeypatch):
+    """Between Cancel and the worker's stop (the end of the slice it is on: seconds with a ViT on a CPU),
+    C used to say the run was 'still running ... (or Cancel it)', after the user had cancelled it."""
+    import threading
+
+    from napari_sam._qt import _on_propagate
+
+    viewer, widget, labels = sam
+    _commit(labels, stack.labels[Z] == OBJ, 5)
+    labels.selected_label = 5
+    before = np.array(labels.data, copy=True)
+    gate, real = threading.Event(), _on_propagate.run_propagation
+
+    def held(*args):  # the run, held on its second slice until the test lets it go
+        gen = real(*args)
+        yield next(gen)
+        gate.wait(20)
+        yield from gen
+
+    monkeypatch.setattr(_on_propagate, "run_propagation", held)
+    widget._ui.propagate_object.click()
+    qtbot.waitUntil(lambda: widget._ui.progress.value() >= 1, timeout=30000)
+    widget._ui.cancel.click()
+    assert widget.propagating
+    widget._on_commit()  # what C does
+    assert widget._ui.status.text() == ("The propagation is stopping (it finishes the slice it is on): "
+                                        "commit in a moment."), widget._ui.status.text()
+    gate.set()
+    qtbot.waitUntil(lambda: not widget.propagating, timeout=30000)
+    assert widget._ui.status.text() == "Propagation cancelled: the labels are unchanged."
+    np.testing.assert_array_equal(labels.data, before)

@@ -125,7 +125,8 @@ class Controls:
         self.new_id, self.selected_id, self.target, row = _choice(parent, "new object id", "selected label")
         box.addLayout(row)
         self.overwrite = QCheckBox("overwrite existing labels")
-        self.overwrite.setToolTip("Off: pixels that already belong to another object are kept")
+        self.overwrite.setToolTip("For commits (C). Off: pixels that already belong to another object are kept. "
+                                  "Propagation and prompts on every slice never overwrite them")
         box.addWidget(self.overwrite)
         row = QHBoxLayout()
         self.commit = QPushButton("Commit (C)")

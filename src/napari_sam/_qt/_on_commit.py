@@ -19,8 +19,12 @@ class Committing:
 
     def _on_commit(self) -> None:
         if self.propagating:  # as the Commit button, disabled meanwhile: the run has taken its ids
-            self._say(f"The {self._propagation.what} is still running: commit when it has finished "
-                      "(or Cancel it).", error=True)
+            if "propagate" in self._jobs.kinds():
+                self._say(f"The {self._propagation.what} is still running: commit when it has finished "
+                          "(or Cancel it).", error=True)
+            else:  # cancelled: its worker stops after the slice it is on
+                self._say(f"The {self._propagation.what} is stopping (it finishes the slice it is on): "
+                          "commit in a moment.", error=True)
             return
         if self._timer.isActive():
             self._update_preview()
@@ -134,6 +138,8 @@ class Committing:
             self._say(f"Undid the {step.what}. Redo: select {labels.name!r} and press Shift-Ctrl-Z.")
         elif labels is None:
             self._say("Nothing to undo: there is no labels layer yet.")
+        elif not getattr(labels, "_undo_history", True):  # napari keeps no public count of its history
+            self._say(f"Nothing to undo: {labels.name!r} has no change left to undo.")
         else:
             self._say(f"Nothing to undo: the last change to {labels.name!r} is not a commit or propagation of "
                       f"this widget. To undo it, select {labels.name!r} and press Ctrl-Z.")

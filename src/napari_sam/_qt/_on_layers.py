@@ -42,6 +42,7 @@ class LayerChoice:
             self._use_image(L.layers_of(v, "Image")[0])
         elif self._image is None:
             self._say("Open an image layer (File > Open, or File > Open Sample > napari-sam).")
+        self._stop_stale_propagation()
 
     def _on_layers_renamed(self, event=None) -> None:
         ui, v = self._ui, self._viewer
@@ -77,6 +78,7 @@ class LayerChoice:
         self._on_layers_renamed()
         self._say(f"Image {image.name!r}: click positive/negative points or draw boxes on the slice.")
         self._schedule()
+        self._stop_stale_propagation()
 
     def _misfit(self, role: str, layer) -> str | None:
         """Why ``layer`` cannot serve as the image's ``role`` layer, or None."""

@@ -41,6 +41,7 @@ class Prompting:
         self._image_version += 1
         self._reset_result()
         self._schedule()
+        self._stop_stale_propagation()
 
     def _on_prompts_changed(self, event=None) -> None:
         action = str(getattr(event, "action", "")) if event is not None else ""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._commit import CommitError, check_fits, check_target, next_id, object_record, record_objects
+from ._commit import CommitError, check_target
 from ._plane import PlaneError, current_plane, image_data, spatial_shape
 from ._outcome import Outcome
 from ._propagate import (
@@ -29,8 +29,8 @@ from ._propagate import (
     in_worker,
     negative_label,
     objects_on_slice,
-    run_every_slice,
     run_propagation,
+    slice_range,
     still_background,
     z_axis_of,
     z_name,
@@ -64,6 +64,7 @@ class _Run:
     outcome: Outcome
     what: str = "propagation"  # for the status line and Undo
     after: object = None  # called with the labels layer once the result is written
+    stopped: tuple = ()  # (why, what to do) when the widget stopped it (its image or labels layer went away)
 
 
 class Propagating:
@@ -155,88 +156,10 @@ class Propagating:
                          on_yield=self._on_propagate_progress, on_done=self._on_propagate_done)
         self._say(desc)
 
-    def _on_every_slice(self) -> None:
-        """This slice's prompts on every slice of the stack, as new labels (``_propagate.run_every_slice``)."""
-        if self._propagation is not None:
-            self._say("A propagation is already running: wait for it, or Cancel it.")
-            return
-        try:
-            view, plane, objects, zr = self._every_slice_inputs()
-            labels = self._ensure_labels()
-            ids = self._every_slice_ids(labels, len(objects))
-        except (PropagateError, PlaneError, CommitError) as e:
-            self._say(str(e), error=True)
-            return
-        z = dict(plane.fixed)[view.z_axis]
-        source = StackView(labels.data, plane, view.z_axis)
-        prompts = {i: {z: o} for i, o in zip(ids, objects)}
-        model, used = self._session.model, self._prompt_snapshot(plane)
-
-        def after(layer):  # the prompts become the objects' records, and leave the slice (not those added since)
-            record_objects(layer, [object_record(i, plane, o, score=None, token=None, model=model, every_slice=True)
-                                   for i, o in zip(ids, objects)])
-            self._clear_prompts(plane, only=used)
-
-        what = _objects_text(ids)
-        run = _Run(None, view, source, labels, self._image, self._image_version,
-                   Outcome(ids, z_name(plane), _bounds(zr)), what="prompts on every slice", after=after)
-        self._launch(run, f"Segmenting {what} with the prompts of {plane.label} on {_slices_text(zr, view, plane)}…",
-                     run_every_slice, prompts, zr)
-
-    def _every_slice_inputs(self):
-        """(view, plane, objects, z range) for prompts on every slice; PropagateError/PlaneError/CommitError say
-        why not."""
-        if self._image is None:
-            raise PropagateError("no image layer: open a z-stack first")
-        plane = current_plane(self._viewer, self._image)
-        if not plane.fixed:
-            raise PropagateError("prompts on every slice needs a z-stack, but this image is 2D (one slice): "
-                                 "commit the object with C instead")
-        if self._session.model is None:
-            raise PropagateError("no model is loaded yet: wait for it (or choose one above)")
-        view = StackView(image_data(self._image), plane, z_axis_of(plane))
-        if view.shape[0] < 2:
-            raise PropagateError(f"the stack has a single slice along {z_name(plane)}: commit the object with C instead")
-        zr = self._slice_range(view, plane)
-        _, objects, _ = self._gather()
-        if not objects:
-            raise PropagateError(f"no prompts on {plane.label}: click the object (or draw a box around it) first, "
-                                 "then apply the prompts to every slice")
-        if any(o.mask is not None for o in objects):
-            raise PropagateError("'Refine the selected label' is ticked: prompts on every slice takes points and "
-                                 "boxes only; untick it")
-        return view, plane, objects, zr
-
     def _slice_range(self, view: StackView, plane) -> tuple[int, int] | None:
-        """The widget's Slices from/to as a (start, stop) z range, None for the whole stack; PropagateError when
-        they do not fit the stack or leave out the current slice."""
-        n, zn = view.shape[0], z_name(plane)
-        a, b = self._ui.z_from.value(), self._ui.z_to.value()
-        b = n - 1 if b < 0 else min(b, n - 1)
-        if a > b:
-            raise PropagateError(f"the slices set under 'Propagate through z' ({zn}={a} to "
-                                 f"{self._ui.z_to.text()}) hold none of this stack's {zn}=0–{n - 1}: fix them")
-        z = dict(plane.fixed)[view.z_axis]
-        if not a <= z <= b:
-            raise PropagateError(f"{plane.label} is outside the slices set under 'Propagate through z' "
-                                 f"({zn}={a}–{b}): go to a slice inside them, or widen them")
-        return None if (a, b) == (0, n - 1) else (a, b + 1)
-
-    def _every_slice_ids(self, labels, n: int) -> list[int]:
-        """New ids (largest + 1, ...), or the selected label for every object when the widget says so."""
-        if self._ui.selected_id.isChecked():
-            label = int(labels.selected_label)
-            if label == 0:
-                raise CommitError("the selected label is 0 (background): select a label, or use a new object id")
-            if label < 0:
-                raise CommitError(negative_label(label))
-            if n > 1:
-                raise CommitError(f"'selected label' puts every object into label {label}, but this slice has "
-                                  f"prompts for {n} objects: keep one, or choose 'new object id'")
-            return [label]
-        first = next_id(labels)
-        check_fits(labels, first + n - 1)
-        return list(range(first, first + n))
+        """The widget's Slices from/to as a (start, stop) z range, None for the whole stack (``slice_range``)."""
+        return slice_range(view.shape[0], dict(plane.fixed)[view.z_axis], self._ui.z_from.value(),
+                           self._ui.z_to.value(), plane.label, z_name(plane))
 
     def _propagation_disk(self, plane):
         """The whole-stack disk cache seen along the propagation's z (``SharedDisk``), or None.
@@ -325,5 +248,31 @@ class Propagating:
         if self._closed or run is None or run.key != key:
             return
         self._finish_propagation()
-        self._ui.propagate_status.setText("Cancelled: the labels are unchanged.")
-        self._say(f"{run.what[0].upper()}{run.what[1:]} cancelled: the labels are unchanged.")
+        self._ui.propagate_status.setText(f"{'Stopped' if run.stopped else 'Cancelled'}: the labels are unchanged.")
+        self._say(self._stopped_text(run) if run.stopped else
+                  f"{run.what[0].upper()}{run.what[1:]} cancelled: the labels are unchanged.")
+
+    @staticmethod
+    def _stopped_text(run: _Run) -> str:
+        why, todo = run.stopped
+        return f"{run.what[0].upper()}{run.what[1:]} stopped, because {why}: the labels are unchanged. {todo}."
+
+    def _stop_stale_propagation(self) -> None:
+        """Stop the run at once when its result could not be written any more (``_on_propagated``): its image
+        is no longer the widget's or its data changed, or its labels layer was removed. Otherwise it would hold
+        the encoder (the new image's clicks wait for it) and show its progress to the end, for nothing."""
+        run = self._propagation
+        if run is None or run.stopped or self._closed:
+            return
+        name = run.image.name
+        if run.image is not self._image:
+            run.stopped = (f"the widget left the image {name!r}", f"To run it, choose {name!r} again")
+        elif run.image_version != self._image_version:
+            run.stopped = (f"the data of {name!r} changed", "Run it again on the new data")
+        elif run.labels not in self._viewer.layers:
+            run.stopped = (f"its labels layer {run.labels.name!r} was removed",
+                           "Choose a labels layer (or commit), then run it again")
+        else:
+            return
+        self._jobs.cancel(run.key[0])
+        self._say(self._stopped_text(run), error=True)

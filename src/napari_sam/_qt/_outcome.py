@@ -31,8 +31,10 @@ class Outcome:
         """[(direction, z it stopped at or None, why)] for the directions where it ended."""
         out = []
         lo, hi = self.bounds or (0, nz - 1)
-        for direction, edge, end, whole, which in (("up", zs[-1], hi, hi == nz - 1, "last"),
-                                                   ("down", zs[0], lo, lo == 0, "first")):
+        zs = zs[(zs >= lo) & (zs <= hi)]  # where it already was outside the slices set says nothing of the run
+        top, bottom = (zs[-1], zs[0]) if len(zs) else (None, None)
+        for direction, edge, end, whole, which in (("up", top, hi, hi == nz - 1, "last"),
+                                                   ("down", bottom, lo, lo == 0, "first")):
             if (oid, direction) in self.ends:
                 out.append((direction, *self.ends[(oid, direction)]))
             elif edge == end:

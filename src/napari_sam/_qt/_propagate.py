@@ -106,6 +106,24 @@ def negative_label(label: int) -> str:
             "select a positive label (or relabel this object)")
 
 
+def slice_range(n: int, z: int, first: int, last: int, here: str, zn: str = "z") -> tuple[int, int] | None:
+    """The slices set under 'Propagate through z' (``first``, ``last``; ``last`` -1: the stack's end) as a
+    (start, stop) range of a stack of ``n`` slices, None for the whole stack; PropagateError when they hold
+    none of its slices, leave out ``z`` (the current slice, ``here`` in messages) or hold only it."""
+    b = n - 1 if last < 0 else min(last, n - 1)
+    if first > b:
+        shown = "last" if last < 0 else last
+        raise PropagateError(f"the slices set under 'Propagate through z' ({zn}={first} to {shown}) hold none "
+                             f"of this stack's {zn}=0–{n - 1}: fix them")
+    if not first <= z <= b:
+        raise PropagateError(f"{here} is outside the slices set under 'Propagate through z' "
+                             f"({zn}={first}–{b}): go to a slice inside them, or widen them")
+    if first == b:
+        raise PropagateError(f"the slices set under 'Propagate through z' ({zn}={first}–{b}) hold only {here}: "
+                             "nothing to carry the objects to; widen them (or commit on this slice with C)")
+    return None if (first, b) == (0, n - 1) else (first, b + 1)
+
+
 def anchor_prompts(labels: np.ndarray, ids, z_range=None) -> dict[int, dict[int, dict]]:
     """``{id: {z: {"mask": (H, W) bool}}}``: each object's mask on every slice (of ``z_range``, (start, stop))
     where it already is."""

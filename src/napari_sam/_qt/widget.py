@@ -18,6 +18,7 @@ from . import _layers as L
 from ._controls import Controls
 from ._keys import KeyBindings, shortcuts_text
 from ._on_commit import Committing
+from ._on_every_slice import EverySlice
 from ._on_layers import LayerChoice
 from ._on_model import ModelChoice
 from ._on_precompute import Precomputing
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
     import napari
 
 
-class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, Propagating, Precomputing, QWidget):
+class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, Propagating, EverySlice, Precomputing,
+                QWidget):
     """Segment Anything on the current 2D slice of an image layer.
 
     The ``_on_*`` handlers live in mixins by concern: ``_on_layers`` (which
@@ -160,6 +162,7 @@ class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, Propagating, Pr
         self._closed = True
         self._timer.stop()
         self._jobs.cancel()
+        self._propagation = None  # its worker stops at its next slice; nothing of it is written
         self._stop_precompute()
         self._keys.unbind()
         for owner in list(self._links):
