@@ -289,3 +289,30 @@ def test_every_slice_refusals_write_nothing(stack_files, tmp_path, capsys):
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert pytest.importorskip("re").search(message, err), err
         assert not out.exists()
+
+
+@pytest.mark.parametrize("cmd", ["segment", "embed"])
+def test_normalize_none_on_16_bit_values_is_refused_in_one_line(stack_files, tmp_path, capsys, cmd):
+    # the 16-bit stack's values lie far above 255: this was a ValueError traceback (exit 1) from the core
+    d, _ = stack_files
+    _write(tmp_path / "p.csv", "z,y,x\n6,40,40\n")
+    out = tmp_path / ("labels.tif" if cmd == "segment" else "cache.zarr")
+    prompts = ["--points", tmp_path / "p.csv"] if cmd == "segment" else []
+    code, err = _run([cmd, d / "stack.tif", *prompts, "--normalize", "none", "--out", out], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--normalize none" in err and "needs them in 0..255" in err and "--normalize minmax" in err, err
+    assert not out.exists()
+
+
+@needs_embedded
+def test_normalize_none_runs_on_8_bit_values(stack_files, tmp_path, capsys):
+    d, st = stack_files
+    img = st.image.astype(np.float64)
+    eight = np.rint((img - img.min()) / (img.max() - img.min()) * 255).astype(np.uint16)  # 16-bit file, 0..255
+    tifffile.imwrite(tmp_path / "eight.tif", eight)
+    ids = _click_each(st.labels, 6, tmp_path / "p.csv")
+    out = tmp_path / "labels.tif"
+    code, err = _run(["segment", tmp_path / "eight.tif", "--points", tmp_path / "p.csv", "--normalize", "none",
+                      "--out", out], capsys)
+    assert code == 0, err
+    assert set(np.unique(tifffile.imread(out)[6])) == {0, *range(10, 10 + len(ids))}

@@ -137,6 +137,21 @@ def test_every_image_is_checked_before_anything_is_written(stacks, tmp_path, cap
     assert code == 2 and "stack0.tif: no embedding cache" in err and "napari-sam embed" in err
 
 
+
+def test_normalize_none_checks_every_image_before_anything_is_written(stacks, tmp_path, capsys):
+    d, _ = stacks
+    eight = tmp_path / "eight.tif"  # values in 0..255: fine; stack1's 16-bit values are not
+    tifffile.imwrite(eight, np.clip(tifffile.imread(d / "stack0.tif") // 8, 0, 255).astype(np.uint8))
+    (tmp_path / "p").mkdir()
+    for name in ("eight", "stack1"):
+        (tmp_path / "p" / f"{name}.csv").write_text((d / "prompts" / "stack0.csv").read_text())
+    out = tmp_path / "labels"
+    code, err = _run(["segment", eight, d / "stack1.tif", "--points", tmp_path / "p", "--normalize", "none",
+                      "--out", out], capsys)
+    assert code == 2 and err.startswith("napari-sam: error: stack1.tif: --normalize none") and "0..255" in err, err
+    assert not out.exists(), "eight.tif was not written either"
+
+
 @needs_embedded
 def test_a_folder_of_embedding_caches_serves_each_image(stacks, tmp_path, capsys):
     d, _ = stacks

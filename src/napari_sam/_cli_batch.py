@@ -46,7 +46,7 @@ class Job:
 
 def plan(args) -> list[Job]:
     """Every image checked against its prompts, output and cache; InputError at the first problem."""
-    from ._cli_checks import check_propagation
+    from ._cli_checks import check_normalize, check_propagation
     from .io import check_output, image_header, read_prompts
 
     if not args.points and not args.boxes:
@@ -59,6 +59,10 @@ def plan(args) -> list[Job]:
         where = f"{p.name}: "
         try:
             shape, rgb = image_header(p)
+            if args.normalize == "none":
+                from .core.lazy import open_stack
+
+                check_normalize(args.normalize, open_stack(p).data, "this image")
             spatial = shape[:len(shape) - rgb]
             pts, bxs = _per_image(args.points, p, "--points"), _per_image(args.boxes, p, "--boxes")
             prompts = read_prompts(pts, bxs, spatial, (p, shape, rgb))

@@ -76,3 +76,22 @@ def check_input_scale(value, embeddings=None):
         raise InputError("--input-scale auto chooses the magnification from the prompts, but --embeddings were "
                          "computed at a fixed one: pass the --input-scale they were made with, or leave it out")
     return scale
+
+
+def check_normalize(normalize, stack, name) -> None:
+    """``--normalize none`` hands the pixel values to SAM as they are: refused unless they lie in 0..255
+    (as ``core.image.to_sam_rgb`` needs). stack: (z, y, x[, c]), read one slice at a time."""
+    import numpy as np
+
+    if normalize != "none" or np.dtype(stack.dtype) in (np.uint8, np.bool_):
+        return
+    lo, hi = np.inf, -np.inf
+    for z in range(stack.shape[0]):
+        a = np.asarray(stack[z], np.float64)
+        a = a[np.isfinite(a)]  # NaN becomes 0 and infinities the ends of the range, as in to_sam_rgb
+        if a.size:
+            lo, hi = min(lo, a.min()), max(hi, a.max())
+    if lo < 0 or hi > 255:
+        raise InputError(f"--normalize none takes the pixel values as they are and needs them in 0..255 (8-bit); "
+                         f"{name} has values {lo:g}..{hi:g}: leave out --normalize (percentile, for microscopy) "
+                         "or use --normalize minmax")

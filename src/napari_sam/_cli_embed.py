@@ -71,8 +71,10 @@ def run_embed(args) -> int:
     start = lo if args.start is None else args.start
     if not lo <= start < hi:
         raise InputError(f"--start {start} is outside the slices {lo}..{hi - 1} being embedded")
-    from ._cli_checks import check_input_scale
+    from ._cli_checks import check_input_scale, check_normalize
     from .cli import _load
+
+    check_normalize(args.normalize, vol.data, args.image)
 
     model = _load(args.model, args.device)
     check_input_scale(args.input_scale)

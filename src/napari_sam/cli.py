@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .core.models import model_help
-from ._cli_checks import check_input_scale, check_memory, check_propagation
+from ._cli_checks import check_input_scale, check_memory, check_normalize, check_propagation
 from .io import InputError
 
 
@@ -113,6 +113,7 @@ def _segment(args) -> int:
     out = check_output(args.out, args.overwrite, inputs=args.image)
     check_input_scale(args.input_scale, args.embeddings)
     vol = read_image(args.image[0])
+    check_normalize(args.normalize, vol.data, args.image[0])
     prompts = read_prompts(args.points, args.boxes, vol.spatial_shape, (args.image[0], vol.shape, vol.rgb))
     z_range = check_propagation(args, vol.spatial_shape, prompts)
     model = _load(args.model, args.device)

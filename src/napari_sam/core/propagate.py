@@ -176,7 +176,7 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
     method: "slices" (default: each slice prompted from the previous one's mask, any model) or "memory"
     (SAM 2 / 2.1 models: SAM 2's video predictor, which encodes each slice itself: ``cache`` is not
     used, ``through_z`` and ``disk`` are refused).
-    Other keywords (stop, step, min_score; decay, max_state_bytes for "memory") go to the generator.
+    Other keywords (stop, step; min_score with ``through_z``; decay, max_state_bytes for "memory") go to the generator.
     """
     from .predictor import SlicePredictor
 
