@@ -60,6 +60,15 @@ def objects_of(lab: np.ndarray, rng):
         yield gt, interior_point(gt, rng, depth=0.5), np.array([rr.min(), cc.min(), rr.max(), cc.max()], np.float32)
 
 
+def print_per_object(rows: list[dict], args) -> None:
+    """One line per measure (every key of ``rows``): median, 10th percentile and mean over the objects."""
+    print(f"{len(rows)} objects, stacks {args.seed0}..{args.seed0 + args.stacks - 1}")
+    width = max(map(len, rows[0]))
+    for key in rows[0]:
+        v = np.array([r[key] for r in rows])
+        print(f"{key:{width}s}  median {np.median(v):.3f}  p10 {np.percentile(v, 10):.3f}  mean {v.mean():.3f}")
+
+
 def like_training(n_stacks: int, seed0: int):
     """Slices made as the training data is (``train_data._gen_one``: its random stack depth, z and dtype;
     normalised to 8 bit), the first 2 of each stack, from seeds ``seed0 + i``: with the training seeds

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines import iou  # noqa: E402
-from eval_embedded import held_out, objects_of, validation_options  # noqa: E402
+from eval_embedded import held_out, objects_of, print_per_object, validation_options  # noqa: E402
 
 VIEWS = [(False, False), (False, True), (True, False), (True, True)]  # (flip rows, flip cols)
 
@@ -66,10 +66,7 @@ def main(argv=None):
                     mask = keep_prompted(mask, pt[None], [1]) if kind == "point" else keep_prompted(mask, box=box)
                     row[f"{kind} x{n}"] = iou(mask, gt)
             rows.append(row)
-    print(f"{len(rows)} objects (stacks {args.seed0}..{args.seed0 + args.stacks - 1})")
-    for k in rows[0]:
-        v = np.array([r[k] for r in rows])
-        print(f"{k:9s} median {np.median(v):.3f}  p10 {np.percentile(v, 10):.3f}")
+    print_per_object(rows, args)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines import iou  # noqa: E402
-from eval_embedded import held_out, objects_of, validation_options  # noqa: E402
+from eval_embedded import held_out, objects_of, print_per_object, validation_options  # noqa: E402
 
 
 def main(argv=None):
@@ -55,10 +55,7 @@ def main(argv=None):
             r["box"] = iou(b.masks[0, 0], gt)
             r["box + its logits"] = iou(again(*no_points, box, b.low_res_logits[0, 0]), gt)
             rows.append(r)
-    print(f"{len(rows)} objects, stacks {args.seed0}..{args.seed0 + args.stacks - 1}")
-    for key in rows[0]:
-        v = np.array([r[key] for r in rows])
-        print(f"{key:30s} median {np.median(v):.3f}  p10 {np.percentile(v, 10):.3f}  mean {v.mean():.3f}")
+    print_per_object(rows, args)
 
 
 if __name__ == "__main__":
