@@ -189,18 +189,25 @@ def test_whole_stack_to_disk_then_a_new_session_runs_no_encoder(open_sam, qtbot,
     assert _iou(mask, gt) >= 0.8
 
 
-def test_whole_stack_stop_resumes_and_a_cache_of_another_image_is_refused(open_sam, qtbot, stack, encoded, tmp_path):
+def _stopped_after(open_sam, qtbot, stack, encoded, tmp_path, n: int):
+    """(viewer, widget, cache path): Precompute whole stack into tmp_path/"c.zarr", stopped (the Stop button)
+    once ``n`` slices are encoded (each takes 0.25 s)."""
     from qtpy.QtCore import Qt
-
-    from napari_sam.core.disk_cache import DiskCache
 
     encoded.delay = 0.25
     viewer, widget = open_sam(stack.image, 0, precompute=False)
     path = tmp_path / "c.zarr"
     widget.precompute_stack(path)
-    qtbot.waitUntil(lambda: len(encoded) >= 3, timeout=30000)
+    qtbot.waitUntil(lambda: len(encoded) >= n, timeout=30000)
     with qtbot.waitSignal(widget._pc_runs.get("stack").worker.finished, timeout=10000):
         qtbot.mouseClick(widget._ui.precompute_stop, Qt.MouseButton.LeftButton)
+    return viewer, widget, path
+
+
+def test_whole_stack_stop_resumes_and_a_cache_of_another_image_is_refused(open_sam, qtbot, stack, encoded, tmp_path):
+    from napari_sam.core.disk_cache import DiskCache
+
+    viewer, widget, path = _stopped_after(open_sam, qtbot, stack, encoded, tmp_path, 3)
     text = widget._ui.precompute_status.text()
     assert "stopped" in text and "resume" in text
     done = DiskCache.open(path).done()
@@ -273,17 +280,9 @@ def test_whole_stack_into_a_new_folder_then_the_layer_data_replaced(open_sam, qt
 def test_whole_stack_that_cannot_write_says_so_and_clicks_still_work(open_sam, qtbot, stack, encoded, tmp_path):
     """A cache on a full disk or a read-only share: the run stops with the reason and how to resume, the
     slices done stay; a click on a slice it lacks is encoded (it failed with the write's error)."""
-    from qtpy.QtCore import Qt
-
     from napari_sam.core.disk_cache import DiskCache
 
-    encoded.delay = 0.25
-    viewer, widget = open_sam(stack.image, 0, precompute=False)
-    path = tmp_path / "c.zarr"
-    widget.precompute_stack(path)
-    qtbot.waitUntil(lambda: len(encoded) >= 2, timeout=30000)
-    with qtbot.waitSignal(widget._pc_runs.get("stack").worker.finished, timeout=10000):
-        qtbot.mouseClick(widget._ui.precompute_stop, Qt.MouseButton.LeftButton)
+    viewer, widget, path = _stopped_after(open_sam, qtbot, stack, encoded, tmp_path, 2)
     done = DiskCache.open(path).done()
     missing = [z for z in range(NZ) if (z,) not in done]
     chunks = path / "features" / "c"
