@@ -17,7 +17,9 @@ Prints, for the same slice and the same checkpoint in the same process:
    a synthetic nuclei stack, where objects really continue through z).
 4. Memory per cached slice (in-memory fp16, and on disk as zarr).
 5. The embedded model's embedding time for a 512 x 512 slice (median of 10), and for a
-   1024 x 1024 slice at its 2x (encoded in tiles) and at 1x (median of 3).
+   1024 x 1024 slice at its 2x (encoded in tiles) and at 1x (median of 3); and 20 clicks on
+   the 512 x 512 slice, one ``napari_sam.segment`` call each, with the API's embeddings
+   (``api.EMBEDDINGS``: the slice encoded once) and with them cleared before every call.
 6. MobileSAM (TinyViT encoder) slice embedding, official ``SamPredictor.set_image``
    vs ours, as in 1 (randomly initialised MobileSAM, saved and loaded by path).
 7. SAM 2.1 Hiera-tiny slice embedding, Meta's ``SAM2ImagePredictor.set_image`` vs
@@ -351,7 +353,30 @@ def bench_embedded(size=512, n=10):
         print(f"    {2 * size}x{2 * size} slice at {p.input_scale:g}x (encoder input {emb.input_size[0]} px): median "
               f"{statistics.median(tb):.2f} s of 3; embedding {tuple(emb.features.shape[1:])}, "
               f"{emb.features.numel() * 2 / 2**20:.1f} MiB as fp16")
+    bench_api_clicks(model, img)
     return model, statistics.median(t)
+
+
+def bench_api_clicks(model, img, n=20):
+    import napari_sam
+    from napari_sam import api
+
+    rng = np.random.default_rng(0)
+    clicks = rng.integers(32, img.shape[0] - 32, (n, 2))
+
+    def loop(reuse: bool):
+        api.EMBEDDINGS.clear()
+        t = time.perf_counter()
+        for p in clicks:
+            if not reuse:
+                api.EMBEDDINGS.clear()
+            napari_sam.segment(img, points=[p], model=model, input_scale=None)
+        return time.perf_counter() - t
+
+    loop(True)
+    reused, cleared = min(loop(True) for _ in range(2)), min(loop(False) for _ in range(2))
+    print(f"    {n} clicks through napari_sam.segment, one call each: {reused:.2f} s with the slice's embedding kept "
+          f"(api.EMBEDDINGS), {cleared:.2f} s encoding it every call; ratio {reused / cleared:.2f}x")
 
 
 def vit_b_model(checkpoint: str | None, tmp: Path):

@@ -10,11 +10,18 @@ import os
 
 import numpy as np
 
+from .core.cache import EmbeddingCache
 from .core.models import load_model, model_key
 
-__all__ = ["load_model", "segment", "propagate"]
+__all__ = ["load_model", "segment", "propagate", "EMBEDDINGS"]
 
 _DEFAULT = {}
+
+#: The slices ``segment`` has encoded, most recent last (``core.cache.EmbeddingCache``, kept as the
+#: encoder gave them, so a repeated call returns exactly what the first did). Keyed by the slice's content
+#: hash, the model's checksum, device and dtype, and the encoding settings: an edited array is encoded
+#: again. ``EMBEDDINGS.clear()`` frees them; ``EMBEDDINGS.max_bytes = 0`` keeps only the last slice.
+EMBEDDINGS = EmbeddingCache(1 << 30, half=False)
 
 
 def _model(model):
@@ -84,9 +91,11 @@ def segment(
         raise ValueError("segment() needs a prompt: points, boxes or mask")
     from .core.magnify import check_scale, is_auto, median_radius, scale_for
 
+    sig = []  # the slice's content hash, computed once for both magnifications
+
     def run(scale):
         pred = SlicePredictor(m, normalize=normalize, refine=refine, input_scale=scale)
-        pred.set_image(a, channel_axis=channel_axis, channel=channel)
+        pred.set_embedding(_embedded(pred, a, channel_axis, channel, sig))
         return pred, pred.predict(points=points, point_labels=point_labels, boxes=boxes, mask=mask, multimask=multimask)
 
     input_scale = check_scale(input_scale)
@@ -97,6 +106,21 @@ def segment(
         if scale != pred.input_scale:
             _, out = run(scale)
     return out
+
+
+def _embedded(pred, a, channel_axis, channel, sig: list):
+    """The slice's embedding by ``pred``: from ``EMBEDDINGS``, or encoded and kept there."""
+    from .core.cache import cache_key, slice_signature
+
+    cache = EMBEDDINGS
+    if not sig:
+        sig.append(slice_signature(a))
+    key = (*cache_key(pred, sig[0], channel_axis, channel), str(pred.model.device), str(pred.model.dtype))
+    emb = cache.get(key, pred.model.device)
+    if emb is None:
+        emb = pred.embed(a, channel_axis=channel_axis, channel=channel)
+        cache.put(key, emb)
+    return emb
 
 
 def propagate(stack, prompts, *, model=None, z_range=None, **kwargs):

@@ -38,10 +38,16 @@ def slice_signature(slice2d: np.ndarray) -> str:
 
 
 class EmbeddingCache:
-    """Thread-safe LRU of :class:`Embedding` under ``max_bytes``."""
+    """Thread-safe LRU of :class:`Embedding` under ``max_bytes``.
 
-    def __init__(self, max_bytes: int = 1 << 30):
+    half: store feature maps as fp16 (half the memory; decoding on them differs from decoding on the
+    encoder's own output by float rounding). ``half=False`` keeps them as the encoder gave them, so a
+    cached slice decodes exactly as a freshly encoded one (the API's ``segment``).
+    """
+
+    def __init__(self, max_bytes: int = 1 << 30, half: bool = True):
         self.max_bytes = int(max_bytes)
+        self.half = bool(half)
         self._d: OrderedDict[tuple, Embedding] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -73,8 +79,8 @@ class EmbeddingCache:
         return e.with_tensors(lambda t: t.float() if device is None else t.float().to(device))
 
     def put(self, key, emb: Embedding) -> int:
-        """Store ``emb`` (its feature maps as fp16 on the CPU); returns the bytes it takes."""
-        stored = emb.with_tensors(lambda t: t.detach().to("cpu").half())
+        """Store ``emb`` (its feature maps on the CPU, as fp16 unless ``half`` is off); returns the bytes it takes."""
+        stored = emb.with_tensors(lambda t: t.detach().to("cpu").half() if self.half else t.detach().to("cpu"))
         with self._lock:
             old = self._d.pop(key, None)
             if old is not None:
