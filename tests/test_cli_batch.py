@@ -187,14 +187,18 @@ def test_outputs_that_would_lose_a_record_or_an_input_are_refused(stacks, tmp_pa
     monkeypatch.setattr("napari_sam.cli._load", lambda *a: pytest.fail("the model was loaded"))
     data = tmp_path / "data"
     data.mkdir()
-    for name in ("a.tif", "a.ome.tif"):
+    for name in ("a.tif", "a.ome.tif", "A.tif"):
         (data / name).write_bytes((d / "stack0.tif").read_bytes())
     pts, folder = d / "prompts" / "stack0.csv", d / "prompts"
     before = {p.name: p.read_bytes() for p in data.iterdir()}
     for argv, message in [
-        # a.tif and a.ome.tif write a.tif / a.ome.tif, but both records would be a.prompts.json
+        # a.tif and a.ome.tif are both the image a (as their records and caches are named): both a.tif
         ([data / "a.tif", data / "a.ome.tif", "--points", pts, "--out", tmp_path / "o"],
-         "a.ome.tif would both write a.prompts.json"),
+         r"a.tif and \S*a.ome.tif would both write a.tif \(outputs are named after the image without its suffix: "
+         r"a.tif is a, a.ome.tif is a\): rename one of them, or segment them in separate runs with different --out "
+         "folders; nothing was written"),
+        # on a macOS or Windows disk A.tif would replace a.tif
+        ([data / "a.tif", data / "A.tif", "--points", pts, "--out", tmp_path / "o"], "A.tif would both write A.tif"),
         # --out the images' own folder: even --overwrite does not replace an input
         ([data / "a.tif", "--points", pts, "--out", data, "--overwrite"],
          "a.tif: --out .*a.tif would replace the input image"),
@@ -207,3 +211,44 @@ def test_outputs_that_would_lose_a_record_or_an_input_are_refused(stacks, tmp_pa
         assert pytest.importorskip("re").search(message, err), err
     assert {p.name: p.read_bytes() for p in data.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_tables_and_caches_in_folders_are_found_by_the_image_name_without_its_suffix(stacks, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """a.ome.tif is the image a (core.lazy.image_stem): its table is a.csv and its cache a.zarr; one named the
+    earlier way (Path.stem: a.ome.csv) is pointed at, not read."""
+    d, _ = stacks
+    monkeypatch.setattr("napari_sam.cli._load", lambda *a: pytest.fail("the model was loaded"))
+    image = tmp_path / "a.ome.tif"
+    image.write_bytes((d / "stack0.tif").read_bytes())
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "a.ome.csv").write_text((d / "prompts" / "stack0.csv").read_text())
+    out = tmp_path / "labels"
+    code, err = _run(["segment", image, "--points", tmp_path / "tables", "--out", out], capsys)
+    assert code == 2 and "a.ome.tif: --points folder" in err, err
+    assert "has no a.csv for this image (a.ome.csv is there: files for a.ome.tif are now named a.csv; rename it)" in err
+    (tmp_path / "tables" / "a.ome.csv").rename(tmp_path / "tables" / "a.csv")
+    (tmp_path / "caches" / "a.ome.zarr").mkdir(parents=True)
+    code, err = _run(["segment", image, "--points", tmp_path / "tables", "--out", out, "--embeddings",
+                      tmp_path / "caches"], capsys)
+    assert code == 2 and "a.ome.tif: no embedding cache" in err, err
+    assert "a.zarr (a.ome.zarr is there: files for a.ome.tif are now named a.zarr; rename it)" in err, err
+    assert not out.exists()
+
+
+@needs_embedded
+def test_a_batch_names_the_labels_as_their_record_is_named(stacks, tmp_path, capsys):
+    """``segment a.ome.tif --points FOLDER --out FOLDER`` writes a.tif beside a.prompts.json (not a.ome.tif)."""
+    d, truth = stacks
+    image = tmp_path / "data" / "a.ome.tif"
+    image.parent.mkdir()
+    image.write_bytes((d / "stack1.tif").read_bytes())
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "a.csv").write_text((d / "prompts" / "stack1.csv").read_text())
+    out = tmp_path / "labels"
+    code, err = _run(["segment", image, "--points", tmp_path / "tables", "--out", out], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["a.prompts.json", "a.tif"]
+    assert "[1/1] a.ome.tif: wrote " in err and str(out / "a.tif") in err, err
+    assert json.loads((out / "a.prompts.json").read_text())["image"] == str(image.resolve())
+    assert set(np.unique(tifffile.imread(out / "a.tif"))) == {0, *range(1, len(truth["stack1"][1]) + 1)}

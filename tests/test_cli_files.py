@@ -225,3 +225,67 @@ def test_propagate_refuses_two_objects_on_one_click_before_the_model_loads(stack
     code, err = _run(["segment", d / "stack.tif", "--points", pts, "--propagate", "--out", tmp_path / "l.tif"], capsys)
     assert code == 2 and not (tmp_path / "l.tif").exists() and loads == []
     assert "--propagate: objects 1 and 2 have a positive click at (row=40, col=50) on slice 6" in err, err
+
+
+# --- what a prompt table holds beyond what napari-sam reads is refused, not passed over ---
+
+UNREAD = [  # (image, option, table, message): each ran with a column or a cell dropped
+    pytest.param("stack.tif", "--points", "t,z,y,x\n5,6,40,40\n5,3,40,40\n",
+                 r"p.csv: column 't' puts every row on time point 5, but \S*stack.tif is read as one \(z, y, x\) "
+                 r"stack, with no time points: if \S*stack.tif is time point 5, delete the 't' column", id="t-shared"),
+    pytest.param("stack.tif", "--points", "t,z,y,x\n0,6,40,40\n2,6,40,40\n1,6,40,40\n",
+                 r"column 't' has 3 time points \(0, 1, 2\), but .*: save each time point as its own stack",
+                 id="t-several"),
+    pytest.param("slice.tif", "--points", "t,y,x\n0,40,40\n",
+                 r"\S*slice.tif is read as one 2D \(y, x\) image, with no time points", id="t-2d"),
+    pytest.param("stack.tif", "--boxes", "time,z,y0,x0,y1,x1\n0,6,10,10,30,30\n",
+                 "column 'time' puts every row on time point 0", id="time-boxes"),
+    pytest.param("stack.tif", "--points", "index,axis-0,axis-1,axis-2,axis-3\n0,2,6,40,40\n",  # napari, a 4D layer
+                 r"axis-0 is 2 on every row: if the image is that time point or slice, delete axis-0 and rename "
+                 r"axis-1,axis-2,axis-3 to z,y,x", id="napari-4d"),
+    pytest.param("stack.tif", "--points", "z,y,x,postive\n6,40,40,0\n",  # every point would have been positive
+                 r"p.csv: napari-sam does not read column 'postive' \(did you mean 'positive' for 'postive'\?\); a "
+                 r"points table has z,y,x \(or napari's axis-0,axis-1,axis-2\), positive, object \(and napari's "
+                 r"index, ignored\): rename or delete it", id="postive"),
+    pytest.param("stack.tif", "--points", "z,y,x,obj\n6,40,40,4\n",
+                 r"column 'obj' \(did you mean 'object' for 'obj'\?\)", id="obj"),
+    pytest.param("slice.tif", "--points", "y,x,label,note\n40,40,4,nucleus\n",
+                 "does not read columns 'label', 'note'; a points table has y,x .*: rename or delete them",
+                 id="label-note"),
+    pytest.param("stack.tif", "--boxes", "z,y0,x0,y1,x1,positive\n6,10,10,30,30,0\n",
+                 r"does not read column 'positive' \(a box is always a positive prompt: to mark what to leave out, "
+                 r"give negative points in --points\); a boxes table has z,y0,x0,y1,x1, object", id="box-positive"),
+    pytest.param("stack.tif", "--points", "z,y,x\n6,40,40,0\n",  # a 'positive' cell without its header
+                 r"p.csv, line 2: cell 4 \('0'\) is beyond the header's columns: name its column in the header "
+                 r"\(z,y,x\), or delete the cell", id="cell-beyond-header"),
+    pytest.param("stack.tif", "--points", "z,y,x,\n6,40,40,\n6,50,50,2\n",
+                 r"line 3: cell 4 \('2'\) is under a column without a name", id="unnamed-column"),
+]
+
+
+@pytest.mark.parametrize("image,option,table,message", UNREAD)
+def test_a_time_column_an_unknown_column_or_an_unnamed_cell_is_refused(stack_files, tmp_path, capsys, monkeypatch,
+                                                                     image, option, table, message):
+    d, _ = stack_files
+    out = tmp_path / "o.tif"
+    _refused(["segment", d / image, option, _write(tmp_path / "p.csv", table), "--out", out], capsys, tmp_path,
+             message, monkeypatch)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]
+
+
+def test_napari_exports_and_empty_trailing_columns_are_read(tmp_path):
+    from napari_sam.io import read_prompts
+
+    write = pytest.importorskip("napari_builtins.io._write")
+    # napari's own export of the widget's prompt layer: index, axis-N, and its 'positive' feature
+    write.napari_write_points(str(tmp_path / "p.csv"), np.array([[6.0, 40, 40], [6, 50, 50]]),
+                              {"properties": {"positive": np.array([True, False])}})
+    assert (tmp_path / "p.csv").read_text().splitlines()[0] == "index,axis-0,axis-1,axis-2,positive"
+    assert read_prompts(tmp_path / "p.csv", None, (12, 128, 128)) == {
+        1: {6: {"points": [(40.0, 40.0), (50.0, 50.0)], "labels": [1, 0], "box": None}}}
+    # a spreadsheet's empty trailing column; a box table with a row number
+    _write(tmp_path / "q.csv", "z,y,x,object,\n6,40,40,7,\n\n3,20,20,8\n")
+    _write(tmp_path / "b.csv", "index,z,y0,x0,y1,x1,object\n0,6,10,10,30,30,9\n")
+    got = read_prompts(tmp_path / "q.csv", tmp_path / "b.csv", (12, 128, 128))
+    assert sorted(got) == [7, 8, 9] and got[8] == {3: {"points": [(20.0, 20.0)], "labels": [1], "box": None}}
+    assert got[9][6]["box"].tolist() == [10, 10, 30, 30]

@@ -11,6 +11,10 @@
 * ``--embeddings``: a folder of ``<image name>.zarr`` caches made by
   ``napari-sam embed``.
 
+The image name is the file's name without its image suffix (``core.lazy.image_stem``: ``a.ome.tif``,
+``a.tif`` and ``a.zarr`` are all ``a``), as the record and the cache of one image are named; two images of
+one batch with one name (or names differing only in case) are refused.
+
 Before the model is loaded, every image's header, every prompt table (against
 that image's shape), every output path and cache is checked; the first
 problem is reported (exit 2) and nothing is written. Then images run one at a
@@ -25,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .core.lazy import image_stem
 from .io import InputError
 
 
@@ -67,14 +72,15 @@ def plan(args) -> list[Job]:
             pts, bxs = _per_image(args.points, p, "--points"), _per_image(args.boxes, p, "--boxes")
             prompts = read_prompts(pts, bxs, spatial, (p, shape, rgb))
             z_range = check_propagation(args, spatial, prompts)
-            target = out / f"{p.stem}.tif"
+            target = out / f"{image_stem(p)}.tif"
             if out.exists():
                 check_output(target, args.overwrite, inputs=images)
             emb = None
             if args.embeddings:
-                emb = Path(args.embeddings) / f"{p.stem}.zarr"
+                emb = Path(args.embeddings) / f"{image_stem(p)}.zarr"
                 if not emb.is_dir():
-                    raise InputError(f"no embedding cache {emb}; make one with: napari-sam embed {p} --out {emb}")
+                    raise InputError(f"no embedding cache {emb}{_old_name(emb, p, '.zarr')}; make one with: "
+                                     f"napari-sam embed {p} --out {emb}")
         except InputError as e:
             raise InputError(where + str(e)) from None
         jobs.append(Job(p, prompts, z_range, target, emb))
@@ -82,15 +88,23 @@ def plan(args) -> list[Job]:
 
 
 def _check_distinct(images: list[Path]) -> None:
-    """No two images write the same labels or the same record (``a.tif`` and ``a.ome.tif``: a.prompts.json)."""
+    """No two images write the same labels or the same record, nor read the same table or cache from a folder
+    (``a.tif`` and ``a.ome.tif`` are both ``a``); names are compared ignoring case, as macOS and Windows disks
+    do, where ``A.tif`` would replace ``a.tif``."""
     from .io import sidecar_path
 
     written: dict[str, Path] = {}
     for p in images:
-        for name in (f"{p.stem}.tif", sidecar_path(f"{p.stem}.tif").name):
-            if name in written:
-                raise InputError(f"{written[name]} and {p} would both write {name}: give images distinct names")
-            written[name] = p
+        labels = f"{image_stem(p)}.tif"
+        for name in (labels, sidecar_path(labels).name):
+            first = written.get(name.lower())
+            if first is not None:
+                same = "" if first.name == p.name else (f" (outputs are named after the image without its suffix: "
+                                                        f"{first.name} is {image_stem(first)}, {p.name} is "
+                                                        f"{image_stem(p)})")
+                raise InputError(f"{first} and {p} would both write {name}{same}: rename one of them, or segment "
+                                 "them in separate runs with different --out folders; nothing was written")
+            written[name.lower()] = p
 
 
 def _check_out_folder(args) -> Path:
@@ -116,13 +130,22 @@ def _per_image(path, image: Path, option: str) -> Path | None:
         return None
     p = Path(path)
     if p.is_dir():
-        f = p / f"{image.stem}.csv"
+        f = p / f"{image_stem(image)}.csv"
         if not f.is_file():
-            raise InputError(f"{option} folder {p} has no {f.name} for this image")
+            raise InputError(f"{option} folder {p} has no {f.name} for this image{_old_name(f, image, '.csv')}")
         return f
     if not p.is_file():
         raise InputError(f"{option} {p} not found")
     return p
+
+
+def _old_name(path: Path, image: Path, suffix: str) -> str:
+    """A hint when ``path``'s folder holds the file under the name earlier versions used (``a.ome.csv`` for
+    ``a.ome.tif``: Path.stem)."""
+    old = path.with_name(image.stem + suffix)
+    if old != path and old.exists():
+        return f" ({old.name} is there: files for {image.name} are now named {path.name}; rename it)"
+    return ""
 
 
 def run_batch(args) -> int:

@@ -14,7 +14,10 @@ Prompt tables (napari's (row, col) convention, pixel coordinates):
   a box without an object id is a new object.
 
 A table with more coordinate axes than the image (``z`` for a 2D image, a
-napari export of a 4D layer for a stack) is refused, not cut to fit.
+napari export of a 4D layer for a stack) is refused, not cut to fit; so is a
+time column (``t``: the image is one stack, with no time point to match) and
+any column not named above (a typo'd ``postive`` would make every point
+positive); napari's ``index`` column is ignored (``_prompt_table``).
 Tables may start with a byte-order mark (Excel's "CSV UTF-8").
 
 Labels and their record: ``_labels_file`` (``check_output``,
@@ -23,13 +26,13 @@ Labels and their record: ``_labels_file`` (``check_output``,
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ._labels_file import check_output, label_dtype, sidecar_path, write_labels_atomic
+from ._prompt_table import read_table
 from .core.lazy import tiff_layout
 
 __all__ = ["InputError", "Volume", "read_image", "image_header", "image_spatial_shape", "read_prompts",
@@ -180,65 +183,6 @@ def _bool(v: str, line: int, path) -> int:
     raise InputError(f"{path}, line {line}: 'positive' must be 1/0 or true/false, got '{v}'")
 
 
-def _read_rows(path) -> tuple[list[str], list[tuple[int, dict]]]:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"prompt table not found: {p}")
-    try:
-        with open(p, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
-            reader = csv.DictReader(f)
-            fields = [c.strip() for c in (reader.fieldnames or [])]
-            rows = [(i + 2, {k.strip(): (v or "").strip() for k, v in r.items() if k is not None}) for i, r in enumerate(reader)]
-    except UnicodeDecodeError:
-        raise InputError(f"{p} is not a text CSV file") from None
-    if not fields:
-        raise InputError(f"{p} is empty: expected a header row such as 'z,y,x,positive,object'")
-    twice = sorted({c for c in fields if c and fields.count(c) > 1})
-    if twice:
-        raise InputError(f"{p}: the header names column '{twice[0]}' more than once; keep one")
-    return fields, rows
-
-
-def _coord_columns(fields, ndim: int, kind: str, path, image=None) -> list[str]:
-    """The coordinate columns for a ``ndim``-D image; refused when the table has more axes than the image.
-    image: (path, shape as read, rgb), for messages."""
-    if kind == "points":
-        named = ["z", "y", "x"] if ndim == 3 else ["y", "x"]
-        napari = [f"axis-{i}" for i in range(ndim)]
-    else:
-        named = (["z"] if ndim == 3 else []) + ["y0", "x0", "y1", "x1"]
-        napari = named
-    want = ",".join(named) + ("" if kind == "boxes" else f" (or napari's {','.join(napari)})")
-    extra = [c for c in fields
-             if (c == "z" and ndim == 2) or (kind == "points" and c.startswith("axis-") and c not in napari)]
-    if extra:
-        have = [c for c in fields if c in ("z", "y", "x", "y0", "x0", "y1", "x1") or c.startswith("axis-")]
-        raise InputError(f"{path} has columns {','.join(have)} but {_image_phrase(image, ndim)}: give the columns "
-                         f"{want} of a {ndim}D image{_rgb_hint(image, ndim)}")
-    for cols in (named, napari):
-        if all(c in fields for c in cols):
-            return cols
-    hint = ""
-    if image is not None and ndim == 3 and not image[2] and min(image[1]) <= 4 and image[1][-1] == min(image[1]):
-        hint = (f" (its last axis has {image[1][-1]}: channels? napari-sam reads (z, y, x) stacks and RGB; save one "
-                "channel as its own TIFF)")
-    raise InputError(f"{path}: header {','.join(fields)} lacks the columns {want}: {_image_phrase(image, ndim)}{hint}")
-
-
-def _image_phrase(image, ndim: int) -> str:
-    if image is None:
-        return f"the image is {ndim}D"
-    path, shape, rgb = image
-    return f"{path} was read as a {ndim}D{' RGB' if rgb else ''} image {tuple(shape)}"
-
-
-def _rgb_hint(image, ndim: int) -> str:
-    if image is None or not image[2] or ndim != 2:
-        return ""
-    return (f"; if it is a stack of {image[1][-1]} slices, not colour, save it as a grayscale stack (ImageJ "
-            "hyperstack, or tifffile's photometric='minisblack') or as 16-bit")
-
-
 def read_prompts(points_csv, boxes_csv, spatial_shape, image=None) -> dict[int, dict[int, dict]]:
     """Parse the tables into {object_id: {z: {"points", "labels", "box"}}} for a
     ``spatial_shape`` (y, x) or (z, y, x) image; z is 0 for 2D. Validates
@@ -248,8 +192,7 @@ def read_prompts(points_csv, boxes_csv, spatial_shape, image=None) -> dict[int, 
     shape3 = (1, *spatial_shape) if ndim == 2 else tuple(spatial_shape)
     pts: list[tuple[int, float, float, int, int | None, int]] = []  # z, y, x, pos, obj, line
     if points_csv is not None:
-        fields, rows = _read_rows(points_csv)
-        cols = _coord_columns(fields, ndim, "points", points_csv, image)
+        cols, rows = read_table(points_csv, ndim, "points", image)
         for line, r in rows:
             c = [_num(r[k], k, line, points_csv) for k in cols]
             z, y, x = (0.0, *c) if ndim == 2 else c
@@ -259,8 +202,7 @@ def read_prompts(points_csv, boxes_csv, spatial_shape, image=None) -> dict[int, 
             pts.append((int(round(z)), y, x, pos, oid, line))
     boxes: list[tuple[int, np.ndarray, int | None]] = []
     if boxes_csv is not None:
-        fields, rows = _read_rows(boxes_csv)
-        cols = _coord_columns(fields, ndim, "boxes", boxes_csv, image)
+        cols, rows = read_table(boxes_csv, ndim, "boxes", image)
         for line, r in rows:
             c = [_num(r[k], k, line, boxes_csv) for k in cols]
             z, b = (0.0, c) if ndim == 2 else (c[0], c[1:])
