@@ -321,3 +321,18 @@ def test_an_empty_mask_is_not_committed_and_a_refined_label_is_left_as_it_is(ope
     widget._on_commit()
     assert "is empty (0 px): nothing was committed" in widget._ui.status.text(), widget._ui.status.text()
     np.testing.assert_array_equal(viewer.layers["mine"].data, mine)
+
+
+def test_a_refused_commit_leaves_no_new_labels_layer(open_sam, qtbot):
+    """With no labels layer yet, a commit creates one; refused (an empty mask), it left that empty layer
+    behind."""
+    viewer, widget = open_sam(np.zeros((3, 64, 64), np.uint16))
+    viewer.dims.current_step = (1, 0, 0)
+    _click_and_wait(qtbot, viewer, widget, [1, 48, 48])
+    _show_an_empty_candidate(qtbot, viewer, widget)
+    layers = [ly.name for ly in viewer.layers]
+    assert widget._labels is None and "img SAM labels" not in layers
+    widget._on_commit()
+    assert "is empty (0 px): nothing was committed" in widget._ui.status.text(), widget._ui.status.text()
+    assert [ly.name for ly in viewer.layers] == layers, "no labels layer was added"
+    assert widget._labels is None

@@ -7,11 +7,14 @@ widget may undo in ``_undo.py``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 from . import _layers as L
 from ._commit import CommitError, check_target, commit_masks, object_record, record_objects
 from ._plane import PlaneError, current_plane, plane_indices, spatial_shape
+from ._undo import Cleared
 
 
 class Committing:
@@ -59,23 +62,37 @@ class Committing:
         check_target(self._labels, spatial_shape(self._image))
         return self._labels
 
+    @contextmanager
+    def _labels_for_action(self):
+        """``_ensure_labels`` for an action that may still be refused in the block: a labels layer created
+        for it is removed again when the block raises, so a refused action leaves the layer list as it was."""
+        new = self._labels is None
+        labels = self._ensure_labels()
+        try:
+            yield labels
+        except Exception:
+            if new and labels in self._viewer.layers:
+                self._viewer.layers.remove(labels)  # _on_layers_changed forgets it
+            raise
+
     def _commit_result(self) -> None:
         res, self._pending_commit = self._result, None
         try:
-            labels = self._ensure_labels()
-            refine = self._ui.refine.isChecked() and res.objects[0].mask is not None
-            label = None
-            if self._ui.selected_id.isChecked() or refine:
-                label = int(labels.selected_label)
-                if label == 0:
-                    raise CommitError("the selected label is 0 (background): select a label, or commit as a new object id")
-            picks = [c.pick(self._rank) for c in res.candidates]
-            if not any(p[0].any() for p in picks):  # a commit would write nothing, or clear a refined label
-                raise CommitError(f"SAM's mask on {res.plane.label} is empty (0 px): nothing was committed; show "
-                                  "another candidate (K), or click inside the object or draw a box around it")
-            with self._undo.writing():
-                report = commit_masks(labels, res.plane, [p[0] for p in picks], label=label,
-                                      overwrite=self._ui.overwrite.isChecked(), replace=label if refine else None)
+            with self._labels_for_action() as labels:
+                refine = self._ui.refine.isChecked() and res.objects[0].mask is not None
+                label = None
+                if self._ui.selected_id.isChecked() or refine:
+                    label = int(labels.selected_label)
+                    if label == 0:
+                        raise CommitError("the selected label is 0 (background): select a label, or commit as a "
+                                          "new object id")
+                picks = [c.pick(self._rank) for c in res.candidates]
+                if not any(p[0].any() for p in picks):  # a commit would write nothing, or clear a refined label
+                    raise CommitError(f"SAM's mask on {res.plane.label} is empty (0 px): nothing was committed; "
+                                      "show another candidate (K), or click inside the object or draw a box around it")
+                with self._undo.writing():
+                    report = commit_masks(labels, res.plane, [p[0] for p in picks], label=label,
+                                          overwrite=self._ui.overwrite.isChecked(), replace=label if refine else None)
         except CommitError as e:
             self._say(str(e), error=True)
             return
@@ -92,11 +109,11 @@ class Committing:
         kept = f" {report.kept} px kept their existing label (overwrite is off)." if report.kept else ""
         cleared = f" {report.cleared} px of its previous mask cleared." if report.cleared else ""
         ids = ", ".join(str(i) for i in dict.fromkeys(report.ids))
-        self._undo.remember(labels, f"commit of label {ids} on {res.plane.label}", report.changed)
+        used = self._clear_prompts(res.plane)
+        self._undo.remember(labels, f"commit of label {ids} on {res.plane.label}", report.changed, used)
         self._last_commit = (f"Committed label {ids} on {res.plane.label}: {report.pixels} px.{cleared}{kept} "
                              f"Undo: Ctrl-Z (or the Undo button).")
         self._say(self._last_commit)
-        self._clear_prompts(res.plane)
 
     def _prompt_layers(self) -> list:
         return [ly for ly in (self._points, self._boxes) if ly is not None and ly in self._viewer.layers]
@@ -106,15 +123,18 @@ class Committing:
         return {id(ly): [np.array(ly.data[i], copy=True) for i in plane_indices(ly, self._image, plane)]
                 for ly in self._prompt_layers()}
 
-    def _clear_prompts(self, plane, only: dict | None = None) -> None:
-        """Remove the prompts on ``plane``; with ``only`` (a ``_prompt_snapshot``), just those it holds."""
+    def _clear_prompts(self, plane, only: dict | None = None) -> list[Cleared]:
+        """Remove the prompts on ``plane``; with ``only`` (a ``_prompt_snapshot``), just those it holds.
+        Returns what was removed, for an undo to put back (``UndoLog.remember``)."""
+        removed = []
         for layer in self._prompt_layers():
             idx = plane_indices(layer, self._image, plane)
             if only is not None:
                 used = only.get(id(layer), [])
                 idx = [i for i in idx if any(np.array_equal(layer.data[i], u) for u in used)]
             if idx:
-                layer.remove(idx)
+                removed.append(Cleared.take(layer, idx))
+        return removed
 
     def _on_clear(self) -> None:
         try:
@@ -134,8 +154,10 @@ class Committing:
         """Undo the widget's last commit or propagation (Ctrl-Z on the widget's other layers, the Undo button)."""
         labels = self._labels
         step = self._undo.undo(labels)
-        if step is not None:
-            self._say(f"Undid the {step.what}. Redo: select {labels.name!r} and press Shift-Ctrl-Z.")
+        if step is not None:  # the prompts it cleared come back (napari's redo of the labels leaves them there)
+            back = sum(c.put_back() for c in step.prompts if c.layer in self._viewer.layers)
+            again = f" Its {back} prompt{'s are' if back > 1 else ' is'} back." if back else ""
+            self._say(f"Undid the {step.what}.{again} Redo: select {labels.name!r} and press Shift-Ctrl-Z.")
         elif labels is None:
             self._say("Nothing to undo: there is no labels layer yet.")
         elif not getattr(labels, "_undo_history", True):  # napari keeps no public count of its history

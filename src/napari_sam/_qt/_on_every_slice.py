@@ -25,8 +25,8 @@ class EverySlice:
             return
         try:
             view, plane, objects, zr = self._every_slice_inputs()
-            labels = self._ensure_labels()
-            ids = self._every_slice_ids(labels, len(objects))
+            with self._labels_for_action() as labels:  # a refusal below leaves no new layer behind
+                ids = self._every_slice_ids(labels, len(objects))
         except (PropagateError, PlaneError, CommitError) as e:
             self._say(str(e), error=True)
             return
@@ -38,7 +38,7 @@ class EverySlice:
         def after(layer):  # the prompts become the objects' records, and leave the slice (not those added since)
             record_objects(layer, [object_record(i, plane, o, score=None, token=None, model=model, every_slice=True)
                                    for i, o in zip(ids, objects)])
-            self._clear_prompts(plane, only=used)
+            return self._clear_prompts(plane, only=used)  # Undo puts them back
 
         what = _objects_text(ids)
         run = _Run(None, view, source, labels, self._image, self._image_version,

@@ -63,7 +63,7 @@ class _Run:
     image_version: int
     outcome: Outcome
     what: str = "propagation"  # for the status line and Undo
-    after: object = None  # called with the labels layer once the result is written
+    after: object = None  # called with the labels layer once the result is written; returns the prompts it cleared
     stopped: tuple = ()  # (why, what to do) when the widget stopped it (its image or labels layer went away)
 
 
@@ -208,11 +208,10 @@ class Propagating:
         write = still_background(layer.data, run.view, ch)  # the user may have painted meanwhile
         with self._undo.writing():
             n = self._write_propagation(layer, run.view, write)
+        cleared = run.after(layer) if n and run.after is not None else ()
         if n and layer is self._labels:  # the layer whose edits the widget follows
             ids = ", ".join(map(str, run.outcome.ids))
-            self._undo.remember(layer, f"{run.what} of label {ids}", run.view.full_index(*write[:3]))
-        if n and run.after is not None:
-            run.after(layer)
+            self._undo.remember(layer, f"{run.what} of label {ids}", run.view.full_index(*write[:3]), cleared)
         summary = run.outcome.text(ch, write)
         # stays when the slice changes: short, the reasons in its tooltip
         self._ui.propagate_status.setText(run.outcome.text(ch, write, show=3, short=True))

@@ -12,7 +12,9 @@ while it is the layer's last step:
   values, so it is skipped (and counts again once redone).
 
 So the newest remembered step whose pixels still hold its values is the
-layer's last step. Pure numpy over a Labels layer: no Qt.
+layer's last step. A step that cleared the prompts it used (a commit, prompts
+on every slice) keeps them (:class:`Cleared`): undoing the step puts them back
+where they were. Pure numpy over napari layers: no Qt.
 """
 
 from __future__ import annotations
@@ -26,10 +28,50 @@ SAMPLE = 4096  # pixels kept per step: undoing a step reverts every pixel it cha
 
 
 @dataclass
+class Cleared:
+    """Prompts a step removed from a points or boxes layer, to put back when the step is undone."""
+
+    layer: object  # the napari Points or Shapes layer
+    data: list  # each prompt's data coordinates: a point (ndim,), a shape (vertices, ndim)
+    features: object  # their rows of ``layer.features`` (a point's polarity), a DataFrame
+    shape_type: list  # each shape's type ("rectangle", ...); empty for points
+
+    @classmethod
+    def take(cls, layer, idx: list[int]) -> Cleared:
+        """Remove the prompts ``idx`` of ``layer``; returns them."""
+        kinds = [layer.shape_type[i] for i in idx] if layer.__class__.__name__ == "Shapes" else []
+        taken = cls(layer, [np.array(layer.data[i], copy=True) for i in idx],
+                    layer.features.iloc[idx].reset_index(drop=True), kinds)
+        layer.remove(idx)
+        return taken
+
+    def put_back(self) -> int:
+        """Add the prompts back to their layer, with their features; those it holds again already are not
+        doubled (an undo after a redo). Returns how many were added."""
+        layer = self.layer
+        missing = [k for k, d in enumerate(self.data) if not any(np.array_equal(d, x) for x in layer.data)]
+        if not missing:
+            return 0
+        start = len(layer.data)
+        if self.shape_type:
+            layer.add([self.data[k] for k in missing], shape_type=[self.shape_type[k] for k in missing])
+        else:
+            layer.add(np.stack([self.data[k] for k in missing]))
+        feats = layer.features.copy()
+        for col in self.features.columns.intersection(feats.columns):
+            feats.iloc[start:, feats.columns.get_loc(col)] = self.features[col].iloc[missing].to_numpy()
+        layer.features = feats
+        if not self.shape_type:
+            layer.refresh_colors()  # a point's colour follows its polarity
+        return len(missing)
+
+
+@dataclass
 class Step:
     what: str  # "commit of label 3 on z=4", for the status line
     index: tuple  # nD fancy index of (a sample of) the pixels the step changed
     values: np.ndarray  # their values right after it
+    prompts: tuple = ()  # the prompts it cleared (``Cleared``), put back when it is undone
 
     def applied(self, labels) -> bool:
         return bool(np.array_equal(np.asarray(labels.data[self.index]), self.values))
@@ -61,8 +103,9 @@ class UndoLog:
     def clear(self) -> None:
         self._labels, self._steps = None, []
 
-    def remember(self, labels, what: str, index: tuple) -> None:
-        """The widget's write into ``labels`` (one history step) changed the pixels at ``index`` (nD fancy index)."""
+    def remember(self, labels, what: str, index: tuple, prompts=()) -> None:
+        """The widget's write into ``labels`` (one history step) changed the pixels at ``index`` (nD fancy index)
+        and cleared ``prompts`` (``Cleared``, for its undo)."""
         n = len(index[0]) if index else 0
         if n == 0:
             return
@@ -71,11 +114,12 @@ class UndoLog:
             index = tuple(np.asarray(i)[pick] for i in index)
         if labels is not self._labels:
             self._labels, self._steps = labels, []
-        self._steps.append(Step(what, index, np.asarray(labels.data[index]).copy()))
+        self._steps.append(Step(what, index, np.asarray(labels.data[index]).copy(), tuple(prompts)))
         del self._steps[: -self._keep]
 
     def undo(self, labels) -> Step | None:
-        """Undo the widget's last step in ``labels`` if it is the layer's last one; returns it (else None)."""
+        """Undo the widget's last step in ``labels`` if it is the layer's last one; returns it (else None).
+        The caller puts back its prompts (``Step.prompts``) whose layers are still in the viewer."""
         if labels is None or labels is not self._labels:
             return None
         for step in reversed(self._steps):
