@@ -81,9 +81,8 @@ def decode_objects(predictor, prompts: list[ObjectPrompt], *, multimask: bool = 
     emb = predictor.embedding
     for idx in groups.values():
         win = None if windows is None else token_windows(predictor, [windows[i] for i in idx])
-        # each object's dense prompt (its mask's embedding) is made at the whole embedding's size, even for
-        # a window: 129 objects of a 256 px slice at 2x in one call took 0.7 GB (sized by their windows)
-        per_object = sum(t[0].numel() for t in emb.tensors)
+        # per object, the decoder's activations follow its window (the whole embedding without one)
+        per_object = sum(t[0].numel() for t in emb.tensors) if win is None else emb.features.shape[1] * win.size[0] * win.size[1]
         chunk = max(1, DECODER_BUDGET // max(per_object, 1))
         for s in range(0, len(idx), chunk):
             part = idx[s : s + chunk]
@@ -162,7 +161,14 @@ def decode_prompts(predictor, objs: list[ObjectPrompt], multimask: bool, window:
         else:
             sparse, dense = pe(points=points, boxes=boxes, masks=None)
         with_mask = [j for j, o in enumerate(objs) if o.mask is not None]
-        if with_mask:
+        if window is not None and not sam2:  # each object's dense prompt on its window only
+            gh, gw = window.size
+            dense = dense[:, :, :gh, :gw].clone()  # no_mask_embed: the same at every position
+            for j in with_mask:  # the mask embedding is local (2x2 stride-2 convolutions): crop its input
+                y, x = window.offsets[j]
+                m = predictor._mask_input(objs[j].mask)[:, 4 * y : 4 * (y + gh), 4 * x : 4 * (x + gw)]
+                dense[j] = pe.mask_downscaling(m[None])[0]
+        elif with_mask:
             dense = dense.clone()
             m = torch.stack([predictor._mask_input(objs[j].mask) for j in with_mask])
             dense[with_mask] = pe.mask_downscaling(m)

@@ -131,7 +131,7 @@ def decode_in_windows(md, features, image_pe, sparse, dense, win: Windows, multi
     """SAM's mask decoder ``md`` with object j seeing only its window.
 
     features, image_pe: (1, C, GH, GW); sparse: (n, T, C), computed from the
-    prompts shifted by ``win.shifts()``; dense: (n, C, GH, GW).
+    prompts shifted by ``win.shifts()``; dense: (n, C, gh, gw), each object's on its window.
     Returns (low-res logits (n, c, 4 GH, 4 GW) torch, iou (n, c) torch), like
     ``MaskDecoder.forward``; logits outside the window are ``OUTSIDE``.
     """
@@ -141,11 +141,11 @@ def decode_in_windows(md, features, image_pe, sparse, dense, win: Windows, multi
 
     gh, gw = win.size
 
-    def gather(t, offsets, per_object):
-        return torch.stack([t[j if per_object else 0, :, y : y + gh, x : x + gw] for j, (y, x) in enumerate(offsets)])
+    def gather(t, offsets):
+        return torch.stack([t[0, :, y : y + gh, x : x + gw] for y, x in offsets])
 
-    masks, iou = decode(md, gather(features, win.offsets, False), gather(image_pe, win.pe_offsets, False), sparse,
-                        gather(dense, win.offsets, True), multimask)
+    masks, iou = decode(md, gather(features, win.offsets), gather(image_pe, win.pe_offsets), sparse,
+                        dense, multimask)
     n, k, h, w = masks.shape
     fy, fx = h // gh, w // gw
     full = masks.new_full((n, k, features.shape[-2] * fy, features.shape[-1] * fx), OUTSIDE)
