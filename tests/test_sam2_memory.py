@@ -6,7 +6,10 @@ Meta's SAM2VideoPredictor exactly as its own loader makes frames from a
 folder of JPEGs and that its masks come back unchanged, on the right slices
 and ids, without touching other objects; cancel and refusals. Whether SAM 2's
 memory follows nuclei better than slice-by-slice prompting cannot be
-measured without real weights (docs/propagation.md).
+measured without real weights (docs/propagation.md). The model takes a
+512 x 512 input square instead of Meta's 1024 (``SIDE``; the same weights):
+on a CPU its image encoder and memory attention are what these tests spend
+their time on, ~4x less at a quarter of the pixels.
 """
 
 from __future__ import annotations
@@ -22,6 +25,38 @@ from napari_sam.core.models import load_model  # noqa: E402
 from ._sam_helpers import save_sam2  # noqa: E402
 
 CLICK = (90.0, 110.0)  # (row, col) on slice 2
+SIDE = 512  # SAM 2's input square in these tests (Meta's configs: 1024)
+
+
+def _at_side(build, *args, hydra_overrides_extra=(), **kwargs):
+    return build(*args, hydra_overrides_extra=[*hydra_overrides_extra, f"++model.image_size={SIDE}"], **kwargs)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sam2_on_a_smaller_square():
+    """Every SAM 2 model built in this module (loaded from a file, by the API, the CLI or the widget, and the
+    video predictor on its weights) takes a SIDE x SIDE input. SAM 2's weights do not depend on the input size
+    (Hiera interpolates its position embedding, RoPE recomputes its frequencies, the prompt encoder and memory
+    sizes follow ``image_size``), and the frames the video predictor loads from JPEGs are resized to its
+    ``image_size`` as ``core.sam2_memory.Frames`` resizes the slices. SAM2ImagePredictor (the widget's
+    embeddings ahead of time) writes its feature map sizes for 1024: set from ``image_size`` here, as Meta's
+    are (1024 / 4, / 8, / 16)."""
+    from functools import partial
+
+    import sam2.build_sam
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    init = SAM2ImagePredictor.__init__
+
+    def image_predictor_init(self, sam_model, *args, **kwargs):
+        init(self, sam_model, *args, **kwargs)
+        self._bb_feat_sizes = [(sam_model.image_size // s,) * 2 for s in (4, 8, 16)]
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("build_sam2", "build_sam2_video_predictor"):
+            mp.setattr(sam2.build_sam, name, partial(_at_side, getattr(sam2.build_sam, name)))
+        mp.setattr(SAM2ImagePredictor, "__init__", image_predictor_init)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +75,9 @@ def video(tmp_path_factory):
         im[60 + z : 120 + z, 80:150] = 200
         Image.fromarray(im).convert("RGB").save(folder / f"{z:05d}.jpg", quality=95)
     frames = np.stack([np.array(Image.open(folder / f"{z:05d}.jpg").convert("RGB")) for z in range(5)])
-    return load_model(path, device="cpu"), folder, frames
+    model = load_model(path, device="cpu")
+    assert model.sam.image_size == SIDE
+    return model, folder, frames
 
 
 @pytest.fixture(scope="module")
