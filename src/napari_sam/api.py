@@ -78,17 +78,23 @@ def segment(
     """
     from .core.predictor import SlicePredictor
 
-    m = _model(model)
     a = np.asarray(image2d)
     expect = 3 if channel_axis is not None else 2
     if a.ndim != expect:
-        raise ValueError(
-            f"segment() takes one 2D slice, got an array of shape {a.shape}"
-            + ("; pass channel_axis=-1 for RGB/multichannel" if a.ndim == 3 and channel_axis is None else "")
-            + ("; for a z-stack pick a slice (stack[z]) or use propagate()" if a.ndim == 3 else "")
-        )
+        if channel_axis is not None and a.ndim == 2:
+            raise ValueError(f"segment() was given channel_axis={channel_axis}, but the array of shape {a.shape} "
+                             "is one 2D grayscale slice: leave channel_axis out")
+        hint = ""
+        if a.ndim == 3 and channel_axis is None:
+            axis = -1 if a.shape[-1] <= 4 else 0 if a.shape[0] <= 4 else None
+            hint = ("; for a z-stack pick a slice (stack[z]) or use propagate()" if axis is None else
+                    f"; if axis {axis} holds channels, pass channel_axis={axis} (and channel= to pick one); "
+                    "for a z-stack pick a slice (stack[z]) or use propagate()")
+        raise ValueError(f"segment() takes one 2D slice{' with channels' if channel_axis is not None else ''}, "
+                         f"got an array of shape {a.shape}{hint}")
     if points is None and boxes is None and mask is None:
         raise ValueError("segment() needs a prompt: points, boxes or mask")
+    m = _model(model)
     from .core.magnify import check_scale, is_auto, median_radius, scale_for
 
     sig = []  # the slice's content hash, computed once for both magnifications

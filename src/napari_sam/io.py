@@ -33,7 +33,7 @@ import numpy as np
 
 from ._labels_file import check_output, label_dtype, sidecar_path, write_labels_atomic
 from ._prompt_table import read_table
-from .core.lazy import tiff_layout
+from .core.lazy import axes_problem, tiff_layout
 
 __all__ = ["InputError", "Volume", "read_image", "image_header", "image_spatial_shape", "read_prompts",
            "check_output", "label_dtype", "sidecar_path", "write_labels_atomic"]
@@ -65,8 +65,9 @@ class Volume:
 
 
 def read_image(path) -> Volume:
-    """A 2D or 3D (z, y, x) TIFF, RGB last axis allowed; or a .zarr / .npy array, read as ``napari-sam
-    embed`` reads it (``core.lazy.open_stack``)."""
+    """A 2D or 3D (z, y, x) TIFF, RGB last axis allowed (one whose axes say channels, or time beside z, is
+    refused: ``core.lazy.axes_problem``); or a .zarr / .npy array, read as ``napari-sam embed`` reads it
+    (``core.lazy.open_stack``)."""
     import tifffile
 
     if _is_store(path):
@@ -78,9 +79,11 @@ def read_image(path) -> Volume:
         with tifffile.TiffFile(p) as tf:
             data = tf.asarray()
             photometric = tf.pages[0].photometric if len(tf.pages) else None
+            axes = tf.series[0].axes
     except Exception as e:  # tifffile raises many kinds for non-TIFF input
         raise InputError(f"cannot read {p} as a TIFF image ({type(e).__name__}: {e})") from None
     planes, rgb = tiff_layout(data.shape, data.dtype, photometric)
+    _check_axes(p, axes, data.shape, rgb)
     if planes:
         data = np.moveaxis(data, -3, -1)  # RGB stored as separate planes: (..., 3, y, x)
     spatial = _spatial_shape(p, data.shape, rgb)
@@ -112,11 +115,12 @@ def image_header(path) -> tuple[tuple[int, ...], bool]:
     try:
         with tifffile.TiffFile(p) as tf:
             series = tf.series[0]
-            shape, dtype = tuple(series.shape), series.dtype
+            shape, dtype, axes = tuple(series.shape), series.dtype, series.axes
             photometric = tf.pages[0].photometric if len(tf.pages) else None
     except Exception as e:
         raise InputError(f"cannot read {p} as a TIFF image ({type(e).__name__}: {e})") from None
     planes, rgb = tiff_layout(shape, dtype, photometric)
+    _check_axes(p, axes, shape, rgb)
     if planes:
         shape = shape[:-3] + shape[-2:] + shape[-3:-2]
     _spatial_shape(p, shape, rgb)
@@ -145,6 +149,13 @@ def _open_store(path):
         raise InputError(str(e)) from None
     except Exception as e:  # zarr and numpy raise many kinds for what is not an array
         raise InputError(f"cannot read {path} as a .zarr or .npy array ({type(e).__name__}: {e})") from None
+
+
+def _check_axes(p, axes, shape, rgb) -> None:
+    """A TIFF whose axes say channels (C), or time (T) beside z, is refused with what to do (``core.lazy``)."""
+    problem = axes_problem(p, axes, shape, rgb)
+    if problem:
+        raise InputError(problem)
 
 
 def _spatial_shape(p, shape, rgb) -> tuple[int, ...]:

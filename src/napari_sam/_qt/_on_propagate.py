@@ -149,7 +149,7 @@ class Propagating:
         self._set_propagate_buttons(False)
         self._ui.propagate_status.setText("")
         self._sync_precompute()  # pauses the background run
-        disk, rgb = self._propagation_disk(run.view.plane), -1 if self._image.rgb else None
+        disk, rgb = self._propagation_disk(run.view), -1 if self._image.rgb else None
         head, tail = args[:1], args[1:]  # the ids or prompts, then the method's own options
         self._jobs.start(run.key, desc, in_worker, fn, predictor, run.view, run.source, *head, self._session.cache,
                          disk, rgb, *tail, on_result=self._on_propagated, on_error=self._on_propagate_error,
@@ -161,15 +161,19 @@ class Propagating:
         return slice_range(view.shape[0], dict(plane.fixed)[view.z_axis], self._ui.z_from.value(),
                            self._ui.z_to.value(), plane.label, z_name(plane))
 
-    def _propagation_disk(self, plane):
+    def _propagation_disk(self, view: StackView):
         """The whole-stack disk cache seen along the propagation's z (``SharedDisk``), or None.
 
         Only one made for the current image, model and normalisation
         (``_disk_for``), and only when the plane shows the image's last two
-        axes: then z is the disk's last index, the other hidden axes its leading ones.
+        axes: then the hidden axes are the disk's leading ones, z among them (not always the last: a
+        (z, 1, y, x) stack, or one whose axes are named z, c, y, x).
         """
-        disk, index = self._disk_for(plane)
-        return disk.at(index[:-1]) if disk is not None else None
+        disk, index = self._disk_for(view.plane)
+        if disk is None:
+            return None
+        k = sorted(a for a, _ in view.plane.fixed).index(view.z_axis)
+        return disk.at(index[:k] + index[k + 1 :], k)
 
     def _set_propagate_buttons(self, enabled: bool) -> None:
         for b in (self._ui.propagate_object, self._ui.propagate_all, self._ui.every_slice, self._ui.commit):

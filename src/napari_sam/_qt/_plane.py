@@ -33,6 +33,7 @@ class Plane:
     axes: (row_axis, col_axis) data axes shown, in data order.
     shape: (H, W) size of the slice; label: "z=5" style text for messages (one "name=index" per fixed axis).
     extent: the image's (spatial) shape, every axis; () when not known.
+    names: every axis' name, as ``label`` gives them ("z", "c", "axis 1"...); () when not known.
     """
 
     fixed: tuple[tuple[int, int], ...]
@@ -40,6 +41,7 @@ class Plane:
     shape: tuple[int, int]
     label: str
     extent: tuple[int, ...] = ()
+    names: tuple[str, ...] = ()
 
     @property
     def index(self) -> tuple:
@@ -114,7 +116,8 @@ def current_plane(viewer: napari.Viewer, image: napari.layers.Image) -> Plane:
             )
         fixed.append((a, i))
         names.append(f"{labels[a]}={i}")
-    return Plane(tuple(fixed), axes, (shape[axes[0]], shape[axes[1]]), ", ".join(names) or "2D image", tuple(shape))
+    return Plane(tuple(fixed), axes, (shape[axes[0]], shape[axes[1]]), ", ".join(names) or "2D image", tuple(shape),
+                 tuple(labels))
 
 
 def same_transform(a, b) -> bool:

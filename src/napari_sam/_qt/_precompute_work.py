@@ -90,17 +90,23 @@ class SharedDisk:
     """A ``DiskCache`` used from several threads (one lock), seen from ``outer`` on its leading axes.
 
     ``SharedDisk(d).at((t,))`` is time point t of a (t, z, y, x) cache: its
-    ``get``/``put`` take z.
+    ``get``/``put`` take z. ``SharedDisk(d).at((0,), 0)`` is channel 0 of a (z, c, y, x) cache: its
+    ``get``/``put`` take z, the first leading axis.
     """
 
-    def __init__(self, disk, lock=None, outer: tuple = ()):
-        self.disk, self._lock, self.outer = disk, lock or threading.Lock(), tuple(outer)
+    def __init__(self, disk, lock=None, outer: tuple = (), pos: int | None = None):
+        self.disk, self._lock, self.outer, self._pos = disk, lock or threading.Lock(), tuple(outer), pos
 
-    def at(self, outer) -> SharedDisk:
-        return SharedDisk(self.disk, self._lock, tuple(outer))
+    def at(self, outer, pos: int | None = None) -> SharedDisk:
+        """Seen from ``outer`` on the leading axes; the index ``get``/``put`` take goes after them, or at
+        ``pos`` among them (a z that is not the last leading axis, as in a (z, 1, y, x) stack)."""
+        return SharedDisk(self.disk, self._lock, tuple(outer), pos)
 
     def _full(self, index) -> tuple:
-        return (*self.outer, *(index if isinstance(index, tuple) else (index,)))
+        index = index if isinstance(index, tuple) else (index,)
+        if self._pos is None:
+            return (*self.outer, *index)
+        return (*self.outer[: self._pos], *index, *self.outer[self._pos :])
 
     def get(self, index, signature, device=None):
         with self._lock:

@@ -75,16 +75,32 @@ class StackView:
         return tuple(idx)
 
 
+CHANNEL_NAMES = {"c", "ch", "channel", "channels"}
+
+
 def z_axis_of(plane: Plane) -> int:
-    """The axis propagation follows: the plane's last non-displayed axis with more than one slice (z of
-    t, z, y, x; the first axis of a (z, 1, y, x) stack with a single channel, t of (t, 1, y, x))."""
+    """The axis propagation follows: the non-displayed axis named z (the viewer's axis labels, e.g. z of an
+    image labelled z, c, y, x), else the plane's last non-displayed axis with more than one slice that is not
+    named as channels (z of t, z, y, x; the first axis of a (z, 1, y, x) stack with a single channel, t of
+    (t, 1, y, x)). PropagateError when every such axis is channels."""
     if not plane.fixed:
         raise PropagateError(
             "propagation follows objects through z, but this image is 2D (one slice): "
             "commit objects with C instead, or open a z-stack"
         )
-    longer = [a for a, _ in plane.fixed if not plane.extent or plane.extent[a] > 1]
-    return (longer or [plane.fixed[-1][0]])[-1]
+    names = dict(enumerate(n.lower() for n in plane.names))
+    hidden = [a for a, _ in plane.fixed]
+    named_z = [a for a in hidden if names.get(a) == "z"]
+    if named_z:
+        return named_z[-1]
+    other = [a for a in hidden if names.get(a) not in CHANNEL_NAMES]
+    if not other:
+        raise PropagateError(
+            f"propagation follows objects through z, but the axes not shown are channels ({plane.label}): "
+            "commit objects with C instead; for a z-stack, name its axis z"
+        )
+    longer = [a for a in other if not plane.extent or plane.extent[a] > 1]
+    return (longer or other)[-1]
 
 
 def z_name(plane: Plane) -> str:

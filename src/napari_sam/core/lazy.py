@@ -112,6 +112,47 @@ def tiff_layout(shape, dtype, photometric=None) -> tuple[bool, bool]:
     return False, len(shape) in (3, 4) and shape[-1] in (3, 4) and np.dtype(dtype) == np.uint8 and shape[-2] > 4
 
 
+MAX_GUESSED_CHANNELS = 4  # a 3D TIFF named CYX with more planes than this is read as a z-stack
+
+
+def axes_problem(path, axes: str, shape, rgb: bool = False) -> str | None:
+    """Why the image ``path``, whose file names its axes ``axes`` (tifffile's letters: T, Z, C, Y, X, S, Q for
+    unknown), is not one (z, y, x) stack or (y, x) image, and what to do; None when it is, or when the file does
+    not say.
+
+    Without this a channel axis (C), or a time axis (T) beside z, was read as z: channels segmented and
+    propagated through as if they were slices. An RGB image's axes are left alone (tifffile names an RGB
+    stack written with ``imagej=True`` CYXS), and so is a 3D file named CYX with more than
+    ``MAX_GUESSED_CHANNELS`` planes: tifffile names any 3D array CYX when it writes it with ``imagej=True``
+    or as ``.ome.tif`` without axes, which is how z-stacks are saved from Python."""
+    axes, shape = str(axes or "").upper(), tuple(int(v) for v in shape)
+    if rgb or len(axes) != len(shape):
+        return None
+    said = f"(its axes, as the file gives them, are {axes}, shape {shape})"
+    image = repr(str(path))
+
+    def index(axis: str) -> str:
+        return "[" + ", ".join("0" if a == axis else ":" for a in axes[: axes.index(axis) + 1]) + "]"
+
+    n = shape[axes.index("C")] if "C" in axes else 1
+    if axes == "CYX" and n > MAX_GUESSED_CHANNELS:
+        # tifffile names a plain 3D array CYX when it writes it with imagej=True, or as .ome.tif, without
+        # axes: a z-stack saved from Python, far more often than an image of more than 4 channels
+        return None
+    if n > 1:
+        planes = ("; if these planes are z slices, not channels, save them with the axes ZYX (tifffile: "
+                  "imagej=True, metadata={'axes': 'ZYX'})") if axes == "CYX" else ""
+        return (f"{path} has {n} channels {said}: napari-sam segments one channel, a (y, x) image or (z, y, x) "
+                f"stack: save the channel to segment as its own TIFF, e.g. tifffile.imwrite('channel0.tif', "
+                f"tifffile.imread({image}){index('C')}){planes}")
+    if "T" in axes and "Z" in axes and shape[axes.index("T")] > 1:
+        return (f"{path} is a time series of {shape[axes.index('T')]} stacks {said}: napari-sam segments one "
+                f"(z, y, x) stack: save each time point as its own TIFF, e.g. tifffile.imwrite('t0.tif', "
+                f"tifffile.imread({image}){index('T')}, imagej=True, metadata={{'axes': 'ZYX'}}), with its own "
+                "prompt table")
+    return None
+
+
 def _is_rgb(shape, dtype) -> bool:
     return tiff_layout(shape, dtype)[1]
 
@@ -162,10 +203,13 @@ def _open_tiff(p: Path) -> LazyStack:
         with tifffile.TiffFile(p) as tf:
             series = tf.series[0]
             photometric = series.pages[0].photometric if len(series.pages) else None
-            shape, dtype = series.shape, series.dtype
+            shape, dtype, axes = series.shape, series.dtype, series.axes
     except Exception as e:  # tifffile raises many kinds for non-TIFF input
         raise ValueError(f"cannot read {p} as a TIFF image ({type(e).__name__}: {e})") from None
     planar, rgb = tiff_layout(shape, dtype, photometric)
+    problem = axes_problem(p, axes, shape, rgb)
+    if problem:
+        raise ValueError(problem)
     if planar:  # one colour image stored as planes: read whole, colour last (as napari_sam.io does)
         return _wrap(np.moveaxis(np.asarray(tifffile.imread(p)), -3, -1), True, "array", p)
     try:

@@ -180,6 +180,11 @@ def propagate_labels(stack, prompts, *, model, z_range=None, through_z: bool = F
     """
     from .predictor import SlicePredictor
 
+    if "channel" in kwargs:  # it went on to the generator, which raised a TypeError naming its own function
+        raise ValueError("propagation takes no channel=: give the channel's own (z, y, x) stack, e.g. stack[:, 1] of "
+                         "a (z, c, y, x) array or stack[..., 1] of (z, y, x, c) (a view: nothing is copied); "
+                         "channel_axis alone uses every channel together (three as RGB colour, any other number "
+                         "averaged)")
     if method not in ("slices", "memory"):
         raise ValueError(f"method must be 'slices' or 'memory', not {method!r}")
     shape = check_stack(stack, channel_axis)

@@ -32,6 +32,11 @@ def check_stack(stack, channel_axis: int | None = None) -> tuple[int, int, int]:
         if not isinstance(channel_axis, numbers.Integral) or not -3 <= channel_axis < 3:
             raise ValueError(f"channel_axis is the channels' axis in a slice: -1 for (z, y, x, c), 0 for (z, c, y, x); "
                              f"got {channel_axis!r}")
+        if channel_axis in (1, -2):  # a slice's middle axis: its rows (or columns) would be taken for channels
+            raise ValueError(f"channel_axis={channel_axis} would take the middle axis of each slice (stack[z], shape "
+                             f"{tuple(shape[1:])}), its rows or columns, for channels: channel_axis counts the axes of "
+                             "one slice, so it is 0 for a (z, c, y, x) stack and -1 for (z, y, x, c) (napari's "
+                             "channel_axis=1 for (z, c, y, x) counts the whole array's axes; here it is 0)")
         shape = shape[:1] + tuple(int(v) for v in np.delete(shape[1:], channel_axis))
     if len(shape) == 2:
         raise ValueError(f"propagate needs a (z, y, x) stack; for one slice use segment() (got a 2D array of shape {shape})")
