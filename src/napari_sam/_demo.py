@@ -54,15 +54,15 @@ def demo_prompts(labels: np.ndarray, min_area: int = 40) -> dict[int, dict[int, 
 def run_demo(out: Path, *, viewer: bool = True, device: str = "auto", seed: int = 3) -> int:
     import tifffile
 
-    from .core.models import load_model
+    from .cli import _load
     from .io import write_labels_atomic
     from .synthetic import make_stack
 
-    out = _free_folder(Path(out))
     t0 = time.time()
+    model = _load("embedded", device)  # first: an unusable --device is refused before any folder is made
+    out = _free_folder(Path(out))
     st = make_stack((24, 256, 256), seed=seed, kind="nuclei", radius_range=(8, 30), density=0.3)
     prompts = demo_prompts(st.labels)
-    model = load_model("embedded", device=device)
     print(f"model: {model.name} on {model.device}; {len(prompts)} nuclei prompted with one click each", file=sys.stderr)
     try:
         from .core.propagate import propagate_labels

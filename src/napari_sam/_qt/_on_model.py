@@ -101,7 +101,8 @@ class ModelChoice:
             self._show_model_choice(*self._model_choice)
             loaded = self._session.model
             keep = f" Still using {loaded.name}." if loaded is not None else " Choose another model."
-            self._say(f"Could not load model {key[1]!r}: {exc}{keep}", error=True)
+            why = str(exc).rstrip()
+            self._say(f"Could not load model {key[1]!r}: {why}{'' if why.endswith('.') else '.'}{keep}", error=True)
         else:
             self._pending_commit = None
             self._say(f"SAM failed on this slice: {exc}", error=True)

@@ -14,6 +14,8 @@ Three kinds of file are understood, all read with
 * napari-sam's embedded model: ``{"format": "napari-sam-embedded/1",
   "config": {...}, "state_dict": {...}}`` (fp16 weights, cast to fp32 here).
 
+A safetensors file of any of these state dicts is read with the safetensors package (``core.safetensors_file``).
+
 Anything else raises :class:`ModelError` with a message meant for a person.
 """
 
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .mobile_sam import infer_tiny_vit, tiny_vit_widths, unknown_widths
+from .safetensors_file import is_safetensors, read_safetensors
 from .sam2_model import infer_sam2
 
 if TYPE_CHECKING:
@@ -59,10 +62,16 @@ class ModelError(ValueError):
 _hash_cache: dict[tuple, str] = {}
 
 
+def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes when a file's content may have: size, modification and change times, inode. The
+    change time too, because ``cp -p``, ``rsync -t`` and ``os.utime`` set the modification time of new
+    content to an old one; nothing sets the change time back."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB chunks (remembered per size and mtime)."""
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    """SHA-256 hex digest of a file, read in 1 MiB chunks (remembered per ``file_identity``)."""
+    key = (os.path.realpath(path), *file_identity(os.stat(path)))
     if key not in _hash_cache:
         h = hashlib.sha256()
         with open(path, "rb") as f:
@@ -78,6 +87,8 @@ def read_checkpoint(path: Path) -> Any:
 
     if path.stat().st_size == 0:
         raise ModelError(_not_a_checkpoint(path, "the file is empty"))
+    if is_safetensors(path):
+        return read_safetensors(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -233,6 +244,9 @@ def build_sam(obj: Any, path: Path):
         sam, arch = build_mobile_sam(variant), ARCH
     elif (widths := tiny_vit_widths(sd)) is not None:
         raise ModelError(f"{path} has the layout of a MobileSAM checkpoint, but {unknown_widths(widths)}; {SUPPORTED}.")
+    elif any(k.startswith("vision_encoder.") for k in sd):
+        raise ModelError(f"{path} is a Hugging Face transformers SAM checkpoint (keys vision_encoder.*), a layout "
+                         "napari-sam does not read: give the name vit_b, vit_l or vit_h, or a segment-anything .pth")
     else:
         from segment_anything import sam_model_registry
 
@@ -244,6 +258,11 @@ def build_sam(obj: Any, path: Path):
         raise ModelError(f"{path} has the keys of SAM ViT-B but shapes napari-sam cannot place; {SUPPORTED}.")
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
     _check_keys(sam, sd, path)
+    # a diverged training run: every mask would be empty, every score NaN (a sum: 10x faster than isfinite)
+    broken = [k for k, v in sd.items() if v.is_floating_point() and not bool(v.sum().isfinite())]
+    if broken:
+        raise ModelError(f"{path} has NaN or infinite weights in {len(broken)} tensor(s) (e.g. {broken[0]}): the "
+                         "training run that saved it diverged; use an earlier checkpoint of that run")
     sam.load_state_dict(sd, strict=True)
     return sam.float().eval(), arch
 

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .checkpoints import ModelError, build_sam, read_checkpoint, sha256_file
+from .checkpoints import ModelError, build_sam, file_identity, read_checkpoint, sha256_file
 from .devices import choose_dtype, resolve_device
 from .download import cache_dir, download, file_hash, remove_stale_parts
+from .model_path import checkpoint_file
 
 if TYPE_CHECKING:
     import torch
@@ -205,8 +206,10 @@ def _registry_name(key: str) -> str | None:
 
 def model_key(name_or_path, device: str = "auto") -> tuple:
     """What identifies a model to load, for caches of loaded models: the registry name, or the file's
-    absolute path with its size and modification time (a checkpoint saved again at the same path is
-    another model; a relative path means another file in another working folder), and the device."""
+    absolute path with its size, modification and change times and inode (a checkpoint saved again at the
+    same path is another model, even when its size is the same and its modification time was copied from
+    another file, as ``cp -p`` and ``rsync -t`` do; a relative path means another file in another working
+    folder), and the device."""
     key = os.fspath("embedded" if name_or_path is None else name_or_path)
     name = _registry_name(key)
     if name is not None:
@@ -215,7 +218,7 @@ def model_key(name_or_path, device: str = "auto") -> tuple:
     if not path.is_file():
         return (str(path), str(device))
     st = path.stat()
-    return (str(path), str(device), st.st_size, st.st_mtime_ns)
+    return (str(path), str(device), *file_identity(st))
 
 
 def pending_download(name_or_path) -> str | None:
@@ -274,14 +277,7 @@ def load_model(name_or_path: str | os.PathLike | None = "embedded", *, device: A
     if name is not None:
         path = fetch_checkpoint(name, progress=progress)
     else:
-        path = Path(key).expanduser()
-        if not path.exists():
-            looks_like_path = os.sep in key or "/" in key or path.suffix in (".pt", ".pth", ".bin", ".ckpt")
-            if looks_like_path:
-                raise ModelError(f"checkpoint file not found: {path}")
-            raise ModelError(_unknown_name(key))
-        if path.is_dir():
-            raise ModelError(f"{path} is a folder; give the path of a .pth/.pt checkpoint file inside it")
+        path = checkpoint_file(key, REGISTRY, _unknown_name)
         name = path.name
     path = path.resolve()
     checksum = sha256_file(path)
