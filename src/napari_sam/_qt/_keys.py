@@ -11,6 +11,11 @@ key is bound on one of the widget's layers when that layer's own keymap takes it
 Ctrl-Z (undo the widget's last commit or propagation) is bound on the
 widget's layers only, but not on its labels layer, whose own Ctrl-Z (napari's
 undo) stays as it is.
+
+napari's keymaps only see keys while the canvas has the focus: after a click
+on a candidate's line or a button of the widget the focus is in the dock, so the
+same keys are also Qt shortcuts of the widget and its children (a text field
+of the widget, such as the magnification, keeps its typing).
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class KeyBindings:
         self._widget = weakref.ref(widget)  # the keymaps must not keep the widget alive
         self._bound: dict[str, tuple[object, object]] = {}  # key -> (our callback, previous)
         self._layers: dict[object, tuple[bool, dict]] = {}  # layer -> (is the target, {key: (callback, previous)})
+        self._dock: list = []  # QShortcuts on the widget
 
     def _callback(self, method: str):
         ref = self._widget
@@ -89,6 +95,19 @@ class KeyBindings:
 
     def bind(self) -> None:
         self._bound = self._bind(self._viewer, SHORTCUTS)
+        self._bind_dock()
+
+    def _bind_dock(self) -> None:
+        """The shortcuts while the keyboard focus is in the widget (a candidate's line clicked, a button)."""
+        from qtpy.QtCore import Qt
+        from qtpy.QtGui import QKeySequence, QShortcut
+
+        widget = self._widget()
+        for key, _, method in SHORTCUTS:
+            shortcut = QShortcut(QKeySequence(key.replace("-", "+")), widget)
+            shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            shortcut.activated.connect(getattr(widget, method))
+            self._dock.append(shortcut)
 
     def follow(self, layers, target=None) -> None:
         """Bind on exactly ``layers`` and ``target`` (the labels layer: no Ctrl-Z); release any other layer."""
@@ -106,3 +125,7 @@ class KeyBindings:
         self.follow([])
         _restore(self._viewer, self._bound)
         self._bound.clear()
+        for shortcut in self._dock:
+            shortcut.setEnabled(False)
+            shortcut.deleteLater()
+        self._dock.clear()

@@ -16,8 +16,9 @@ from napari_sam.core.objects import group_prompts, predict_candidates
 
 from . import _layers as L
 from ._commit import CommitError, check_target
-from ._plane import PlaneError, boxes_on_plane, current_plane, image_data, points_on_plane, spatial_shape
-from ._preview import Result
+from ._plane import (PlaneError, boxes_on_plane, current_plane, image_data, points_inside, points_on_plane,
+                     spatial_shape)
+from ._preview import Result, prompt_key
 from ._session import encode_slice
 
 
@@ -98,11 +99,11 @@ class Prompting:
         pts = lab = boxes = mask = None
         notes = []
         if self._points is not None:
-            _, pts, lab = points_on_plane(self._points, image, plane)
+            pts, lab, more = points_inside(*points_on_plane(self._points, image, plane)[1:], plane)
+            notes += more
         if self._boxes is not None:
-            _, boxes, ignored = boxes_on_plane(self._boxes, image, plane)
-            if ignored:
-                notes.append(f"{ignored} shape(s) that are not rectangles were ignored")
+            _, boxes, more = boxes_on_plane(self._boxes, image, plane)
+            notes += more
         if self._ui.refine.isChecked():
             mask = self._refine_mask(plane, notes)
         objects, more = group_prompts(pts, lab, boxes, mask)
@@ -140,6 +141,13 @@ class Prompting:
             self._say(f"{self._last_commit} Next: {hint}" if self._last_commit else f"{plane.label}: {hint}")
             return
         self._last_commit = ""
+        asked = prompt_key(objects)
+        if self._same_request(token, asked):  # an event that left the prompts as they were (a box dragged and
+            self._result.token, self._result.notes = token, notes  # put back): the candidate shown stays
+            self._show_result()
+            if self._pending_commit == token:
+                self._commit_result()
+            return
         if self._session.model is None:
             loading = "model" in self._jobs.kinds()
             self._say("Waiting for the model to load…" if loading else "No model is loaded: choose a model above.")
@@ -156,10 +164,15 @@ class Prompting:
             self._reset_result()
             self._say(str(e), error=True)
             return
-        self._result, self._rank = Result(token, plane, objects, cands, notes), 0
+        self._result, self._rank = Result(token, plane, objects, cands, notes, asked), 0
         self._show_result()
         if self._pending_commit == token:
             self._commit_result()
+
+    def _same_request(self, token, asked) -> bool:
+        """Whether the result shown answers the same prompts of the same image, slice and model."""
+        prev = self._result
+        return prev is not None and prev.asked == asked and prev.token[:3] == token[:3] and prev.token[4:] == token[4:]
 
     def _carry_mask(self, token, objects) -> None:
         """SAM's interactive loop: a click added to the one object of the slice is

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_sam.core.prompts import box_from_corners
+from napari_sam.core.prompts import box_from_corners, clip_box, inside_slice
 
 if TYPE_CHECKING:
     import napari
@@ -169,23 +169,70 @@ def points_on_plane(points, image, plane: Plane) -> tuple[np.ndarray, np.ndarray
     return idx, coords[on][:, list(plane.axes)], pos[on].astype(np.int64)
 
 
-def boxes_on_plane(shapes, image, plane: Plane) -> tuple[np.ndarray, np.ndarray, int]:
-    """(indices (M,), boxes (M, 4) (row0, col0, row1, col1), n_ignored) of the rectangles on ``plane``.
+def points_inside(points: np.ndarray, labels: np.ndarray, plane: Plane) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(points, labels, notes): the points (K, 2) (row, col) that lie on the image (a click beside it is
+    not used, and ``notes`` says so)."""
+    on = inside_slice(points, plane.shape)
+    if on.all():
+        return points, labels, []
+    h, w = plane.shape
+    return points[on], labels[on], [f"{int((~on).sum())} point(s) outside the image (rows 0..{h - 1}, cols "
+                                     f"0..{w - 1}) not used"]
 
-    Other shape types and rectangles thinner than one pixel are ignored (counted).
+
+AREA_SHAPES = ("rectangle", "ellipse", "polygon")  # drawn around an object: its upright bounding box is a box
+MIN_BOX = 3.0  # px: a smaller rectangle is a click with the rectangle tool (napari makes a few screen pixels)
+
+
+def boxes_on_plane(shapes, image, plane: Plane) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(indices (M,), boxes (M, 4) (row0, col0, row1, col1), notes) of the boxes on ``plane``.
+
+    A rectangle, an ellipse or a polygon is one object: SAM gets the upright rectangle around it (SAM
+    takes upright boxes only: a rotated one's is looser), cut to the slice (``core.prompts.clip_box``).
+    Lines and paths, shapes under ``MIN_BOX`` px (or thinner than one) and shapes outside the slice are
+    not used; ``notes`` says so, and what to do instead.
     """
-    idx, boxes, ignored = [], [], 0
+    idx, boxes = [], []
+    left_out = {"line": 0, "small": 0, "outside": 0, "rotated": 0}
     for i, (verts, kind) in enumerate(zip(shapes.data, shapes.shape_type)):
         coords = to_image_coords(shapes, image, verts)
         if not _on_plane(coords, plane).all():
             continue
-        box = box_from_corners(coords[:, list(plane.axes)])
-        if kind != "rectangle" or box[2] - box[0] < 1 or box[3] - box[1] < 1:
-            ignored += kind != "rectangle"
+        rc = coords[:, list(plane.axes)]
+        box = box_from_corners(rc)
+        size = box[2:] - box[:2]
+        why = "line" if kind not in AREA_SHAPES else "small" if size.max() < MIN_BOX or size.min() < 1 else None
+        clipped = clip_box(box, plane.shape) if why is None else None
+        if why is None and clipped is None:
+            why = "outside"
+        if why is not None:
+            left_out[why] += 1
             continue
+        if kind != "polygon" and not _upright(rc, box):
+            left_out["rotated"] += 1
         idx.append(i)
-        boxes.append(box)
-    return np.array(idx, int), np.array(boxes, np.float32).reshape(-1, 4), ignored
+        boxes.append(clipped)
+    return np.array(idx, int), np.array(boxes, np.float32).reshape(-1, 4), _shape_notes(left_out)
+
+
+def _upright(corners: np.ndarray, box: np.ndarray) -> bool:
+    """Whether a rectangle's (or ellipse's) corners (4, 2) (row, col) lie on its bounding ``box``'s rows."""
+    return bool(np.all(np.isclose(corners[:, 0], box[0], atol=0.01) | np.isclose(corners[:, 0], box[2], atol=0.01)))
+
+
+def _shape_notes(n: dict) -> list[str]:
+    notes = []
+    if n["line"]:
+        notes.append(f"{n['line']} line(s) or path(s) not used (they enclose nothing): draw a rectangle around the "
+                     "object, or click on it in the points layer")
+    if n["small"]:
+        notes.append(f"{n['small']} shape(s) under {MIN_BOX:g} px not used (a click with the rectangle tool?): "
+                     "drag to draw a box around the object, or click on it in the points layer")
+    if n["outside"]:
+        notes.append(f"{n['outside']} shape(s) outside the image not used")
+    if n["rotated"]:
+        notes.append(f"{n['rotated']} rotated shape(s) used as the upright box around them (SAM takes upright boxes)")
+    return notes
 
 
 def plane_indices(layer, image, plane: Plane) -> list[int]:

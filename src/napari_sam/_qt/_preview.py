@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,7 @@ class Result:
     objects: list
     candidates: list[Candidates]
     notes: list[str] = field(default_factory=list)
+    asked: tuple = ()  # ``prompt_key`` of the objects as gathered (before SAM's loop added a mask to them)
 
     @property
     def n_ranks(self) -> int:
@@ -63,3 +65,16 @@ class Result:
         if self.notes:
             text += " Note: " + "; ".join(self.notes) + "."
         return text
+
+
+def prompt_key(objects: list) -> tuple:
+    """What ``objects`` (``core.prompts.ObjectPrompt``) ask SAM: their points, point labels, boxes and masks,
+    to tell a new request from the same one made again."""
+
+    def key(a):
+        if a is None:
+            return None
+        a = np.ascontiguousarray(a)
+        return a.shape, a.dtype.str, hashlib.blake2b(a.tobytes(), digest_size=16).digest()
+
+    return tuple((key(o.points), key(o.labels), key(o.box), key(o.mask)) for o in objects)

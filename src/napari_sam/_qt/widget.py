@@ -125,6 +125,7 @@ class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, Propagating, Ev
             L.set_new_point_polarity(layer, self._ui.positive.isChecked())
         elif role == "boxes":
             self._link(role, ev.data, self._on_prompts_changed)
+            self._link(role, ev.features, self._on_prompts_changed)  # napari's paste (Ctrl-V) emits only this
         elif role == "labels":
             for e in (ev.paint, ev.data, ev.selected_label):
                 self._link(role, e, self._on_labels_changed)

@@ -101,12 +101,34 @@ def to_sam(
     return pts, bxs
 
 
+def inside_slice(points_rc: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(N,) bool: which points (N, 2) (row, col) lie on a slice of ``shape`` (H, W), whose pixel edges are at
+    -0.5 and H - 0.5, W - 0.5."""
+    h, w = shape
+    p = np.asarray(points_rc, float).reshape(-1, 2)
+    return (p[:, 0] >= -0.5) & (p[:, 0] <= h - 0.5) & (p[:, 1] >= -0.5) & (p[:, 1] <= w - 0.5)
+
+
+def clip_box(box_rc: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+    """A box (4,) (row0, col0, row1, col1) cut to the pixels of a slice of ``shape`` (H, W): within
+    [0, H - 1] x [0, W - 1], the slice's pixel centres (the part outside holds no image: SAM, given a box
+    reaching far beyond the slice, answered an object with IoU 0.26 instead of 0.86). None when less
+    than a pixel of the box lies on the slice."""
+    h, w = shape
+    r0, c0, r1, c1 = box_from_corners(np.asarray(box_rc, np.float32).reshape(2, 2))
+    r0, r1 = max(r0, 0.0), min(r1, h - 1.0)
+    c0, c1 = max(c0, 0.0), min(c1, w - 1.0)
+    if r1 - r0 < 1 or c1 - c0 < 1:
+        return None
+    return np.array([r0, c0, r1, c1], np.float32)
+
+
 def check_inside(points_rc: np.ndarray | None, boxes_rc: np.ndarray | None, shape: tuple[int, int]) -> None:
     """Refuse prompts outside a slice of ``shape`` (H, W) with a message that says where."""
     h, w = shape
     if points_rc is not None and len(points_rc):
         p = np.asarray(points_rc, float).reshape(-1, 2)
-        bad = (p[:, 0] < -0.5) | (p[:, 0] > h - 0.5) | (p[:, 1] < -0.5) | (p[:, 1] > w - 0.5)
+        bad = ~inside_slice(p, shape)
         if bad.any():
             r, c = p[np.argmax(bad)]
             raise ValueError(
