@@ -111,3 +111,36 @@ def test_rgb_uint8_passes_through_unchanged_without_normalisation():
 def test_stack_instead_of_slice_is_explained():
     with pytest.raises(ValueError, match="pick a slice of a stack first"):
         to_sam_rgb(np.zeros((3, 4, 5, 6)))
+
+
+def _edge_object():
+    from napari_sam.synthetic import make_stack
+
+    st = make_stack((12, 128, 128), seed=900_778, kind="nuclei", radius_range=(10, 20), density=0.35)
+    z = 6
+    lab = st.labels[z]
+    edge = [i for i in np.unique(lab[:, 0]) if i]
+    oid = max(edge, key=lambda i: (lab == i).sum())  # the largest object on the left edge
+    r, c = np.nonzero(lab == oid)
+    return st, z, oid, np.array([r.min(), c.min(), r.max(), c.max()], np.float32)
+
+
+def test_a_box_reaching_beyond_the_slice_is_cut_to_it(embedded_model):
+    """A box 40 px beyond the left edge (drawn past the border in napari, or from a table) gave SAM no
+    image there: the API, the CLI and propagation cut it to the slice, as the widget does."""
+    import napari_sam
+
+    st, z, oid, box = _edge_object()
+    gt = st.labels[z] == oid
+    wide = box - np.array([0, 40, 0, 0], np.float32)
+    cut = box.copy()
+    cut[1] = 0
+    a = napari_sam.segment(st.image[z], boxes=[wide], model=embedded_model, multimask=False, input_scale=None)
+    b = napari_sam.segment(st.image[z], boxes=[cut], model=embedded_model, multimask=False, input_scale=None)
+    assert np.array_equal(a.masks, b.masks)
+    iou = (a.masks[0, 0] & gt).sum() / (a.masks[0, 0] | gt).sum()
+    assert iou >= 0.7, iou
+    out = napari_sam.propagate(st.image, {7: {z: {"box": wide}}}, model=embedded_model, input_scale=None)
+    m = out[z] == 7
+    assert (m & gt).sum() / (m | gt).sum() >= 0.7
+    assert set(np.unique(out)) == {0, 7}

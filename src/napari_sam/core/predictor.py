@@ -22,7 +22,7 @@ import numpy as np
 from .choose import check_rule, default_rule, rank_keys
 from .embedding import Embedding, Prediction
 from .image import to_sam_rgb
-from .prompts import ObjectPrompt, check_inside
+from .prompts import ObjectPrompt, check_inside, on_slice
 
 PAD_MULTIPLE = 16
 INPUT_SCALE_RANGE = (0.25, 4.0)
@@ -191,6 +191,7 @@ class SlicePredictor:
             if o.empty:
                 raise ValueError("an object has no prompt: give at least one point, a box or a mask")
             check_inside(o.points, None if o.box is None else o.box[None], emb.original_size)
+        objects = [on_slice(o, emb.original_size) for o in objects]  # a box beyond the slice, cut to it
         groups: dict[tuple, list[int]] = {}
         for i, o in enumerate(objects):
             groups.setdefault((len(o.points), o.box is not None, o.mask is not None), []).append(i)

@@ -9,7 +9,7 @@ into SAM prompts goes through :func:`to_sam` and nothing else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -121,6 +121,15 @@ def clip_box(box_rc: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
     if r1 - r0 < 1 or c1 - c0 < 1:
         return None
     return np.array([r0, c0, r1, c1], np.float32)
+
+
+def on_slice(o: ObjectPrompt, shape: tuple[int, int]) -> ObjectPrompt:
+    """``o`` with its box cut to the slice of ``shape`` (``clip_box``); as it is when it has no box or
+    less than a pixel of its box is on the slice (``check_inside`` decides whether that is refused)."""
+    if o.box is None:
+        return o
+    box = clip_box(o.box, shape)
+    return o if box is None else replace(o, box=box)
 
 
 def check_inside(points_rc: np.ndarray | None, boxes_rc: np.ndarray | None, shape: tuple[int, int]) -> None:

@@ -12,7 +12,7 @@ import numbers
 import numpy as np
 
 from .label_canvas import check_fits
-from .prompts import ObjectPrompt, check_inside
+from .prompts import ObjectPrompt, check_inside, on_slice
 
 PROMPT_KEYS = {"points", "labels", "point_labels", "box", "mask"}
 
@@ -98,6 +98,7 @@ def as_prompt(p, oid, z, shape2d) -> ObjectPrompt:
         check_inside(p.points, None if p.box is None else p.box[None], shape2d)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
+    p = on_slice(p, shape2d)  # a box beyond the slice, cut to it
     if p.mask is not None:
         m = np.asarray(p.mask)
         if m.dtype == bool and m.shape != tuple(shape2d):
