@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from screenshot_widget import ROOT, open_widget, wait
+from screenshot_widget import ROOT, middle_slice, wait
 
 
 def _rect(z, r0, c0, r1, c1) -> np.ndarray:
@@ -29,21 +29,10 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="default: docs/screenshot-<scene>.png")
     args = ap.parse_args()
 
-    import napari
-
     from napari_sam.synthetic import interior_point
 
-    viewer = napari.Viewer(title="napari-sam")
-    viewer.window._qt_window.resize(1500, 950)
-    widget = open_widget(viewer, args.model)
-    wait(lambda: widget.model is not None and not widget.busy)
-    z = viewer.layers["nuclei"].data.shape[0] // 2
-    viewer.dims.current_step = (z, 0, 0)
-    truth = np.asarray(viewer.layers["nuclei ground truth"].data[z])
+    viewer, widget, z, truth, border, big = middle_slice(args.model)
     h, w = truth.shape
-    ids, counts = np.unique(truth[truth > 0], return_counts=True)
-    border = set(np.unique(np.concatenate([truth[0], truth[-1], truth[:, 0], truth[:, -1]])).tolist())
-    big = [int(i) for c, i in sorted(zip(counts, ids), reverse=True) if i not in border]
 
     def around(i, m=3):
         rr, cc = np.nonzero(truth == i)

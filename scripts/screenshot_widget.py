@@ -53,28 +53,35 @@ def open_widget(viewer, model: str):
     return widget
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="embedded", help="registry name or checkpoint path")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "screenshot-widget.png"))
-    args = ap.parse_args()
-
+def middle_slice(model: str):
+    """A viewer with the sample stack and the widget on ``model``, at the middle slice; returns (viewer,
+    widget, z, the slice's ground truth, the ids touching its border, the other ids largest first)."""
     import napari
-    from scipy import ndimage as ndi
-
-    from napari_sam.synthetic import interior_point
 
     viewer = napari.Viewer(title="napari-sam")
     viewer.window._qt_window.resize(1500, 950)
-    widget = open_widget(viewer, args.model)
+    widget = open_widget(viewer, model)
     wait(lambda: widget.model is not None and not widget.busy)
-
     z = viewer.layers["nuclei"].data.shape[0] // 2
     viewer.dims.current_step = (z, 0, 0)
     truth = np.asarray(viewer.layers["nuclei ground truth"].data[z])
     ids, counts = np.unique(truth[truth > 0], return_counts=True)
     border = set(np.unique(np.concatenate([truth[0], truth[-1], truth[:, 0], truth[:, -1]])).tolist())
     big = [int(i) for c, i in sorted(zip(counts, ids), reverse=True) if i not in border]
+    return viewer, widget, z, truth, border, big
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="embedded", help="registry name or checkpoint path")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "screenshot-widget.png"))
+    args = ap.parse_args()
+
+    from scipy import ndimage as ndi
+
+    from napari_sam.synthetic import interior_point
+
+    viewer, widget, z, truth, border, big = middle_slice(args.model)
     points = viewer.layers["nuclei SAM points"]
     boxes = viewer.layers["nuclei SAM boxes"]
 

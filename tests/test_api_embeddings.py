@@ -9,16 +9,7 @@ from napari_sam import api
 from napari_sam.core.predictor import SlicePredictor
 from napari_sam.synthetic import interior_point, make_image
 
-
-def _iou(a, b):
-    return (a & b).sum() / max((a | b).sum(), 1)
-
-
-@pytest.fixture(scope="module")
-def scene():
-    st = make_image((256, 256), seed=900_123, radius_range=(10, 25), density=0.4)
-    ids, counts = np.unique(st.labels[st.labels > 0], return_counts=True)
-    return st, ids[counts >= 250][:6]
+from .test_embedded import _iou, scene  # noqa: F401  (scene: 256 px nuclei, the ids of the large ones)
 
 
 @pytest.fixture
@@ -39,6 +30,7 @@ def encodes(monkeypatch):
 
 def test_clicking_objects_one_call_at_a_time_encodes_the_slice_once(embedded_model, scene, encodes):
     st, ids = scene
+    ids = ids[:6]
     clicks = [interior_point(st.labels == i) for i in ids]
     first = [napari_sam.segment(st.image, points=[p], model=embedded_model, input_scale=None) for p in clicks]
     assert len(encodes) == 1  # one slice, one encoding, for six calls
