@@ -16,10 +16,15 @@ The image name is the file's name without its image suffix (``core.lazy.image_st
 one batch with one name (or names differing only in case) are refused.
 
 Before the model is loaded, every image's header, every prompt table (against
-that image's shape), every output path and cache is checked; the first
-problem is reported (exit 2) and nothing is written. Then images run one at a
-time; each output appears whole or not at all, and an interruption leaves the
-images already done and nothing half-written.
+that image's shape), every output path and cache is checked, and once it is
+loaded, each cache against its image and the model; the first problem is
+reported (exit 2) and nothing is written. Then images run one at a
+time; each output appears whole or not at all, and an interruption (Ctrl-C:
+exit 130, SIGTERM: 143) or an image that cannot be read or written (exit 2)
+leaves the images already done and nothing half-written, and says which image
+it stopped at. Running the same command again finishes the batch: an image
+whose labels and record are already in ``--out`` from the same pixels,
+prompts, model and options is kept, not redone (``_cli_resume``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._cli_interrupt import Interrupted, as_interrupted
 from .core.lazy import image_stem
 from .io import InputError
 
@@ -47,11 +53,13 @@ class Job:
     z_range: tuple | None
     out: Path
     embeddings: Path | None
+    earlier: dict | None = None  # the record of labels already at ``out`` (kept if this run would make them)
 
 
 def plan(args) -> list[Job]:
     """Every image checked against its prompts, output and cache; InputError at the first problem."""
     from ._cli_checks import check_normalize, check_propagation
+    from ._cli_resume import earlier_record
     from .io import check_output, image_header, read_prompts
 
     if not args.points and not args.boxes:
@@ -73,8 +81,12 @@ def plan(args) -> list[Job]:
             prompts = read_prompts(pts, bxs, spatial, (p, shape, rgb))
             z_range = check_propagation(args, spatial, prompts)
             target = out / f"{image_stem(p)}.tif"
+            earlier = None
             if out.exists():
-                check_output(target, args.overwrite, inputs=images)
+                check_output(target, True, inputs=images)  # never an input image, nor a folder
+                earlier = None if args.overwrite else earlier_record(target)
+                if earlier is None:
+                    check_output(target, args.overwrite, inputs=images)
             emb = None
             if args.embeddings:
                 emb = Path(args.embeddings) / f"{image_stem(p)}.zarr"
@@ -83,7 +95,7 @@ def plan(args) -> list[Job]:
                                      f"napari-sam embed {p} --out {emb}")
         except InputError as e:
             raise InputError(where + str(e)) from None
-        jobs.append(Job(p, prompts, z_range, target, emb))
+        jobs.append(Job(p, prompts, z_range, target, emb, earlier))
     return jobs
 
 
@@ -157,17 +169,92 @@ def run_batch(args) -> int:
     jobs = plan(args)
     model = _load(args.model, args.device)
     check_memory(args, model)
+    _check_caches(args, jobs, model)
+    kept = {id(j) for j in _kept(args, jobs, model)}
     Path(args.out).mkdir(exist_ok=True)
-    t0, done = time.time(), 0
+    t0, done = time.time(), []  # jobs run in order: the one being run is jobs[len(done)]
     try:
-        for k, job in enumerate(jobs, start=1):
+        for k, job in enumerate(jobs):
+            if id(job) in kept:
+                print(f"[{k + 1}/{len(jobs)}] {job.image.name}: {job.out} is there from an earlier run of this "
+                      "command (same image, prompts, model and options): kept (--overwrite redoes it)",
+                      file=sys.stderr)
+                done.append(job)
+                continue
             vol = read_image(job.image)
             msg = segment_volume(args, job.image, vol, job.prompts, job.z_range, model, job.out, job.embeddings)
-            done += 1
-            print(f"[{k}/{len(jobs)}] {job.image.name}: {msg}", file=sys.stderr)
-    except (InputError, KeyboardInterrupt) as e:
-        why = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
-        raise InputError(f"{jobs[done].image.name}: {why}; {done} of {len(jobs)} images were written, "
-                         f"the others not (run again with the rest)") from None
-    print(f"{len(jobs)} images in {time.time() - t0:.1f}s -> {args.out}", file=sys.stderr)
+            done.append(job)
+            print(f"[{k + 1}/{len(jobs)}] {job.image.name}: {msg}", file=sys.stderr)
+    except (Interrupted, KeyboardInterrupt) as e:
+        e = as_interrupted(e)
+        where = f" during {jobs[len(done)].image.name}" if len(done) < len(jobs) else ""
+        print(f"napari-sam: {e.name}{where}; {_so_far(args, jobs, done)}", file=sys.stderr)
+        return e.exit_code
+    except InputError as e:
+        raise InputError(f"{jobs[len(done)].image.name}: {str(e).rstrip('.')}; "
+                         f"{_so_far(args, jobs, done, failed=True)}") from None
+    except OSError as e:  # not foreseen as an InputError: said as main says it, with how far the batch got
+        print(f"napari-sam: error: {jobs[len(done)].image.name}: {e.filename + ': ' if e.filename else ''}"
+              f"{e.strerror or e}; {_so_far(args, jobs, done, failed=True)}", file=sys.stderr)
+        return 1
+    again = f" ({len(kept)} kept from an earlier run)" if kept else ""
+    print(f"{len(jobs)} images in {time.time() - t0:.1f}s -> {args.out}{again}", file=sys.stderr)
     return 0
+
+
+def _check_caches(args, jobs: list[Job], model) -> None:
+    """Every ``--embeddings`` cache against its image (a few slices read), the model and the settings, once
+    the model is known and before anything is written: InputError naming the image."""
+    from ._cli_resume import asked_scale
+    from .cli import _open_embeddings
+    from .core.lazy import open_stack
+    from .io import SliceReader
+
+    for job in jobs:
+        if job.embeddings is None:
+            continue
+        try:
+            lazy = open_stack(job.image)
+            _open_embeddings(job.embeddings, model, SliceReader(lazy.data, job.image), -1 if lazy.rgb else None,
+                             asked_scale(args, model, job.embeddings), args.normalize)
+        except (ValueError, FileNotFoundError) as e:  # InputError, or what open_stack says of the image
+            raise InputError(f"{job.image.name}: {str(e).rstrip('.')}; nothing was written") from None
+
+
+def _kept(args, jobs: list[Job], model) -> list[Job]:
+    """The jobs whose outputs an earlier run of this command made (see ``_cli_resume``); InputError for
+    outputs made otherwise, as for any existing output (nothing is written yet)."""
+    from ._cli_resume import differs
+    from .io import read_image
+
+    kept = []
+    for job in jobs:
+        if job.earlier is None:
+            continue
+        try:
+            why = differs(job.earlier, args, job.image, read_image(job.image), job.prompts, job.z_range, model,
+                          job.embeddings)
+        except InputError as e:
+            raise InputError(f"{job.image.name}: {str(e).rstrip('.')}; nothing was written") from None
+        if why:
+            raise InputError(f"{job.image.name}: {job.out} exists and was not made by this command (its record "
+                             f"differs in: {why}); pass --overwrite to replace it, or choose another --out; nothing "
+                             "was written")
+        kept.append(job)
+    return kept
+
+
+def _so_far(args, jobs: list[Job], done: list[Job], failed: bool = False) -> str:
+    """How far a batch that stopped at ``jobs[len(done)]`` got, and how to finish it (``failed``: by an error
+    about that image, said before this)."""
+    names = ", ".join(j.image.name for j in done[:3]) + (" …" if len(done) > 3 else "")
+    if len(done) == len(jobs):
+        return f"all {len(jobs)} images are done in {args.out}"
+    finished = (f"{len(done)} of {len(jobs)} images are done in {args.out} ({names})" if done
+                else f"none of the {len(jobs)} images is done")
+    stop, rest = jobs[len(done)].image.name, len(jobs) - len(done) - 1
+    stopped = f"{stop}{f' and the {rest} after it' if rest else ''} not written"
+    kept = " (the images done are kept, not redone)" if done else ""
+    how = (f"once that is put right, run the same command again{kept}" if failed
+           else f"run the same command again to do {'them' if rest else 'it'}{kept}")
+    return f"{finished}; {stopped}: {how}"

@@ -16,8 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from ._cli_interrupt import Interrupted, as_interrupted
 from .core.models import model_help
-from .io import InputError
+from .io import InputError, SliceReader
 
 
 def add_embed_parser(subparsers) -> None:
@@ -61,6 +62,7 @@ def run_embed(args) -> int:
         vol = open_stack(args.image)
     except (FileNotFoundError, ValueError) as e:
         raise InputError(str(e)) from None
+    stack = SliceReader(vol.data, args.image)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder name ending in .zarr")
@@ -74,7 +76,7 @@ def run_embed(args) -> int:
     from ._cli_checks import check_input_scale, check_normalize
     from .cli import _load
 
-    check_normalize(args.normalize, vol.data, args.image)
+    check_normalize(args.normalize, stack, args.image)
 
     model = _load(args.model, args.device)
     check_input_scale(args.input_scale)
@@ -83,23 +85,32 @@ def run_embed(args) -> int:
     t0 = time.time()
     resuming = store_kind(out) == "cache" and not args.overwrite
     try:
-        disk, first_encoded = disk_cache_for(out, pred, vol.data, start=start, channel_axis=channel_axis,
+        disk, first_encoded = disk_cache_for(out, pred, stack, start=start, channel_axis=channel_axis,
                                              overwrite=args.overwrite)
     except CacheMismatch as e:
         raise InputError(f"{e} (--overwrite replaces it)") from None
     except FileExistsError as e:  # an image or other data there: never replaced
         raise InputError(f"--out {e}") from None
+    except (Interrupted, KeyboardInterrupt) as e:  # (a store whose creation was cut short is started again)
+        e = as_interrupted(e)
+        print(f"napari-sam: {e.name} before a slice was added to {out}: run the same command again to "
+              f"{'resume' if resuming else 'start'}", file=sys.stderr)
+        return e.exit_code
     if resuming:
         print(f"resuming {out}: {len(disk.done())} of {nz} slices already there", file=sys.stderr)
-    gen = precompute(pred, vol.data, start=start, z_range=(lo, hi), disk=disk, channel_axis=channel_axis,
+    gen = precompute(pred, stack, start=start, z_range=(lo, hi), disk=disk, channel_axis=channel_axis,
                      batch=args.batch)
     encoded = 0
     try:
         encoded = first_encoded + _drain(gen, hi - lo)
-    except KeyboardInterrupt:
-        print(f"napari-sam: interrupted; {len(disk.done())} slices are saved in {out}: run the same command "
-              "again to resume", file=sys.stderr)
-        return 130
+    except (Interrupted, KeyboardInterrupt) as e:
+        e = as_interrupted(e)
+        print(f"napari-sam: {e.name}; {len(disk.done())} of {nz} slices are saved in {out}: run the same "
+              "command again to resume", file=sys.stderr)
+        return e.exit_code
+    except InputError as e:  # a slice that cannot be read: what is done is kept
+        raise InputError(f"{e}; the {len(disk.done())} slices done are kept in {out}: run the same command "
+                         "again once the image reads, to resume") from None
     except OSError as e:  # read-only, disk full: what is done is kept
         print(f"napari-sam: error: could not write to {out} ({e.strerror or e}); the {len(disk.done())} slices "
               "done are kept there: make room (or use another --out) and run the same command again to resume",

@@ -69,9 +69,11 @@ def check_output(path, overwrite: bool, inputs=()) -> Path:
 
 def write_labels_atomic(path, labels: np.ndarray, record: dict) -> None:
     """Write labels (tifffile) and the JSON record beside them as a pair: both go to temporary files first,
-    then replace their targets; if the record cannot replace its target, the labels file is put back as it
-    was. New files get the mode any new file gets (0666 less the umask); a replaced file keeps its mode.
-    An OSError becomes an InputError naming the file."""
+    then replace their targets; if that fails or is interrupted (Ctrl-C, SIGTERM), the labels and record
+    are put back as they were. A record being replaced is taken away before its labels are, so that a
+    process killed outright in between leaves labels without a record (never taken as done: ``_cli_resume``),
+    not new labels beside the old record. New files get the mode any new file gets (0666 less the umask); a
+    replaced file keeps its mode. An OSError becomes an InputError naming the file."""
     import tifffile
 
     p = Path(path)
@@ -84,16 +86,23 @@ def write_labels_atomic(path, labels: np.ndarray, record: dict) -> None:
         target = p
         lab = _temp_beside(p, made)
         tifffile.imwrite(lab, labels, compression="zlib")
-        backup, replaced = _keep_old(p, made), False
+        backup = _keep_old(p, made)
+        old_rec = _keep_old(side, made) if side.is_file() else None
         try:
+            if old_rec is not None:
+                side.unlink(missing_ok=True)
             os.replace(lab, p)
-            replaced, target = True, side
+            target = side
             os.replace(rec, side)
-        except BaseException:  # the labels as they were
+        except BaseException:  # the labels and record as they were
             if backup is not None:
                 os.replace(backup, p)
-            elif replaced:
+            else:  # there was none: whatever is there now is this call's
                 p.unlink(missing_ok=True)
+            if old_rec is not None:
+                os.replace(old_rec, side)
+            elif not rec.exists():  # the new record got there: it goes with the labels
+                side.unlink(missing_ok=True)
             raise
     except OSError as e:
         raise _input_error(f"cannot write {target}: {e.strerror or e}; nothing was written (choose another "

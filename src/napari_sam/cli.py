@@ -10,7 +10,11 @@
 
 Exit status: 0 on success; 2 with a one-line reason on stderr for bad input
 (or an output that cannot be written), and nothing written; 1 with a one-line
-reason for any other error of the file system.
+reason for any other error of the file system; 130 for Ctrl-C and 143 for
+SIGTERM, with what was finished and how to go on (``_cli_interrupt``).
+
+Only the standard library is imported here before ``main`` runs: a Ctrl-C while the rest loads is
+reported as any other, not as a traceback.
 """
 
 from __future__ import annotations
@@ -20,14 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from .core.models import model_help
-from ._cli_checks import check_input_scale, check_memory, check_normalize, check_propagation
-from .io import InputError
+from ._cli_interrupt import Interrupted, as_interrupted, signals_interrupt
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .core.models import model_help
+
     ap = argparse.ArgumentParser(prog="napari-sam", description="Segment Anything for microscopy, headless.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("segment", help="segment objects from point/box prompts in a 2D image or (z, y, x) stack")
@@ -79,6 +81,18 @@ def _fail(msg: str) -> int:
 
 
 def main(argv=None) -> int:
+    with signals_interrupt() as release:
+        try:
+            return _main(argv, release)
+        except (Interrupted, KeyboardInterrupt) as e:  # what a command did not report itself: nothing written
+            e = as_interrupted(e)
+            print(f"napari-sam: {e.name}; nothing was written", file=sys.stderr)
+            return e.exit_code
+
+
+def _main(argv, release) -> int:
+    from .io import InputError
+
     args = _parser().parse_args(argv)
     try:
         if args.cmd == "segment":
@@ -86,6 +100,7 @@ def main(argv=None) -> int:
         if args.cmd == "demo":
             from ._demo import run_demo
 
+            release()  # its viewer's event loop: Ctrl-C and SIGTERM as napari handles them
             return run_demo(Path(args.out), viewer=not args.no_viewer, device=args.device)
         if args.cmd == "embed":
             from ._cli_embed import run_embed
@@ -93,8 +108,6 @@ def main(argv=None) -> int:
             return run_embed(args)
     except InputError as e:
         return _fail(str(e))
-    except KeyboardInterrupt:
-        return _fail("interrupted; nothing written")
     except OSError as e:  # a file that could not be read or written (what is foreseen is an InputError)
         _fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
         return 1
@@ -106,7 +119,8 @@ def _segment(args) -> int:
 
     if is_batch(args):
         return run_batch(args)
-    from .io import check_output, read_image, read_prompts
+    from ._cli_checks import check_input_scale, check_memory, check_normalize, check_propagation
+    from .io import InputError, check_output, read_image, read_prompts
 
     if not args.points and not args.boxes:
         raise InputError("give prompts: --points POINTS.csv and/or --boxes BOXES.csv")
@@ -118,21 +132,29 @@ def _segment(args) -> int:
     z_range = check_propagation(args, vol.spatial_shape, prompts)
     model = _load(args.model, args.device)
     check_memory(args, model)
-    print(segment_volume(args, args.image[0], vol, prompts, z_range, model, out), file=sys.stderr)
+    earlier = out.exists()
+    try:
+        print(segment_volume(args, args.image[0], vol, prompts, z_range, model, out), file=sys.stderr)
+    except (Interrupted, KeyboardInterrupt) as e:  # the labels and record are written last, as a pair
+        e = as_interrupted(e)
+        cache = f"; the slices encoded were added to {args.embeddings}" if args.embeddings else ""
+        print(f"napari-sam: {e.name}; nothing was written{f' ({out} is as it was)' if earlier else ''}{cache}: "
+              "run the same command again to segment", file=sys.stderr)
+        return e.exit_code
     return 0
 
 
 def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddings=None) -> str:
     """Segment one checked image as ``args`` say and write ``out`` with its record; a one-line summary."""
+    import numpy as np
+
+    from ._cli_resume import asked_scale, record_for
     from .io import label_dtype, write_labels_atomic
 
     embeddings = args.embeddings if embeddings is None else embeddings
     t0 = time.time()
     channel_axis = -1 if vol.rgb else None
-    scale = check_input_scale(args.input_scale)
-    if args.input_scale is None:  # the default: "auto" for the embedded model; ViTs see SAM's 1024 px canvas
-        native = getattr(model, "native_resolution", False)
-        scale = _embeddings_scale(embeddings) if embeddings else ("auto" if native else None)
+    scale = asked_scale(args, model, embeddings)  # default: "auto" for the embedded model, SAM's canvas for ViTs
     auto, cache, note = scale == "auto", None, ""
     if auto:  # (never with embeddings: check_input_scale refused that before anything ran)
         from .core.cache import EmbeddingCache
@@ -162,27 +184,14 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
     labels = labels.astype(label_dtype(max(prompts)))
     if vol.is_2d:
         labels = labels[0]
-    record = {
-        "image": str(Path(image_path).resolve()),
-        "model": model.name,
-        "model_sha256": model.checksum,
-        "device": str(model.device),
-        "mode": _mode(args),
-        "z_range": z_range,
-        "refine": args.refine,
-        "input_scale": scale,
-        "input_scale_auto": auto,
-        "normalize": args.normalize,
-        "prompts": {str(o): {str(z): s for z, s in zs.items()} for o, zs in prompts.items()},
-        "napari_sam_version": _version(),
-    }
-    write_labels_atomic(out, labels, record)
+    record = record_for(args, image_path, vol, prompts, z_range, model, scale, auto)
     found = set(np.unique(labels[labels > 0]).tolist())
     missing = [o for o in prompts if o not in found]
     lost = (f"; no pixels for object {', '.join(map(str, missing[:10]))}{' …' if len(missing) > 10 else ''} "
             "(SAM found nothing there, or another object scored higher on every pixel)" if missing else "")
     if disk is not None and disk.write_error:
         lost += f"; slices encoded here were not added to {embeddings} ({disk.write_error}): it was only read"
+    write_labels_atomic(out, labels, record)  # the last step: once it is done, the image is done
     return f"wrote {out} ({len(found)} of {len(prompts)} objects, {labels.dtype}, {time.time() - t0:.1f}s{note}){lost}"
 
 
@@ -232,12 +241,17 @@ def _embeddings_scale(path):
 def _open_embeddings(path, model, stack, channel_axis, input_scale=None, normalize="percentile"):
     """The ``DiskCache`` at ``path``, checked against this image, model and settings."""
     from .core.cache import slice_signature
+    from .core.cache_folder import store_kind
     from .core.disk_cache import CacheMismatch, DiskCache, settings_for
     from .core.predictor import SlicePredictor
+    from .io import InputError
 
     p = Path(path)
     if not p.is_dir():
         raise InputError(f"--embeddings {p}: no embedding cache there; make one with: napari-sam embed IMAGE --out {p}")
+    if store_kind(p) == "unfinished":
+        raise InputError(f"--embeddings {p}: an embedding cache whose making was cut short before its first slice "
+                         f"was saved; run napari-sam embed IMAGE --out {p} again")
     pred = SlicePredictor(model, normalize=normalize, input_scale=input_scale)
     settings = settings_for(pred, stack.shape, stack.dtype, channel_axis=channel_axis)
     try:
@@ -250,17 +264,12 @@ def _open_embeddings(path, model, stack, channel_axis, input_scale=None, normali
 
 def _load(name, device):
     from .core.models import ModelError, load_model
+    from .io import InputError
 
     try:
         return load_model(name, device=device)
     except ModelError as e:
         raise InputError(str(e).splitlines()[0]) from None
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def segment_prompted_slices(stack, prompts, model, *, refine=False, channel_axis=None, disk=None,
@@ -275,6 +284,8 @@ def segment_prompted_slices(stack, prompts, model, *, refine=False, channel_axis
     cache: an ``EmbeddingCache`` to read and fill (e.g. the slice ``--input-scale auto`` measured).
     normalize: intensity normalisation (``core.image``).
     """
+    import numpy as np
+
     from .core.cache import embed_cached
     from .core.predictor import SlicePredictor
     from .core.prompts import ObjectPrompt

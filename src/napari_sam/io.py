@@ -36,7 +36,7 @@ from ._prompt_table import read_table
 from .core.lazy import axes_problem, tiff_layout
 
 __all__ = ["InputError", "Volume", "read_image", "image_header", "image_spatial_shape", "read_prompts",
-           "check_output", "label_dtype", "sidecar_path", "write_labels_atomic"]
+           "check_output", "label_dtype", "sidecar_path", "write_labels_atomic", "SliceReader"]
 
 MAX_OBJECT_ID = int(np.iinfo(np.uint32).max)
 
@@ -72,7 +72,8 @@ def read_image(path) -> Volume:
 
     if _is_store(path):
         lazy = _open_store(path)
-        data = np.asarray(lazy.data[0])[None] if lazy.was_2d else np.asarray(lazy.data[...])
+        pixels = SliceReader(lazy.data, path)  # read here: a damaged chunk or a truncated file shows only now
+        data = pixels[0][None] if lazy.was_2d else pixels[...]
         return Volume(_real(data, path), lazy.was_2d, lazy.rgb)
     p = _existing(path)
     try:
@@ -88,6 +89,29 @@ def read_image(path) -> Volume:
         data = np.moveaxis(data, -3, -1)  # RGB stored as separate planes: (..., 3, y, x)
     spatial = _spatial_shape(p, data.shape, rgb)
     return Volume(_real(data[None] if len(spatial) == 2 else data, p), len(spatial) == 2, rgb)
+
+
+class SliceReader:
+    """A lazy stack (``core.lazy.open_stack``'s ``data``) whose slices, read one at a time as ``stack[z]``
+    (numpy), raise an ``InputError`` naming the slice when their pixels cannot be read (a damaged zarr chunk,
+    a truncated TIFF): what its header does not show."""
+
+    def __init__(self, data, path):
+        self._data, self._path = data, path
+        self.shape, self.dtype, self.ndim = tuple(data.shape), data.dtype, len(data.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        try:
+            return np.asarray(self._data[index])
+        except (MemoryError, OSError):
+            raise
+        except Exception as e:  # zarr's codecs and tifffile raise many kinds
+            z = index[0] if isinstance(index, tuple) and len(index) == 1 else index
+            where = f"slice {z}" if isinstance(z, (int, np.integer)) else "the pixels"
+            raise InputError(f"cannot read {where} of {self._path} ({type(e).__name__}: {e})") from None
 
 
 def _real(data: np.ndarray, path) -> np.ndarray:
