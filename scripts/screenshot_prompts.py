@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from screenshot_widget import ROOT, middle_slice, wait
+from screenshot_widget import ROOT, middle_slice, save_and_close, wait
 
 
 def _rect(z, r0, c0, r1, c1) -> np.ndarray:
@@ -57,12 +57,7 @@ def main() -> None:
         widget._on_next_candidate()
         viewer.layers.selection.active = viewer.layers["nuclei SAM points"]
 
-    viewer.reset_view()
-    out = Path(args.out or ROOT / "docs" / f"screenshot-{args.scene}.png")
-    viewer.screenshot(str(out), canvas_only=False)
-    print(f"saved {out}: {widget._ui.status.text()}")
-    widget.close()
-    viewer.close()
+    save_and_close(viewer, widget, Path(args.out or ROOT / "docs" / f"screenshot-{args.scene}.png"))
 
 
 if __name__ == "__main__":

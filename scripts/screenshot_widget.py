@@ -71,6 +71,16 @@ def middle_slice(model: str):
     return viewer, widget, z, truth, border, big
 
 
+def save_and_close(viewer, widget, out: Path) -> None:
+    """The whole window, reset to the image, saved as ``out``; then the widget and viewer closed."""
+    viewer.reset_view()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(str(out), canvas_only=False)
+    print(f"saved {out}: {widget._ui.status.text()}")
+    widget.close()
+    viewer.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="embedded", help="registry name or checkpoint path")
@@ -114,13 +124,7 @@ def main() -> None:
     wait(lambda: not widget.busy and "candidate" in widget._ui.status.text())
     viewer.layers.selection.active = points
 
-    viewer.reset_view()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    viewer.screenshot(str(out), canvas_only=False)
-    print(f"saved {out}: {widget._ui.status.text()}")
-    widget.close()
-    viewer.close()
+    save_and_close(viewer, widget, Path(args.out))
 
 
 if __name__ == "__main__":
