@@ -153,3 +153,7 @@ def test_a_mask_alone_gives_the_object_back(embedded_model):
         gt = st.labels == oid
         got = napari_sam.segment(st.image, mask=gt, model=embedded_model, input_scale=2.0).masks[0, 0]
         assert (got & gt).sum() / (got | gt).sum() >= 0.85, oid
+        # the same mask as floats (0.0 / 1.0, as a mask saved or computed in float comes): the same answer (it
+        # was taken for SAM's logits, whose grid is the slice's size at 2x, and gave almost nothing)
+        as_float = napari_sam.segment(st.image, mask=gt.astype(np.float32), model=embedded_model, input_scale=2.0)
+        assert np.array_equal(as_float.masks[0, 0], got), oid

@@ -20,8 +20,8 @@ class ObjectPrompt:
 
     points: (N, 2) float, (row, col). labels: (N,) int, 1 positive, 0 negative.
     box: (4,) float, (row0, col0, row1, col1), or None.
-    mask: (H, W) bool (or integer, non-zero inside) full-size mask, or (h, w) float low-res SAM logits,
-    or None.
+    mask: (H, W) bool (or integer, non-zero inside; or float of only 0.0 and 1.0) full-size mask, or (h, w)
+    float low-res SAM logits, or None.
     """
 
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
@@ -53,8 +53,12 @@ class ObjectPrompt:
             self.box = box.reshape(4)
             if not np.isfinite(self.box).all():
                 raise ValueError("the box has a NaN or infinite coordinate: give (row0, col0, row1, col1) in pixels")
-        if self.mask is not None and np.asarray(self.mask).dtype.kind in "iu":  # a drawn mask, never logits
-            self.mask = np.asarray(self.mask) != 0
+        if self.mask is not None:
+            m = np.asarray(self.mask)
+            # a drawn mask, never logits: integers, or floats that are all 0.0 / 1.0 (a mask saved or computed as
+            # floats; read as SAM's logits it was a near-empty prompt, and propagation lost the object)
+            if m.dtype.kind in "iu" or (m.dtype.kind == "f" and np.isin(m, (0.0, 1.0)).all()):
+                self.mask = m != 0
 
     @property
     def empty(self) -> bool:
