@@ -127,3 +127,24 @@ def test_the_cli_propagates_an_object_clicked_on_two_slices_and_records_both(emb
     record = json.loads((tmp_path / "out.prompts.json").read_text())
     assert record["mode"] == "propagate"
     assert {o: sorted(p) for o, p in record["prompts"].items()} == {"7": ["15", "5"], "9": ["12", "8"]}
+
+
+def test_a_prompted_slice_that_gives_no_pixels_is_filled_from_the_other_one(embedded_model, stack):
+    """Object 6 clicked on slices 5 and 15, where existing labels (id 99) hold all of it and 8 px around it on
+    slice 5: its prompt there gives no pixels. Each side stopped halfway before (only slices 11-16: 6-10 left
+    empty, and nothing said); now slice 15's side carries it through the gap, and the record says why
+    slice 5 did not."""
+    from scipy import ndimage as ndi
+
+    gt = stack.labels
+    labels = np.zeros_like(gt, dtype=np.uint32)
+    held = ndi.binary_dilation(gt[LO] == OBJ, iterations=8)
+    labels[LO][held] = 99
+    prompts = {OBJ: {LO: _prompt(gt, LO, "points"), HI: _prompt(gt, HI, "points")}}
+    records = []
+    lab = propagate_labels(stack.image, prompts, model=embedded_model, labels=labels, progress=records.append)
+    assert np.array_equal(lab[LO] == 99, held)  # the existing label is untouched
+    _check_gap_filled(lab, gt, OBJ, OBJ, lo=LO + 1, hi=HI)
+    said = [e for r in records for e in r.ended if e[1] == "prompted"]
+    assert said == [(OBJ, "prompted", "its prompt here gave no pixels: carried through from its other prompted "
+                                       "slices", LO)], said

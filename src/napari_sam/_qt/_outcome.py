@@ -51,6 +51,9 @@ class Outcome:
         zn = self.zname
         parts = [f"{d}: stopped at {zn}={z} ({why})" if z is not None else f"{d}: {why}"
                  for d, z, why in self._stops(oid, zs, ch.nz)]
+        if (oid, "prompted") in self.ends:
+            z, why = self.ends[(oid, "prompted")]
+            parts.append(f"{zn}={z}: {why}")
         if oid in self.absent:
             gone = sorted(self.absent[oid])
             parts.append(f"left out of {len(gone)} slice(s) where it is not, e.g. {zn}={gone[0][0]} ({gone[0][1]})")

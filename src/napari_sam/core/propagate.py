@@ -132,9 +132,19 @@ def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: Embeddi
                 done_here.append(o)
             for o in done_here:  # after all of them are painted: overlaps resolved
                 d = at_anchor.get((o, z))
-                if d is not None:
-                    t = d if isinstance(d, Track) else track(d, canvas, z, o)
+                t = None if d is None else d if isinstance(d, Track) else track(d, canvas, z, o)
+                if t is not None and t.mask.any():
                     at_anchor[(o, z)] = _start(t, image2d, canvas, z)
+                    continue
+                at_anchor.pop((o, z), None)
+                # nothing of it here (SAM found nothing, or other objects hold every pixel): its other prompted
+                # slices carry it through this one, instead of each stopping halfway to it
+                if len(anchors[o]) > 1:
+                    anchors[o].remove(z)
+                    why = "its prompt here gave no pixels: carried through from its other prompted slices"
+                else:
+                    why = "its prompt here gave no pixels: nothing to propagate"
+                stopped.append((o, why))
         else:
             up = stage == "up"
             work = []

@@ -22,7 +22,9 @@ class Progress:
     (y, x) copy of that slice's labels as they stand. objects: ids decoded on
     it. ended: (object id, "up"/"down", reason, z) for objects that stopped:
     here (z is this record's), or, on the last record, where the stop rule's
-    last look after the run cut them (``propagate_step.recheck``).
+    last look after the run cut them (``propagate_step.recheck``); and
+    (object id, "prompted", reason, z) for a prompted slice whose prompt gave
+    no pixels (its other prompted slices carry the object through it).
     labels: the whole (z, y, x) result, on the last record only.
     """
 
