@@ -21,7 +21,8 @@ class FakePredictor:
     """The predictor's embedding interface, with a cheap encoder that counts its calls."""
 
     def __init__(self, checksum="c0ffee", normalize="percentile", C=8):
-        self.model = SimpleNamespace(checksum=checksum, name="fake", device=torch.device("cpu"), arch="vit_b")
+        self.model = SimpleNamespace(checksum=checksum, name="fake", device=torch.device("cpu"), dtype=torch.float32,
+                                     arch="vit_b")
         self.normalize = normalize
         self.native = False
         self.input_scale = 1.0

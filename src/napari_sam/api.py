@@ -95,13 +95,12 @@ def segment(
     if points is None and boxes is None and mask is None:
         raise ValueError("segment() needs a prompt: points, boxes or mask")
     m = _model(model)
+    from .core.cache import embed_cached
     from .core.magnify import check_scale, is_auto, median_radius, scale_for
-
-    sig = []  # the slice's content hash, computed once for both magnifications
 
     def run(scale):
         pred = SlicePredictor(m, normalize=normalize, refine=refine, input_scale=scale)
-        pred.set_embedding(_embedded(pred, a, channel_axis, channel, sig))
+        pred.set_embedding(embed_cached(pred, EMBEDDINGS, a, channel_axis=channel_axis, channel=channel))
         return pred, pred.predict(points=points, point_labels=point_labels, boxes=boxes, mask=mask, multimask=multimask)
 
     input_scale = check_scale(input_scale)
@@ -112,21 +111,6 @@ def segment(
         if scale != pred.input_scale:
             _, out = run(scale)
     return out
-
-
-def _embedded(pred, a, channel_axis, channel, sig: list):
-    """The slice's embedding by ``pred``: from ``EMBEDDINGS``, or encoded and kept there."""
-    from .core.cache import cache_key, slice_signature
-
-    cache = EMBEDDINGS
-    if not sig:
-        sig.append(slice_signature(a))
-    key = (*cache_key(pred, sig[0], channel_axis, channel), str(pred.model.device), str(pred.model.dtype))
-    emb = cache.get(key, pred.model.device)
-    if emb is None:
-        emb = pred.embed(a, channel_axis=channel_axis, channel=channel)
-        cache.put(key, emb)
-    return emb
 
 
 def propagate(stack, prompts, *, model=None, z_range=None, **kwargs):

@@ -99,9 +99,12 @@ class EmbeddingCache:
 
 
 def cache_key(predictor, signature: str, channel_axis=None, channel=None) -> tuple:
-    """The memory-cache key of a slice with ``signature`` embedded by ``predictor`` with these channel settings."""
-    return EmbeddingCache.key(f"{signature}|{channel_axis}|{channel}|x{predictor.input_scale:g}",
-                              predictor.model.checksum, predictor.normalize)
+    """The memory-cache key of a slice with ``signature`` embedded by ``predictor`` with these channel settings
+    (the model by its checksum, and the device and dtype it computes on: one checkpoint loaded twice, on a
+    GPU in fp16 and on the CPU, gives two embeddings)."""
+    m = predictor.model
+    return EmbeddingCache.key(f"{signature}|{channel_axis}|{channel}|x{predictor.input_scale:g}|{m.device}|{m.dtype}",
+                              m.checksum, predictor.normalize)
 
 
 def embed_cached(predictor, cache: EmbeddingCache | None, slice2d, *, channel_axis=None, channel=None,
