@@ -170,9 +170,11 @@ class Prompting:
             self._commit_result()
 
     def _same_request(self, token, asked) -> bool:
-        """Whether the result shown answers the same prompts of the same image, slice and model."""
+        """Whether the result shown answers the same prompts of the same image, slice and model: its token
+        but for the prompts' version (``_token``: an edit that put them back still counts one up)."""
         prev = self._result
-        return prev is not None and prev.asked == asked and prev.token[:3] == token[:3] and prev.token[4:] == token[4:]
+        return prev is not None and prev.asked == asked and _without_prompt_version(prev.token) == \
+            _without_prompt_version(token)
 
     def _carry_mask(self, token, objects) -> None:
         """SAM's interactive loop: a click added to the one object of the slice is
@@ -254,3 +256,10 @@ class Prompting:
 
     def _on_previous_candidate(self) -> None:
         self._on_next_candidate(-1)
+
+
+PROMPT_VERSION = 3  # where ``Prompting._token`` keeps the prompts' version
+
+
+def _without_prompt_version(token: tuple) -> tuple:
+    return token[:PROMPT_VERSION] + token[PROMPT_VERSION + 1 :]
