@@ -67,7 +67,7 @@ class Volume:
 def read_image(path) -> Volume:
     """A 2D or 3D (z, y, x) TIFF, RGB last axis allowed (one whose axes say channels, or time beside z, is
     refused: ``core.lazy.axes_problem``); or a .zarr / .npy array, read as ``napari-sam embed`` reads it
-    (``core.lazy.open_stack``)."""
+    (``core.lazy.open_stack``; an OME-Zarr image by its axes, by the same rules: ``core.ome_zarr``)."""
     import tifffile
 
     if _is_store(path):

@@ -9,8 +9,9 @@ returns for a file:
 * ``.tif``/``.tiff``: memory-mapped when the pixels are stored uncompressed
   and contiguously, else read through tifffile's zarr view (one page or
   tile at a time);
-* ``.zarr`` (an array, or a group such as OME-Zarr whose first array is
-  level 0) and ``.npy`` (memory-mapped).
+* ``.zarr``: an array; an OME-Zarr image (``core.ome_zarr``: its full-resolution
+  array, its axes read as a TIFF's are, singleton time and channel axes dropped);
+  another group's array "0" (else its first); ``.npy`` (memory-mapped).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ __all__ = ["LazyStack", "open_stack", "image_stem", "largest"]
 
 # longest first: "a.ome.tif" is the image "a"
 TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
-IMAGE_SUFFIXES = TIFF_SUFFIXES + (".zarr", ".npy")
+IMAGE_SUFFIXES = TIFF_SUFFIXES + (".ome.zarr", ".zarr", ".npy")
 
 
 def image_stem(path) -> str:
-    """An image file's name without its image suffix, and only that (``2024.01.15_s1.ome.tif`` ->
-    ``2024.01.15_s1``): what files made for it (its labels' record, its embedding cache) are named after."""
+    """An image file's name without its image suffix, and only that (``2024.01.15_s1.ome.tif`` and
+    ``2024.01.15_s1.ome.zarr`` -> ``2024.01.15_s1``): what files made for it (its labels' record, its embedding cache) are named after."""
     name = Path(path).name
     for suffix in IMAGE_SUFFIXES:
         if name.lower().endswith(suffix) and len(name) > len(suffix):
@@ -115,41 +116,51 @@ def tiff_layout(shape, dtype, photometric=None) -> tuple[bool, bool]:
 MAX_GUESSED_CHANNELS = 4  # a 3D TIFF named CYX with more planes than this is read as a z-stack
 
 
-def axes_problem(path, axes: str, shape, rgb: bool = False) -> str | None:
+def axes_problem(path, axes: str, shape, rgb: bool = False, read: str | None = None) -> str | None:
     """Why the image ``path``, whose file names its axes ``axes`` (tifffile's letters: T, Z, C, Y, X, S, Q for
     unknown), is not one (z, y, x) stack or (y, x) image, and what to do; None when it is, or when the file does
     not say.
 
-    Without this a channel axis (C), or a time axis (T) beside z, was read as z: channels segmented and
-    propagated through as if they were slices. An RGB image's axes are left alone (tifffile names an RGB
-    stack written with ``imagej=True`` CYXS), and so is a 3D file named CYX with more than
-    ``MAX_GUESSED_CHANNELS`` planes: tifffile names any 3D array CYX when it writes it with ``imagej=True``
-    or as ``.ome.tif`` without axes, which is how z-stacks are saved from Python."""
+    read: Python that reads the file's array, for the example in the message, when the file states its axes
+    itself (OME-Zarr: ``zarr.open('a.zarr')['0']``); None for a TIFF, read with ``tifffile.imread``.
+
+    Without this a channel axis (C), or a time axis (T) beside a z of more than one slice, was read as z:
+    channels segmented and propagated through as if they were slices. An RGB image's axes are left alone
+    (tifffile names an RGB stack written with ``imagej=True`` CYXS), and so is a 3D TIFF named CYX with more
+    than ``MAX_GUESSED_CHANNELS`` planes: tifffile names any 3D array CYX when it writes it with ``imagej=True``
+    or as ``.ome.tif`` without axes, which is how z-stacks are saved from Python. OME-Zarr's axes are not a
+    guess: its channels are channels."""
     axes, shape = str(axes or "").upper(), tuple(int(v) for v in shape)
     if rgb or len(axes) != len(shape):
         return None
     said = f"(its axes, as the file gives them, are {axes}, shape {shape})"
-    image = repr(str(path))
+    guessed = read is None
+    read = f"tifffile.imread({str(path)!r})" if guessed else read
 
-    def index(axis: str) -> str:
-        return "[" + ", ".join("0" if a == axis else ":" for a in axes[: axes.index(axis) + 1]) + "]"
+    def index(axis: str) -> str:  # the axis' first element, and the first of any other non-spatial one of one
+        zero = [a == axis or (a not in "ZYX" and n == 1) for a, n in zip(axes, shape)]
+        return "[" + ", ".join("0" if z else ":" for z in zero[: max(i for i, z in enumerate(zero) if z) + 1]) + "]"
 
-    n = shape[axes.index("C")] if "C" in axes else 1
-    if axes == "CYX" and n > MAX_GUESSED_CHANNELS:
+    def size(axis: str) -> int:
+        return shape[axes.index(axis)] if axis in axes else 1
+
+    n = size("C")
+    if guessed and axes == "CYX" and n > MAX_GUESSED_CHANNELS:
         # tifffile names a plain 3D array CYX when it writes it with imagej=True, or as .ome.tif, without
         # axes: a z-stack saved from Python, far more often than an image of more than 4 channels
         return None
     if n > 1:
         planes = ("; if these planes are z slices, not channels, save them with the axes ZYX (tifffile: "
-                  "imagej=True, metadata={'axes': 'ZYX'})") if axes == "CYX" else ""
+                  "imagej=True, metadata={'axes': 'ZYX'})") if guessed and axes == "CYX" else ""
+        api = "" if guessed else f", or pass that array to napari_sam.{'propagate' if size('Z') > 1 else 'segment'}"
         return (f"{path} has {n} channels {said}: napari-sam segments one channel, a (y, x) image or (z, y, x) "
                 f"stack: save the channel to segment as its own TIFF, e.g. tifffile.imwrite('channel0.tif', "
-                f"tifffile.imread({image}){index('C')}){planes}")
-    if "T" in axes and "Z" in axes and shape[axes.index("T")] > 1:
-        return (f"{path} is a time series of {shape[axes.index('T')]} stacks {said}: napari-sam segments one "
+                f"{read}{index('C')}){api}{planes}")
+    if size("T") > 1 and size("Z") > 1:
+        api = "" if guessed else ", or pass that array to napari_sam.propagate"
+        return (f"{path} is a time series of {size('T')} stacks {said}: napari-sam segments one "
                 f"(z, y, x) stack: save each time point as its own TIFF, e.g. tifffile.imwrite('t0.tif', "
-                f"tifffile.imread({image}){index('T')}, imagej=True, metadata={{'axes': 'ZYX'}}), with its own "
-                "prompt table")
+                f"{read}{index('T')}, imagej=True, metadata={{'axes': 'ZYX'}}), with its own prompt table{api}")
     return None
 
 
@@ -186,13 +197,18 @@ def open_stack(path) -> LazyStack:
 def _open_zarr(p: Path):
     import zarr
 
+    from .ome_zarr import open_image
+
     z = zarr.open(str(p), mode="r")
     if hasattr(z, "shape"):
         return z, _is_rgb(z.shape, z.dtype)
+    ome = open_image(p, z)  # OME-Zarr: its full-resolution array, by its axes
+    if ome is not None:
+        return ome
     keys = sorted(z.array_keys())
     if not keys:
         raise ValueError(f"{p} is a zarr group without arrays")
-    a = z["0"] if "0" in keys else z[keys[0]]  # OME-Zarr: "0" is full resolution
+    a = z["0"] if "0" in keys else z[keys[0]]
     return a, _is_rgb(a.shape, a.dtype)
 
 
