@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "napari_sam"
 MANIFEST = PKG / "napari.yaml"
-WEIGHTS = {"embedded.pt", "embedded.json"}
+WEIGHTS = {"embedded.pt", "embedded.json", "embedded-int8.json"}  # weights, checksum, int8 ranges
 # the model's own file is the one large file the wheel may hold
 MAX_OTHER_FILE = 1 << 20
 

@@ -394,7 +394,12 @@ def test_an_object_drifting_sideways_through_z_is_followed(predictor):
     z, pt = _seed(gt.astype(np.uint8), 1)
     out, records = _run(propagate_objects(predictor, image, {1: {z: {"points": pt[None]}}}))
     got = _extent(out == 1)
-    assert got[0] <= 1 and 9 <= got[1] <= 11, f"true z extent 0..10, got {got}; {records[-1].ended}"
+    # its first slices are its faint end (63 and 197 px against 372 on slice 3), where a 5.7 px shift leaves
+    # the overlap to a few pixels: the fp32 encoder takes slice 1 (IoU 0.47 with the truth), the int8 one
+    # (core.int8, the default) stops there (overlap 0.50 < 0.6), both with a reason in the records
+    ended = [e for r in records for e in r.ended]
+    assert got[0] <= 2 and 9 <= got[1] <= 11, f"true z extent 0..10, got {got}; {ended}"
+    assert {e[1] for e in ended} == {"up", "down"}, ended
     assert _iou3d(out == 1, gt) > 0.7
     # the overlap alone (session 7's rule) stopped it next to its prompt
     old, _ = _run(propagate_objects(predictor, image, {1: {z: {"points": pt[None]}}}, stop=StopRule(align=False)))

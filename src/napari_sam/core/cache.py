@@ -101,9 +101,10 @@ class EmbeddingCache:
 def cache_key(predictor, signature: str, channel_axis=None, channel=None) -> tuple:
     """The memory-cache key of a slice with ``signature`` embedded by ``predictor`` with these channel settings
     (the model by its checksum, and the device and dtype it computes on: one checkpoint loaded twice, on a
-    GPU in fp16 and on the CPU, gives two embeddings)."""
+    GPU in fp16 and on the CPU, gives two embeddings; so does an int8 encoder, ``core.int8``)."""
     m = predictor.model
-    return EmbeddingCache.key(f"{signature}|{channel_axis}|{channel}|x{predictor.input_scale:g}|{m.device}|{m.dtype}",
+    precision = getattr(m, "precision", m.dtype)
+    return EmbeddingCache.key(f"{signature}|{channel_axis}|{channel}|x{predictor.input_scale:g}|{m.device}|{precision}",
                               m.checksum, predictor.normalize)
 
 

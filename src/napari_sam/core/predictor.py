@@ -122,26 +122,38 @@ class SlicePredictor:
                 feats, high_res = encode(self.sam2, resized)
             side = int(self.sam.image_size)
             return Embedding(feats, tuple(original), (side, side), (side, side), gray, high_res)
-        dev = self.model.device
-        x = torch.as_tensor(resized, device=dev).permute(2, 0, 1).contiguous()[None]
+        x, (h, w) = self._normalised(resized)
+        hp, wp = x.shape[-2:]
+        from .fast_vit import run_encoder
+
+        enc = self.sam.image_encoder
+        net = getattr(self.model, "int8_encoder", None)  # the embedded model on an x86 CPU: int8 (core.int8)
+        net = enc if net is None else net
+        with torch.inference_mode(), self.autocast():
+            if self.native and max(hp, wp) > enc.max_size:  # larger than one encoder pass: tiles
+                from .tiles import encode_tiled
+
+                feats = encode_tiled(enc, x, lambda e, t: run_encoder(net, t, fast=self.fast)).float()
+            else:
+                feats = run_encoder(net, x, fast=self.fast).float()
+        return Embedding(feats, tuple(original), (int(h), int(w)), (int(hp), int(wp)), gray)
+
+    def encoder_input(self, slice2d, *, channel_axis=None, channel=None):
+        """The (1, 3, H, W) tensor the image encoder gets for ``slice2d``: normalised, resized, padded."""
+        return self._normalised(self.prepare(slice2d, channel_axis, channel)[0])[0]
+
+    def _normalised(self, resized):
+        """(padded normalised tensor, (h, w) before padding) of a resized uint8 RGB slice."""
+        import torch
+
+        x = torch.as_tensor(resized, device=self.model.device).permute(2, 0, 1).contiguous()[None]
         h, w = x.shape[-2:]
         x = (x - self.sam.pixel_mean) / self.sam.pixel_std
         if self.native:
             hp, wp = (-(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE)
         else:
             hp = wp = self.sam.image_encoder.img_size
-        x = torch.nn.functional.pad(x, (0, wp - w, 0, hp - h))
-        from .fast_vit import run_encoder
-
-        enc = self.sam.image_encoder
-        with torch.inference_mode(), self.autocast():
-            if self.native and max(hp, wp) > enc.max_size:  # larger than one encoder pass: tiles
-                from .tiles import encode_tiled
-
-                feats = encode_tiled(enc, x, lambda e, t: run_encoder(e, t, fast=self.fast)).float()
-            else:
-                feats = run_encoder(enc, x, fast=self.fast).float()
-        return Embedding(feats, tuple(original), (int(h), int(w)), (int(hp), int(wp)), gray)
+        return torch.nn.functional.pad(x, (0, wp - w, 0, hp - h)), (int(h), int(w))
 
     def set_image(self, slice2d, *, channel_axis=None, channel=None) -> None:
         self.embedding = self.embed(slice2d, channel_axis=channel_axis, channel=channel)
