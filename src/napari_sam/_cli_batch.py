@@ -167,7 +167,7 @@ def run_batch(args) -> int:
 
     check_input_scale(args.input_scale, args.embeddings)
     jobs = plan(args)
-    model = _load(args.model, args.device)
+    model = _load(args.model, args.device, args.int8)
     check_memory(args, model)
     _check_caches(args, jobs, model)
     kept = {id(j) for j in _kept(args, jobs, model)}

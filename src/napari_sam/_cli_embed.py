@@ -22,11 +22,14 @@ from .io import InputError, SliceReader
 
 
 def add_embed_parser(subparsers) -> None:
+    from .cli import add_int8_option
+
     e = subparsers.add_parser("embed", help="compute the SAM embedding of every slice of a stack into a zarr cache")
     e.add_argument("image", help="2D or 3D (z, y, x) .tif/.tiff, .zarr or .npy; RGB last axis allowed")
     e.add_argument("--out", required=True, help="embedding cache to write or resume (a .zarr folder)")
     e.add_argument("--model", default="embedded", help=model_help())
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_int8_option(e)
     e.add_argument("--normalize", default="percentile", choices=["percentile", "minmax", "none"],
                    help="intensity normalisation (must match the one used when segmenting)")
     e.add_argument("--input-scale", type=float, default=None,
@@ -78,7 +81,7 @@ def run_embed(args) -> int:
 
     check_normalize(args.normalize, stack, args.image)
 
-    model = _load(args.model, args.device)
+    model = _load(args.model, args.device, args.int8)
     check_input_scale(args.input_scale)
     pred = SlicePredictor(model, normalize=args.normalize, input_scale=args.input_scale)
     channel_axis = -1 if vol.rgb else None

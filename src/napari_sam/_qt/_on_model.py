@@ -60,7 +60,8 @@ class ModelChoice:
         self._cancelled = None
         self._show_memory_option(model)
         scale = self._show_magnification()
-        self._say(f"Model {model.name} ({model.arch}) ready on {model.device}"
+        int8 = " (int8 encoder)" if getattr(model, "int8_encoder", None) is not None else ""
+        self._say(f"Model {model.name} ({model.arch}) ready on {model.device}{int8}"
                   + (f", slices magnified {scale:g}×." if scale is not None else "."))
         self._reset_result()
         self._schedule()
