@@ -17,7 +17,8 @@ Prints, for the same slice and the same checkpoint in the same process:
    a synthetic nuclei stack, where objects really continue through z); and
    every nucleus of a 512 x 512 slice decoded with its mask prompt in windows.
 4. Memory per cached slice (in-memory fp16, and on disk as zarr).
-5. The embedded model's embedding time for a 512 x 512 slice (median of 10), and for a
+5. The embedded model's embedding time for a 512 x 512 slice (median of 10), its int8 encoder (the
+   default on x86 CPUs, ``core.int8``) against fp32, interleaved, and for a
    1024 x 1024 slice at its 2x (encoded in tiles) and at 1x (median of 3); and 20 clicks on
    the 512 x 512 slice, one ``napari_sam.segment`` call each, with the API's embeddings
    (``api.EMBEDDINGS``: the slice encoded once) and with them cleared before every call.
@@ -365,23 +366,35 @@ def bench_embedded(size=512, n=10):
     if not path.exists():
         print("\n[5] Embedded model: weights not found")
         return None, None
-    model = load_model("embedded" if path == shipped else str(path), device="cpu")
+    name = "embedded" if path == shipped else str(path)
+    model = load_model(name, device="cpu")  # int8 encoder where the CPU has it (core.int8)
+    fp32 = load_model(name, device="cpu", int8=False)
     img, _ = slice_image(size, seed=5)
-    pred = SlicePredictor(model)
-    pred.embed(img)
-    t = timed(lambda: pred.embed(img), n)
-    print(f"\n[5] Embedded model ({path.name}): {size}x{size} slice embedding median {statistics.median(t) * 1e3:.0f} ms"
-          f" (min {min(t) * 1e3:.0f}, max {max(t) * 1e3:.0f}, {n} runs)")
+    preds = {m.precision: SlicePredictor(m) for m in (fp32, model)}
+    t = {k: [] for k in preds}
+    for k, p in preds.items():
+        p.embed(img)
+    for _ in range(n):  # interleaved: the machine's drift falls on both
+        for k, p in preds.items():
+            t[k] += timed(lambda: p.embed(img), 1)
+    med = {k: statistics.median(v) for k, v in t.items()}
+    print(f"\n[5] Embedded model ({path.name}): {size}x{size} slice embedding, median of {n} (interleaved):")
+    for k in preds:
+        print(f"    {k:8s} encoder: {med[k] * 1e3:.0f} ms (min {min(t[k]) * 1e3:.0f}, max {max(t[k]) * 1e3:.0f})")
+    if model.precision != fp32.precision:
+        a, b = (preds[k].embed(img).features for k in (model.precision, fp32.precision))
+        rel = float((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt())
+        print(f"    int8 / fp32: {med['int8'] / med['float32']:.2f}x the time; embeddings differ by {rel:.1%} (RMS)")
     big, _ = slice_image(2 * size, seed=6)
-    for scale in (None, 1.0):  # the model's own 2x: larger than one encoder pass, in tiles (core/tiles.py)
-        p = SlicePredictor(model, input_scale=scale)
+    for m, scale in ((model, None), (fp32, None), (model, 1.0)):  # 2x: more than one encoder pass, tiles
+        p = SlicePredictor(m, input_scale=scale)
         emb = p.embed(big)
         tb = timed(lambda: p.embed(big), 3)
-        print(f"    {2 * size}x{2 * size} slice at {p.input_scale:g}x (encoder input {emb.input_size[0]} px): median "
-              f"{statistics.median(tb):.2f} s of 3; embedding {tuple(emb.features.shape[1:])}, "
+        print(f"    {2 * size}x{2 * size} slice at {p.input_scale:g}x, {m.precision} (encoder input {emb.input_size[0]} px): "
+              f"median {statistics.median(tb):.2f} s of 3; embedding {tuple(emb.features.shape[1:])}, "
               f"{emb.features.numel() * 2 / 2**20:.1f} MiB as fp16")
     bench_api_clicks(model, img)
-    return model, statistics.median(t)
+    return model, med[model.precision]
 
 
 def bench_api_clicks(model, img, n=20):

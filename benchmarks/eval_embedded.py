@@ -195,11 +195,16 @@ def add_experiment_options(ap):
                     help="experiment: the slice's intensity percentile mapped to white (napari-sam's is 99.8)")
     ap.add_argument("--rank", default=None, choices=("score", "score*edge"),
                     help="how a click's 3 candidates are ordered (default: the model's; core.choose)")
+    ap.add_argument("--int8", default="auto", choices=("auto", "off"),
+                    help="the embedded model's int8 encoder on the CPU (core.int8; default where the CPU has it); "
+                         "off: fp32")
 
 
 def apply_experiment_options(model, args):
     import napari_sam.core.image as image_mod
 
+    if args.int8 == "off":
+        model.int8_encoder = None
     if args.mask_threshold is not None:
         model.sam.mask_threshold = args.mask_threshold
     if args.high_percentile is not None:
@@ -258,7 +263,8 @@ def main(argv=None):
     else:
         rows = evaluate(model, args.stacks, args.seed0, scale, args.rank)
     s = summarise(rows)
-    print(f"model {args.model} sha256={model.checksum[:12]}  objects={s['n_objects']}  ({time.time() - t:.0f}s)")
+    print(f"model {args.model} sha256={model.checksum[:12]} encoder {model.precision}  objects={s['n_objects']}  "
+          f"({time.time() - t:.0f}s)")
     print(f"{'metric':28s} {'median':>7s} {'p10':>7s} {'mean':>7s}")
     for k, v in s.items():
         if isinstance(v, dict):

@@ -79,7 +79,7 @@ def main(argv=None):
         rows = evaluate_images(model, [("dsb2018", img, lab, np.random.default_rng(SEED))], s, args.rank)
         results[str(s)] = {"summary": summarise(rows), "rows": rows, "seconds": time.time() - t}
     first = next(iter(results.values()))["summary"]
-    print(f"model {args.model} sha256={model.checksum[:12]}  DSB 2018 crop (StarDist test image): "
+    print(f"model {args.model} sha256={model.checksum[:12]} encoder {model.precision}  DSB 2018 crop (StarDist test image): "
           f"{first['n_objects']} annotated nuclei")
     cols = list(results)
     print(f"{'median / p10':28s} " + " ".join(f"{'x' + c:>13s}" for c in cols))
