@@ -63,7 +63,9 @@ def run_demo(out: Path, *, viewer: bool = True, device: str = "auto", seed: int 
     out = _free_folder(Path(out))
     st = make_stack((24, 256, 256), seed=seed, kind="nuclei", radius_range=(8, 30), density=0.3)
     prompts = demo_prompts(st.labels)
-    print(f"model: {model.name} on {model.device}; {len(prompts)} nuclei prompted with one click each", file=sys.stderr)
+    int8 = " (int8 encoder)" if getattr(model, "int8_encoder", None) is not None else ""
+    print(f"model: {model.name} on {model.device}{int8}; {len(prompts)} nuclei prompted with one click each",
+          file=sys.stderr)
     try:
         from .core.propagate import propagate_labels
 
