@@ -83,6 +83,9 @@ def test_segment_stack_writes_ids_on_prompted_slices_only(stack_files, tmp_path,
         assert (gt & got).sum() / (gt | got).sum() >= 0.8
     rec = json.loads((tmp_path / "labels.prompts.json").read_text())
     assert rec["model"] == "embedded" and len(rec["model_sha256"]) == 64
+    from napari_sam.core.int8 import wants_int8
+
+    assert rec["precision"] == ("int8" if wants_int8("auto", "embedded", "cpu") else "float32")  # core.int8
     assert set(rec["prompts"]) == {str(10 + k) for k in range(len(ids))}
 
 

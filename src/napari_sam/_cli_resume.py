@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# what must agree for an earlier output to be this run's (device and version may differ)
+# what must agree for an earlier output to be this run's (device, encoder precision and version may differ)
 SAME = {
     "image": "image file",
     "image_xxh3": "image pixels",
@@ -54,6 +54,7 @@ def record_for(args, image_path, vol, prompts, z_range, model, scale, auto: bool
         "model": model.name,
         "model_sha256": model.checksum,
         "device": str(model.device),
+        "precision": getattr(model, "precision", "float32"),  # the image encoder's: int8 on x86 CPUs (core.int8)
         "mode": _mode(args),
         "z_range": z_range,
         "refine": args.refine,
