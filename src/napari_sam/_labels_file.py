@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import stat
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from ._leftovers import fresh_name, sweep
 from .core.lazy import image_stem
 
 
@@ -49,10 +50,14 @@ def check_folder(folder: Path, what: str) -> None:
 
 def check_output(path, overwrite: bool, inputs=()) -> Path:
     """Labels ``path`` (a .tif/.tiff) and its record can be written: not an input image (even with
-    ``overwrite``), not existing unless ``overwrite``, not a folder, in a writable folder."""
+    ``overwrite``), not existing unless ``overwrite``, not a folder, in a writable folder. First, what killed
+    runs left in the folder is cleaned up (``_leftovers.sweep``), so labels a killed run had moved aside are
+    back where they were when it is decided whether they exist."""
     p = Path(path)
     if not p.name.lower().endswith((".tif", ".tiff")):
         raise _input_error(f"--out {p}: the labels are written as a TIFF; give a name ending in .tif or .tiff")
+    for line in sweep(p.parent):
+        print(f"napari-sam: note: {line}", file=sys.stderr)
     side = sidecar_path(p)
     for q in (p, side):
         for image in inputs:
@@ -117,7 +122,7 @@ def _temp_beside(target: Path, made: list) -> Path:
     applies, as to any file created)."""
     mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else None
     while True:
-        tmp = _fresh_name(target)
+        tmp = fresh_name(target, "new")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
@@ -134,7 +139,7 @@ def _keep_old(target: Path, made: list) -> Path | None:
     put it back if the pair cannot be completed; None when there is none."""
     if not target.exists():
         return None
-    backup = _fresh_name(target)
+    backup = fresh_name(target, "old")
     try:
         os.link(target, backup)
     except OSError:
@@ -143,8 +148,6 @@ def _keep_old(target: Path, made: list) -> Path | None:
     return backup
 
 
-def _fresh_name(target: Path) -> Path:
-    return target.with_name(f".napari-sam-{secrets.token_hex(6)}{target.suffix}")
 
 
 def _jsonable(o):
