@@ -399,13 +399,17 @@ def main(argv=None):
     ap.add_argument("--every-slice", action="store_true",
                     help="add the seed point applied to every slice knowing its slice (slices without the object "
                          "left empty; the widget's Every slice, the CLI's --every-slice)")
+    ap.add_argument("--int8", default="auto", choices=("auto", "off"),
+                    help="the embedded model's int8 encoder on the CPU (core.int8; default where the CPU has it); "
+                         "off: fp32 (docs/embedded-model.md's fp32 -> int8 propagation row)")
     ap.add_argument("--oracle", action="store_true",
                     help="add two ceilings (not methods): ground-truth clicks / boxes on every slice of each "
                          "object's true extent, decoded by the same model (run_oracle)")
     args = ap.parse_args(argv)
     from napari_sam.core.models import load_model
 
-    model = load_model(args.model, device="cpu")
+    model = load_model(args.model, device="cpu", int8=False if args.int8 == "off" else "auto")
+    print(f"model {args.model} sha256={model.checksum[:12]} encoder {model.precision}")
     if args.stardist_3d or args.drift:
         args.no_timing = True
     methods = ("propagation", "naive", "classical")

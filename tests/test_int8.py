@@ -13,7 +13,7 @@ from napari_sam.core import int8
 from napari_sam.core.checkpoints import ModelError
 from napari_sam.core.predictor import SlicePredictor
 from napari_sam.core.prompts import ObjectPrompt
-from napari_sam.synthetic import interior_point, make_image
+from napari_sam.synthetic import interior_point, make_image, make_stack
 
 from .conftest import needs_embedded
 
@@ -136,3 +136,89 @@ def test_the_command_line_turns_int8_off(tmp_path, monkeypatch):
         with pytest.raises(SystemExit):
             cli.main(["embed", str(image), "--out", str(tmp_path / "c.zarr"), *option])
         assert seen[-1] == precision
+
+
+@pytest.mark.parametrize("off", [0, np.False_])
+def test_int8_off_given_as_zero_or_numpy_false_is_off(off):
+    """``0 in (True, False)`` but ``0 is not False``: int8=0 (or numpy's False, from a config or an array)
+    passed the check and was then taken for "auto", so the int8 encoder ran although it was turned off."""
+    assert int8.wants_int8(off, "embedded", "cpu") is False
+    for bad in (2, 0.0, None, "on"):
+        with pytest.raises(ModelError, match=f"int8 must be 'auto', True or False, not {bad!r}"):
+            int8.wants_int8(bad, "embedded", "cpu")
+
+
+@needs_embedded
+@needs_x86
+def test_int8_off_as_numpy_false_loads_the_fp32_encoder():
+    assert napari_sam.load_model("embedded", device="cpu", int8=np.False_).precision == "float32"
+
+
+def test_a_wrong_int8_value_is_said_before_a_checkpoint_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr("napari_sam.core.models.read_checkpoint", lambda *a: pytest.fail("read"))
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"weights")
+    with pytest.raises(ModelError, match="int8 must be 'auto', True or False, not 'on'"):
+        napari_sam.load_model(path, device="cpu", int8="on")
+
+
+@needs_embedded
+@needs_x86
+def test_embedded_weights_by_path_use_the_shipped_ranges_other_weights_are_calibrated(tmp_path, monkeypatch):
+    """A copy of the shipped checkpoint has its checksum: the shipped table applies, nothing is calibrated. The
+    same weights slightly changed (a fine-tuned model, saved as the shipped one is) are calibrated at load, and
+    their int8 masks are as good as their fp32 masks against the ground truth."""
+    import shutil
+
+    from .conftest import EMBEDDED
+
+    calibrated = []
+    real = int8._calibration_inputs
+    monkeypatch.setattr(int8, "_calibration_inputs", lambda m: calibrated.append(m.name) or real(m))
+    copy = shutil.copy(EMBEDDED, tmp_path / "copy.pt")
+    monkeypatch.setattr(int8, "_MADE", {})  # as in a new process
+    assert napari_sam.load_model(copy, device="cpu").precision == "int8" and calibrated == []
+
+    ck = torch.load(EMBEDDED, map_location="cpu", weights_only=True)
+    g = torch.Generator().manual_seed(0)
+    ck["state_dict"] = {k: (v.float() * (1 + 0.01 * torch.randn(v.shape, generator=g))).to(v.dtype)
+                        if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
+    torch.save(ck, tmp_path / "tuned.pt")
+    tuned = napari_sam.load_model(tmp_path / "tuned.pt", device="cpu")
+    assert tuned.precision == "int8" and calibrated == ["tuned.pt"]
+    tuned_fp32 = napari_sam.load_model(tmp_path / "tuned.pt", device="cpu", int8=False)
+    st = make_image((192, 192), seed=900_142, radius_range=(6, 25), density=0.45)
+    ids, counts = np.unique(st.labels[st.labels > 0], return_counts=True)
+    gts = [st.labels == i for i in ids[counts >= 60]]
+    prompts = [ObjectPrompt(np.array([interior_point(g)], np.float32), [1]) for g in gts]
+    medians = {}
+    for m in (tuned, tuned_fp32):
+        pred = SlicePredictor(m)
+        pred.set_image(st.image)
+        medians[m.precision] = np.median([_iou(x, g) for x, g in zip(pred.predict_objects(prompts).best(), gts)])
+    assert len(gts) >= 8 and medians["int8"] >= 0.75 and medians["int8"] >= medians["float32"] - 0.03, medians
+
+
+@needs_embedded
+@needs_x86
+@pytest.mark.gui
+def test_the_widget_says_int8_encoder_until_the_first_prompt(make_napari_viewer, qtbot):
+    """"(int8 encoder)" was on the status line for an instant: the slice's hint, shown once the model was
+    ready, replaced it. Now the model's line stays until the user prompts, on "cpu" as on "auto"."""
+    from napari.utils._proxies import PublicOnlyProxy
+
+    from napari_sam._qt.widget import SamWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(make_stack((3, 64, 64), seed=900_143).image, name="nuclei")
+    widget = SamWidget(PublicOnlyProxy(viewer), model="embedded", device="auto")
+    viewer.window.add_dock_widget(widget, name="SAM")
+    status = widget._ui.status
+    for device in ("auto", "cpu"):
+        if device != "auto":
+            widget.load_model("embedded", device)
+        qtbot.waitUntil(lambda: widget.model is not None and not widget.busy, timeout=60000)
+        qtbot.waitUntil(lambda: "Next:" in status.text() or "z=" in status.text(), timeout=5000)  # the hint after it
+        assert status.text() == ("Model embedded (embedded) ready on cpu (int8 encoder), slices magnified 2×. "
+                                 "Next: click on an object, or draw a box around it."), status.text()
+    viewer.window.remove_dock_widget(widget)

@@ -61,8 +61,11 @@ class ModelChoice:
         self._show_memory_option(model)
         scale = self._show_magnification()
         int8 = " (int8 encoder)" if getattr(model, "int8_encoder", None) is not None else ""
-        self._say(f"Model {model.name} ({model.arch}) ready on {model.device}{int8}"
-                  + (f", slices magnified {scale:g}×." if scale is not None else "."))
+        # kept on the status line, as a commit's confirmation, until the next prompt or slice (the hint that
+        # follows a load replaced it at once, and "(int8 encoder)" with it)
+        self._last_commit = (f"Model {model.name} ({model.arch}) ready on {model.device}{int8}"
+                             + (f", slices magnified {scale:g}×." if scale is not None else "."))
+        self._say(self._last_commit)
         self._reset_result()
         self._schedule()
 

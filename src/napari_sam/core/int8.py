@@ -24,7 +24,7 @@ import json
 import threading
 import warnings
 
-__all__ = ["int8_reason", "int8_encoder", "wants_int8"]
+__all__ = ["int8_option", "int8_reason", "int8_encoder", "wants_int8"]
 
 CALIBRATION_SEEDS = (100000, 100001, 100002, 100003)  # training seeds (train.py: 100000-100899)
 CALIBRATION_SHAPE = (8, 256, 256)
@@ -54,6 +54,24 @@ def int8_reason(model_arch: str, device) -> str | None:
     return None
 
 
+def int8_option(int8):
+    """``load_model``'s ``int8`` as "auto", True or False; 0 / 1 and numpy's booleans count as False / True
+    (they pass ``int8 in ("auto", True, False)`` but are not ``False``: ``int8=0`` used to run as "auto")."""
+    import numbers
+
+    import numpy as np
+
+    from .checkpoints import ModelError
+
+    if isinstance(int8, str):
+        if int8 == "auto":
+            return int8
+    elif isinstance(int8, (numbers.Integral, np.bool_)):
+        if int8 in (0, 1):
+            return bool(int8)
+    raise ModelError(f"int8 must be 'auto', True or False, not {int8!r}")
+
+
 def wants_int8(int8, model_arch: str, device) -> bool:
     """``load_model``'s ``int8`` option: "auto" (the embedded model on an x86 CPU with AVX2 or AVX-512),
     True (refused with the reason where it cannot run) or False."""
@@ -61,8 +79,7 @@ def wants_int8(int8, model_arch: str, device) -> bool:
 
     from .checkpoints import ModelError
 
-    if int8 not in ("auto", True, False):
-        raise ModelError(f"int8 must be 'auto', True or False, not {int8!r}")
+    int8 = int8_option(int8)
     if int8 is False:
         return False
     why = int8_reason(model_arch, device)

@@ -282,12 +282,13 @@ def load_model(name_or_path: str | os.PathLike | None = "embedded", *, device: A
     """
     if name_or_path is None:  # as segment(model=None): the default
         name_or_path = "embedded"
+    from .int8 import int8_encoder, int8_option, wants_int8
+
+    int8 = int8_option(int8)  # a wrong value is said before a checkpoint is read
     torch_device = resolve_device(device)
     dtype = choose_dtype(torch_device, half)
     key = os.fspath(name_or_path)
     name = _registry_name(key)
-    from .int8 import int8_encoder, wants_int8
-
     if name is not None:
         wants_int8(int8, REGISTRY[name].arch, torch_device)  # int8=True where it cannot be: refused before a download
         path = fetch_checkpoint(name, progress=progress)
