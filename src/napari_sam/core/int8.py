@@ -111,8 +111,8 @@ def _quantize(model):
     observers = _observers(prepared)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # FX quantization: torch.ao.quantization is deprecated, reduce_range
-        if table is not None and set(table) == set(observers):
-            for name, (scale, zero_point) in table.items():
+        if table is not None and {k: v[2] for k, v in table.items()} == _observed(prepared):
+            for name, (scale, zero_point, _) in table.items():
                 o = observers[name]
                 setattr(prepared, name, FixedQParamsObserver(scale, zero_point, o.dtype, o.qscheme, o.quant_min,
                                                              o.quant_max))
@@ -123,15 +123,18 @@ def _quantize(model):
 
 
 def calibrated_table(model) -> dict:
-    """{observer: [scale, zero_point]} of the encoder calibrated on the generated slices (the shipped table)."""
+    """{observer: [scale, zero_point, the graph node it observes]} of the encoder calibrated on the generated
+    slices (the shipped table). The node names the observer's place in the graph: a torch that numbers the
+    observers otherwise does not get another observer's range."""
     import torch
 
     prepared, inputs = _prepared(model)
+    observed = _observed(prepared)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         for x in inputs():
             prepared(x)
-        return {name: [float(s), int(z)] for name, o in _observers(prepared).items()
+        return {name: [float(s), int(z), observed[name]] for name, o in _observers(prepared).items()
                 for s, z in [o.calculate_qparams()]}
 
 
@@ -153,7 +156,15 @@ def _prepared(model):
 
 
 def _observers(prepared) -> dict:
-    return {name: m for name, m in prepared.named_children() if name.startswith("activation_post_process_")}
+    """{observer: its module}, from the graph: an observer shared by two nodes (interpolate keeps its input's
+    range) is listed under both names, as ``named_children`` would not."""
+    return {name: getattr(prepared, name) for name in _observed(prepared)}
+
+
+def _observed(prepared) -> dict:
+    """{observer: the name of the graph node whose output it observes}."""
+    return {str(n.target): str(n.args[0].name) for n in prepared.graph.nodes
+            if n.op == "call_module" and str(n.target).startswith("activation_post_process_")}
 
 
 def _table_file():
@@ -170,7 +181,10 @@ def _shipped_table(checksum: str) -> dict | None:
         return None
     if meta.get("weights_sha256") != checksum or not isinstance(meta.get("observers"), dict):
         return None
-    return {str(k): (float(v[0]), int(v[1])) for k, v in meta["observers"].items()}
+    try:
+        return {str(k): (float(v[0]), int(v[1]), str(v[2])) for k, v in meta["observers"].items()}
+    except (TypeError, ValueError, IndexError):  # an older table, or a damaged one: calibrate
+        return None
 
 
 def _calibration_inputs(model) -> list:
