@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 from napari_sam.core import models
@@ -143,6 +144,7 @@ def test_half_on_cuda_is_bf16_where_supported_else_fp16(monkeypatch, bf16, expec
     assert choose_dtype(torch.device("cuda"), "auto") == expected
     assert choose_dtype("cuda:0", True) == expected
     assert choose_dtype("cuda", False) == torch.float32
+    assert choose_dtype("cuda", np.False_) == choose_dtype("cuda", 0) == torch.float32  # ran as "auto"
 
 
 @pytest.mark.parametrize("device", ["cpu", "mps"])

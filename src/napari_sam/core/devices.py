@@ -16,6 +16,22 @@ if TYPE_CHECKING:
     import torch
 
 
+def auto_flag(value, name: str):
+    """An "auto" / True / False option as exactly that: 0 / 1 and numpy's booleans count as False / True
+    (they pass ``value in ("auto", True, False)`` but are not ``False``: ``half=np.False_`` ran as "auto");
+    anything else is refused with what ``name`` takes."""
+    import numbers
+
+    import numpy as np
+
+    if isinstance(value, str):
+        if value == "auto":
+            return value
+    elif isinstance(value, (numbers.Integral, np.bool_)) and value in (0, 1):
+        return bool(value)
+    raise ModelError(f"{name} must be 'auto', True or False, not {value!r}")
+
+
 def _cuda_refusal(torch) -> str:
     if torch.version.cuda is None:
         return "this torch build has no CUDA support (a CPU-only build)"
@@ -90,8 +106,7 @@ def choose_dtype(device: Any, half: Any = "auto") -> torch.dtype:
     """
     import torch
 
-    if half not in ("auto", True, False):
-        raise ModelError(f"half must be 'auto', True or False, not {half!r}")
+    half = auto_flag(half, "half")
     kind = torch.device(device).type
     if kind == "cuda":
         if half is False:

@@ -55,21 +55,11 @@ def int8_reason(model_arch: str, device) -> str | None:
 
 
 def int8_option(int8):
-    """``load_model``'s ``int8`` as "auto", True or False; 0 / 1 and numpy's booleans count as False / True
-    (they pass ``int8 in ("auto", True, False)`` but are not ``False``: ``int8=0`` used to run as "auto")."""
-    import numbers
+    """``load_model``'s ``int8`` as "auto", True or False (``devices.auto_flag``: 0 / 1 and numpy's booleans
+    too; ``int8=0`` used to run as "auto")."""
+    from .devices import auto_flag
 
-    import numpy as np
-
-    from .checkpoints import ModelError
-
-    if isinstance(int8, str):
-        if int8 == "auto":
-            return int8
-    elif isinstance(int8, (numbers.Integral, np.bool_)):
-        if int8 in (0, 1):
-            return bool(int8)
-    raise ModelError(f"int8 must be 'auto', True or False, not {int8!r}")
+    return auto_flag(int8, "int8")
 
 
 def wants_int8(int8, model_arch: str, device) -> bool:

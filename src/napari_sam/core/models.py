@@ -278,7 +278,8 @@ def load_model(name_or_path: str | os.PathLike | None = "embedded", *, device: A
 
     int8: the embedded model's image encoder in int8 on the CPU (``core.int8``: about twice as fast, masks
     as accurate; made at the first load in a process, ~1 s): "auto" (on x86 CPUs with AVX2 or
-    AVX-512), True, or False (fp32, as the weights are).
+    AVX-512), True, or False (fp32, as the weights are). The int8 encoder is made from the weights at load:
+    after changing ``model.sam``'s weights in place (fine-tuning), load the model again, or pass int8=False.
     """
     if name_or_path is None:  # as segment(model=None): the default
         name_or_path = "embedded"
