@@ -25,8 +25,8 @@ import weakref
 # (key, what it does, widget method)
 SHORTCUTS: list[tuple[str, str, str]] = [
     ("N", "toggle positive / negative for new points (in select mode: flip the selected points)", "_on_toggle_polarity"),
-    ("K", "next candidate mask", "_on_next_candidate"),
-    ("Shift-K", "previous candidate mask", "_on_previous_candidate"),
+    ("K", "next candidate mask (of the current object, with several)", "_on_next_candidate"),
+    ("Shift-K", "previous candidate mask (of the current object)", "_on_previous_candidate"),
     ("C", "commit the preview into the labels layer", "_on_commit"),
     ("Shift-C", "clear this slice's prompts", "_on_clear"),
 ]

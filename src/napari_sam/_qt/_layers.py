@@ -23,6 +23,7 @@ POSITIVE_COLOR = "#39ff14"  # bright green: "this is the object"
 NEGATIVE_COLOR = "#ff2d95"  # magenta: "not this"
 BOX_COLOR = "#1ec8ff"  # sky blue
 PREVIEW_COLOR = "#ffe600"  # yellow: SAM's proposal, never confused with the labels' colours
+CURRENT_COLOR = "#ff8c00"  # orange: of several objects, the one whose candidate K steps
 
 
 def role(layer) -> str | None:
@@ -146,8 +147,10 @@ def _preview_geometry(image, plane: Plane) -> tuple[tuple[int, ...], np.ndarray]
     return tuple(shape), translate
 
 
-def show_preview(viewer: napari.Viewer, preview, image, plane: Plane, label_image: np.ndarray):
-    """Show ``label_image`` (H, W) int on ``plane``; returns the preview layer (created if needed)."""
+def show_preview(viewer: napari.Viewer, preview, image, plane: Plane, label_image: np.ndarray,
+                 current: int | None = None):
+    """Show ``label_image`` (H, W) int on ``plane``, label ``current`` (if any) in CURRENT_COLOR; returns
+    the preview layer (created if needed)."""
     shape, translate = _preview_geometry(image, plane)
     data = np.asarray(label_image).reshape(shape)
     if preview is not None and preview in viewer.layers and preview.ndim != len(shape):
@@ -160,21 +163,30 @@ def show_preview(viewer: napari.Viewer, preview, image, plane: Plane, label_imag
             preview = viewer.add_labels(
                 data, name="SAM preview", opacity=0.5, blending="translucent", metadata={ROLE: "preview"}, **kw
             )
-            _one_colour(preview)
+            _one_colour(preview, current)
         return preview
     preview.translate = translate
     preview.data = data
+    if preview.metadata.get(_CURRENT) != current:
+        _one_colour(preview, current)
     return preview
 
 
-def _one_colour(preview) -> None:
-    """Every object of the preview in PREVIEW_COLOR."""
+_CURRENT = "napari_sam_current"  # the preview's metadata: the label shown in CURRENT_COLOR
+
+
+def _one_colour(preview, current: int | None = None) -> None:
+    """Every object of the preview in PREVIEW_COLOR, but label ``current`` in CURRENT_COLOR."""
     try:
         from napari.utils.colormaps import DirectLabelColormap
 
-        preview.colormap = DirectLabelColormap(color_dict={None: PREVIEW_COLOR, 0: "transparent"})
+        colours = {None: PREVIEW_COLOR, 0: "transparent"}
+        if current is not None:
+            colours[int(current)] = CURRENT_COLOR
+        preview.colormap = DirectLabelColormap(color_dict=colours)
     except (ImportError, TypeError, ValueError):  # older napari: keep its label colours
         pass
+    preview.metadata[_CURRENT] = current
 
 
 def clear_preview(preview) -> None:

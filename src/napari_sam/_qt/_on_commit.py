@@ -86,7 +86,7 @@ class Committing:
                     if label == 0:
                         raise CommitError("the selected label is 0 (background): select a label, or commit as a "
                                           "new object id")
-                picks = [c.pick(self._rank) for c in res.candidates]
+                picks = res.picks()  # each object's chosen candidate, as the preview shows them
                 if not any(p[0].any() for p in picks):  # a commit would write nothing, or clear a refined label
                     raise CommitError(f"SAM's mask on {res.plane.label} is empty (0 px): nothing was committed; "
                                       "show another candidate (K), or click inside the object or draw a box around it")

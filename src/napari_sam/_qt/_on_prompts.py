@@ -15,6 +15,7 @@ from napari_sam.core.magnify import LARGE_SCALE, median_radius, scale_for
 from napari_sam.core.objects import group_prompts, predict_candidates
 
 from . import _layers as L
+from ._choice import Choice, object_keys
 from ._commit import CommitError, check_target
 from ._plane import (PlaneError, boxes_on_plane, current_plane, image_data, points_inside, points_on_plane,
                      spatial_shape)
@@ -164,7 +165,8 @@ class Prompting:
             self._reset_result()
             self._say(str(e), error=True)
             return
-        self._result, self._rank = Result(token, plane, objects, cands, notes, asked), 0
+        prev = self._result.choice if self._result is not None and self._same_context(token) else None
+        self._result = Result(token, plane, objects, cands, notes, asked, Choice(object_keys(asked), cands, prev))
         self._show_result()
         if self._pending_commit == token:
             self._commit_result()
@@ -172,9 +174,12 @@ class Prompting:
     def _same_request(self, token, asked) -> bool:
         """Whether the result shown answers the same prompts of the same image, slice and model: its token
         but for the prompts' version (``_token``: an edit that put them back still counts one up)."""
+        return self._same_context(token) and self._result.asked == asked
+
+    def _same_context(self, token) -> bool:
+        """Whether the result shown is of the same image, slice and model as ``token`` (its prompts may differ)."""
         prev = self._result
-        return prev is not None and prev.asked == asked and _without_prompt_version(prev.token) == \
-            _without_prompt_version(token)
+        return prev is not None and _without_prompt_version(prev.token) == _without_prompt_version(token)
 
     def _carry_mask(self, token, objects) -> None:
         """SAM's interactive loop: a click added to the one object of the slice is
@@ -195,7 +200,7 @@ class Prompting:
             return
         shown = prev.candidates[0]
         if shown.low_res is not None:
-            o.mask = shown.low_res[min(self._rank, len(shown) - 1)]
+            o.mask = shown.low_res[prev.choice.ranks[0]]
 
     def _start_encode(self, emb_key, plane) -> None:
         key = ("encode", *emb_key)
@@ -222,15 +227,17 @@ class Prompting:
 
     def _show_result(self) -> None:
         res, ui = self._result, self._ui
-        self._preview = L.show_preview(self._viewer, self._preview, self._image, res.plane, res.label_image(self._rank))
+        current = res.choice.current + 1 if len(res.objects) > 1 else None
+        self._preview = L.show_preview(self._viewer, self._preview, self._image, res.plane, res.label_image(), current)
         self._follow_keys()
         L.move_below(self._viewer, self._preview, [self._boxes, self._points])
         ui.candidates.blockSignals(True)
         ui.candidates.clear()
         ui.candidates.addItems(res.rank_texts())
-        ui.candidates.setCurrentRow(min(self._rank, res.n_ranks - 1))
+        ui.candidates.setCurrentRow(res.choice.rank)
         ui.candidates.blockSignals(False)
-        self._say(res.summary(self._rank) + self._magnification_hint(res))
+        self._say(res.summary() + self._magnification_hint(res))
+        self._selection_follows()
 
     def _magnification_hint(self, res) -> str:
         """A hint when the objects shown are large (cell bodies, big nuclei) and the slice is magnified
@@ -238,24 +245,11 @@ class Prompting:
         pred = self._session.predictor
         if pred is None or not pred.native:
             return ""
-        r = median_radius(np.stack([c.pick(self._rank)[0] for c in res.candidates]))
+        r = median_radius(np.stack([p[0] for p in res.picks()]))
         if scale_for(r, pred.input_scale) == pred.input_scale:
             return ""
         return (f" These objects are large (radius {r:.0f} px): Magnification {LARGE_SCALE:g}× segments "
                 f"them better, and faster.")
-
-    def _on_candidate_row(self, row: int) -> None:
-        if self._result is not None and row >= 0 and row != self._rank:
-            self._rank = row
-            self._show_result()
-
-    def _on_next_candidate(self, step: int = 1) -> None:
-        if self._result is not None:
-            self._rank = (self._rank + step) % self._result.n_ranks
-            self._show_result()
-
-    def _on_previous_candidate(self) -> None:
-        self._on_next_candidate(-1)
 
 
 PROMPT_VERSION = 3  # where ``Prompting._token`` keeps the prompts' version

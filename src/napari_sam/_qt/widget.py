@@ -16,6 +16,7 @@ from napari_sam.core.models import REGISTRY
 
 from . import _layers as L
 from ._controls import Controls
+from ._choice import Choosing, selection_changed
 from ._keys import KeyBindings, shortcuts_text
 from ._on_commit import Committing
 from ._on_every_slice import EverySlice
@@ -32,16 +33,16 @@ if TYPE_CHECKING:
     import napari
 
 
-class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, Propagating, EverySlice, Precomputing,
-                QWidget):
+class SamWidget(LayerChoice, ModelChoice, Prompting, Choosing, Committing, Propagating, EverySlice,
+                Precomputing, QWidget):
     """Segment Anything on the current 2D slice of an image layer.
 
     The ``_on_*`` handlers live in mixins by concern: ``_on_layers`` (which
     layers), ``_on_model`` (which model), ``_on_prompts`` (prompts -> SAM ->
-    preview), ``_on_commit`` (preview -> labels) and ``_on_propagate``
-    (labels -> through z); ``_on_precompute`` embeds slices ahead of the
-    user. This class builds the controls, wires the events
-    and unwires them on close.
+    preview), ``_choice`` (which candidate of each object), ``_on_commit``
+    (preview -> labels) and ``_on_propagate`` (labels -> through z);
+    ``_on_precompute`` embeds slices ahead of the user. This class builds
+    the controls, wires the events and unwires them on close.
     """
 
     def __init__(self, napari_viewer: napari.Viewer, model: str = "embedded", device: str = "auto"):
@@ -54,7 +55,7 @@ class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, Propagating, Ev
         self._undo = UndoLog()  # the widget's own steps in the labels layer's history
         self._image = self._points = self._boxes = self._labels = self._preview = None
         self._links: dict[object, list] = {}  # owner (layer or viewer) -> [(emitter, callback)]
-        self._image_version = self._prompt_version = self._rank = 0
+        self._image_version = self._prompt_version = 0
         self._result: Result | None = None
         self._plane_key = self._pending_commit = self._cancelled = None
         self._last_commit = ""  # shown until the next prompt
@@ -121,11 +122,13 @@ class SamWidget(LayerChoice, ModelChoice, Prompting, Committing, Propagating, Ev
         elif role == "points":
             self._link(role, ev.data, self._on_prompts_changed)
             self._link(role, ev.features, self._on_prompts_changed)
+            self._link(role, selection_changed(layer), self._on_points_selected)
             L.ensure_polarity(layer)
             L.set_new_point_polarity(layer, self._ui.positive.isChecked())
         elif role == "boxes":
             self._link(role, ev.data, self._on_prompts_changed)
             self._link(role, ev.features, self._on_prompts_changed)  # napari's paste (Ctrl-V) emits only this
+            self._link(role, selection_changed(layer), self._on_boxes_selected)
         elif role == "labels":
             for e in (ev.paint, ev.data, ev.selected_label):
                 self._link(role, e, self._on_labels_changed)
