@@ -206,7 +206,7 @@ def _check_caches(args, jobs: list[Job], model) -> None:
     """Every ``--embeddings`` cache against its image (a few slices read), the model and the settings, once
     the model is known and before anything is written: InputError naming the image."""
     from ._cli_resume import asked_scale
-    from .cli import _open_embeddings
+    from ._cli_embed import open_embeddings
     from .core.lazy import open_stack
     from .io import SliceReader
 
@@ -215,7 +215,7 @@ def _check_caches(args, jobs: list[Job], model) -> None:
             continue
         try:
             lazy = open_stack(job.image)
-            _open_embeddings(job.embeddings, model, SliceReader(lazy.data, job.image), -1 if lazy.rgb else None,
+            open_embeddings(job.embeddings, model, SliceReader(lazy.data, job.image), -1 if lazy.rgb else None,
                              asked_scale(args, model, job.embeddings), args.normalize)
         except (ValueError, FileNotFoundError) as e:  # InputError, or what open_stack says of the image
             raise InputError(f"{job.image.name}: {str(e).rstrip('.')}; nothing was written") from None

@@ -8,6 +8,9 @@ laptop that does the clicking. The stack is read one slice at a time (TIFF,
 zarr or .npy; memory-mapped where possible), so stacks larger than the memory
 work. An interrupted run resumes where it stopped when the same command is
 run again; a cache made for another image, model or settings is refused.
+
+Also the ``--embeddings`` cache ``segment`` reads (``open_embeddings``: checked against the image, model
+and settings before anything runs).
 """
 
 from __future__ import annotations
@@ -139,3 +142,37 @@ def _drain(gen, total: int) -> int:
         return int(stop.value or 0)
     finally:
         bar.close()
+
+
+def embeddings_scale(path):
+    """The magnification an embedding cache was made at (None: unreadable; ``open_embeddings`` says why)."""
+    from .core.disk_cache import CacheMismatch, DiskCache
+
+    try:
+        return DiskCache.open(path, readonly=True).settings.get("input_scale")
+    except (CacheMismatch, FileNotFoundError):
+        return None
+
+
+def open_embeddings(path, model, stack, channel_axis, input_scale=None, normalize="percentile"):
+    """The ``DiskCache`` at ``path``, checked against this image, model and settings."""
+    from .core.cache import slice_signature
+    from .core.cache_folder import store_kind
+    from .core.disk_cache import CacheMismatch, DiskCache, settings_for
+    from .core.predictor import SlicePredictor
+    from .io import InputError
+
+    p = Path(path)
+    if not p.is_dir():
+        raise InputError(f"--embeddings {p}: no embedding cache there; make one with: napari-sam embed IMAGE --out {p}")
+    if store_kind(p) == "unfinished":
+        raise InputError(f"--embeddings {p}: an embedding cache whose making was cut short before its first slice "
+                         f"was saved; run napari-sam embed IMAGE --out {p} again")
+    pred = SlicePredictor(model, normalize=normalize, input_scale=input_scale)
+    settings = settings_for(pred, stack.shape, stack.dtype, channel_axis=channel_axis)
+    try:
+        disk = DiskCache.open(p, settings)
+        disk.check_image(stack, slice_signature)
+    except CacheMismatch as e:
+        raise InputError(f"--embeddings: {e}") from None
+    return disk

@@ -36,9 +36,9 @@ def asked_scale(args, model, embeddings):
     if args.input_scale is not None:
         return check_input_scale(args.input_scale)
     if embeddings:
-        from .cli import _embeddings_scale
+        from ._cli_embed import embeddings_scale
 
-        return _embeddings_scale(embeddings)
+        return embeddings_scale(embeddings)
     return "auto" if getattr(model, "native_resolution", False) else None
 
 

@@ -165,7 +165,9 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
         scale, radius = stack_scale(model, vol.data, prompts, normalize=args.normalize, channel_axis=channel_axis,
                                     cache=cache)
         note = f"; --input-scale auto: prompted objects' median radius {radius:.1f} px -> {scale:g}x"
-    disk = _open_embeddings(embeddings, model, vol.data, channel_axis, scale, args.normalize) if embeddings else None
+    from ._cli_embed import open_embeddings
+
+    disk = open_embeddings(embeddings, model, vol.data, channel_axis, scale, args.normalize) if embeddings else None
     if args.propagate or args.every_slice:
         from .core.propagate import propagate_labels
 
@@ -227,40 +229,6 @@ class SliceBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _embeddings_scale(path):
-    """The magnification an embedding cache was made at (None: unreadable; ``_open_embeddings`` says why)."""
-    from .core.disk_cache import CacheMismatch, DiskCache
-
-    try:
-        return DiskCache.open(path, readonly=True).settings.get("input_scale")
-    except (CacheMismatch, FileNotFoundError):
-        return None
-
-
-def _open_embeddings(path, model, stack, channel_axis, input_scale=None, normalize="percentile"):
-    """The ``DiskCache`` at ``path``, checked against this image, model and settings."""
-    from .core.cache import slice_signature
-    from .core.cache_folder import store_kind
-    from .core.disk_cache import CacheMismatch, DiskCache, settings_for
-    from .core.predictor import SlicePredictor
-    from .io import InputError
-
-    p = Path(path)
-    if not p.is_dir():
-        raise InputError(f"--embeddings {p}: no embedding cache there; make one with: napari-sam embed IMAGE --out {p}")
-    if store_kind(p) == "unfinished":
-        raise InputError(f"--embeddings {p}: an embedding cache whose making was cut short before its first slice "
-                         f"was saved; run napari-sam embed IMAGE --out {p} again")
-    pred = SlicePredictor(model, normalize=normalize, input_scale=input_scale)
-    settings = settings_for(pred, stack.shape, stack.dtype, channel_axis=channel_axis)
-    try:
-        disk = DiskCache.open(p, settings)
-        disk.check_image(stack, slice_signature)
-    except CacheMismatch as e:
-        raise InputError(f"--embeddings: {e}") from None
-    return disk
 
 
 def add_int8_option(p) -> None:
