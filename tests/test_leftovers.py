@@ -42,6 +42,15 @@ def test_names_carry_this_machine_and_process_and_parse_back(tmp_path):
     assert m and (m["host"], int(m["pid"]), m["role"], m["target"]) == (_leftovers._host(), os.getpid(), "old", "a.tif")
 
 
+def test_a_long_labels_name_is_still_written(tmp_path):
+    """Names carrying the machine and process are ~80 bytes longer than the labels' own: a labels name near
+    the file systems' 255 bytes gets the short temporary names of before (not swept), not 'File name too long'."""
+    out = tmp_path / ("x" * 230 + ".tif")
+    write_labels_atomic(out, np.full((2, 8, 8), 4, np.uint16), {"long": True})
+    assert (tifffile.imread(out) == 4).all() and _hidden(tmp_path) == []
+    assert len(_leftovers.fresh_name(out, "new").name) < 255
+
+
 def test_labels_moved_aside_are_put_back_before_the_output_is_checked(tmp_path, capsys):
     """Where hard links fail (FAT, some network shares) the labels being replaced were renamed aside; a kill then
     left the folder without them. The next run puts them back first, and so refuses to overwrite them."""

@@ -30,9 +30,18 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
 
 
+MAX_NAME = 255  # bytes of a file name on the common file systems
+
+
 def fresh_name(target: Path, role: str) -> Path:
-    """A name beside ``target`` for its new contents (role "new") or its previous ones (role "old")."""
-    return target.with_name(f"{PREFIX}{_host()}-{os.getpid()}-{secrets.token_hex(6)}.{role}.{target.name}")
+    """A name beside ``target`` for its new contents (role "new") or its previous ones (role "old"). A target
+    whose name leaves no room for the machine and process gets a short name that ``sweep`` does not touch,
+    as before these names (a kill then leaves it behind)."""
+    token = secrets.token_hex(6)
+    name = f"{PREFIX}{_host()}-{os.getpid()}-{token}.{role}.{target.name}"
+    if len(os.fsencode(name)) > MAX_NAME:
+        name = f"{PREFIX}{token}{target.suffix}"
+    return target.with_name(name)
 
 
 def _alive(pid: int) -> bool:
