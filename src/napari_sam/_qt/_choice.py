@@ -120,17 +120,14 @@ class Choosing:
         res, layer = self._result, getattr(self, "_" + role)
         if res is None or len(res.objects) < 2 or layer is None or not added or self._image is None:
             return
+        on_plane, holding = (points_on_plane, _object_with_point) if role == "points" else \
+            (boxes_on_plane, _object_with_box)
         try:
-            if role == "points":
-                idx, where, _ = points_on_plane(layer, self._image, res.plane)
-                match = [_object_with_point(res.objects, where[list(idx).index(i)])
-                         for i in sorted(added) if i in idx]
-            else:
-                idx, where, _ = boxes_on_plane(layer, self._image, res.plane)
-                match = [_object_with_box(res.objects, where[list(idx).index(i)])
-                         for i in sorted(added) if i in idx]
+            idx, where, _ = on_plane(layer, self._image, res.plane)
         except PlaneError:
             return
+        row = {int(i): k for k, i in enumerate(idx)}  # layer index -> row of ``where``
+        match = [holding(res.objects, where[row[i]]) for i in sorted(added) if i in row]
         match = [i for i in match if i is not None]
         if match and match[-1] != res.choice.current:
             res.choice.current = match[-1]

@@ -96,19 +96,18 @@ def _quantize(model):
     from torch.ao.quantization.observer import FixedQParamsObserver
     from torch.ao.quantization.quantize_fx import convert_fx
 
-    prepared, inputs = _prepared(model)
+    prepared = _prepared(model)
     table = _shipped_table(model.checksum)
-    observers = _observers(prepared)
+    if table is None or {k: v[2] for k, v in table.items()} != _observed(prepared):
+        _calibrate(prepared, model)  # another torch traces another graph, or other weights: calibrate them
+        table = None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # FX quantization: torch.ao.quantization is deprecated, reduce_range
-        if table is not None and {k: v[2] for k, v in table.items()} == _observed(prepared):
-            for name, (scale, zero_point, _) in table.items():
-                o = observers[name]
-                setattr(prepared, name, FixedQParamsObserver(scale, zero_point, o.dtype, o.qscheme, o.quant_min,
-                                                             o.quant_max))
-        else:  # another torch traces another graph, or other weights: calibrate them
-            for x in inputs():
-                prepared(x)
+        observers = _observers(prepared)
+        for name, (scale, zero_point, _) in (table or {}).items():
+            o = observers[name]
+            setattr(prepared, name, FixedQParamsObserver(scale, zero_point, o.dtype, o.qscheme, o.quant_min,
+                                                         o.quant_max))
         return convert_fx(prepared).eval()
 
 
@@ -116,20 +115,25 @@ def calibrated_table(model) -> dict:
     """{observer: [scale, zero_point, the graph node it observes]} of the encoder calibrated on the generated
     slices (the shipped table). The node names the observer's place in the graph: a torch that numbers the
     observers otherwise does not get another observer's range."""
+    prepared = _prepared(model)
+    _calibrate(prepared, model)
+    observed = _observed(prepared)
+    return {name: [float(s), int(z), observed[name]] for name, o in _observers(prepared).items()
+            for s, z in [o.calculate_qparams()]}
+
+
+def _calibrate(prepared, model) -> None:
+    """Run the generated slices through ``prepared``: its observers record their activation ranges."""
     import torch
 
-    prepared, inputs = _prepared(model)
-    observed = _observed(prepared)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        for x in inputs():
+        for x in _calibration_inputs(model):
             prepared(x)
-        return {name: [float(s), int(z), observed[name]] for name, o in _observers(prepared).items()
-                for s, z in [o.calculate_qparams()]}
 
 
 def _prepared(model):
-    """(the encoder prepared for int8 by FX, a function giving the calibration inputs)."""
+    """The encoder prepared for int8 by FX (observers after every quantized activation)."""
     import torch
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx
@@ -141,8 +145,7 @@ def _prepared(model):
     example = torch.zeros(1, 3, 64, 64, device=model.device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepared = prepare_fx(copy.deepcopy(model.sam.image_encoder).eval(), qconfig, example_inputs=(example,))
-    return prepared, lambda: _calibration_inputs(model)
+        return prepare_fx(copy.deepcopy(model.sam.image_encoder).eval(), qconfig, example_inputs=(example,))
 
 
 def _observers(prepared) -> dict:
@@ -180,8 +183,6 @@ def _shipped_table(checksum: str) -> dict | None:
 def _calibration_inputs(model) -> list:
     """Generated slices (one per seed, from the middle of its stack; every fourth of cell bodies), as the
     predictor hands them to the encoder: normalised, magnified, padded."""
-    import torch
-
     from ..synthetic import make_stack
     from .predictor import SlicePredictor
 
