@@ -9,13 +9,14 @@ a cancelled run changes nothing), and the whole result is written in one
 session's cache and the encoder gate (like a click's; the background
 precompute pauses meanwhile), so clicks afterwards reuse them; a whole-stack
 embedding cache on disk made for this image and model is read first (and
-filled), as clicks do. See ``_propagate.py``.
+filled), as clicks do. A later run of the same objects redoes the slices an
+earlier run wrote and nobody changed since (``_redo.py``). See ``_propagate.py``.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,10 +32,10 @@ from ._propagate import (
     objects_on_slice,
     run_propagation,
     slice_range,
-    still_background,
     z_axis_of,
     z_name,
 )
+from ._redo import Propagated, Redoing, redone_text, to_write
 
 _RUNS = itertools.count(1)
 
@@ -65,12 +66,21 @@ class _Run:
     what: str = "propagation"  # for the status line and Undo
     after: object = None  # called with the labels layer once the result is written; returns the prompts it cleared
     stopped: tuple = ()  # (why, what to do) when the widget stopped it (its image or labels layer went away)
+    known: dict = field(default_factory=dict)  # Propagated.known of its objects: slices it may redo
 
 
 class Propagating:
     """Propagation handlers of the SAM widget."""
 
     _propagation: _Run | None = None
+    _propagated_by_runs: Propagated | None = None
+
+    @property
+    def _propagated(self) -> Propagated:
+        """What the widget's propagations wrote (``_redo``): a later run of the same objects redoes it."""
+        if self._propagated_by_runs is None:
+            self._propagated_by_runs = Propagated()
+        return self._propagated_by_runs
 
     @property
     def propagating(self) -> bool:
@@ -131,8 +141,11 @@ class Propagating:
         memory = self._ui.propagate_memory.isEnabled() and self._ui.propagate_memory.isChecked()
         if memory:
             desc = desc.replace("…", " with SAM 2's memory…")
+        known = self._propagated.known(self._labels, ids, view)
+        if known:  # slices earlier runs wrote: redone unless changed since (the current slice is kept)
+            source = Redoing(source, known, keep=dict(plane.fixed)[view.z_axis])
         run = _Run(None, view, source, self._labels, self._image, self._image_version,
-                   Outcome(ids, z_name(plane), _bounds(zr)))
+                   Outcome(ids, z_name(plane), _bounds(zr)), known=known)
         self._launch(run, desc, run_propagation, ids, memory, zr)
 
     def _launch(self, run: _Run, desc: str, fn, *args) -> None:
@@ -209,10 +222,13 @@ class Propagating:
             self._say("Propagation finished, but the image or the labels layer changed meanwhile: nothing written.",
                       error=True)
             return
-        write = still_background(layer.data, run.view, ch)  # the user may have painted meanwhile
+        written = StackView(layer.data, run.view.plane, run.view.z_axis)
+        write = to_write(written, ch, run.known)  # only background: the user may have painted meanwhile
         with self._undo.writing():
             n = self._write_propagation(layer, run.view, write)
         cleared = run.after(layer) if n and run.after is not None else ()
+        if n and run.after is None:
+            self._propagated.remember(layer, written, write, ch.redone)
         if n and layer is self._labels:  # the layer whose edits the widget follows
             ids = ", ".join(map(str, run.outcome.ids))
             self._undo.remember(layer, f"{run.what} of label {ids}", run.view.full_index(*write[:3]), cleared)
@@ -221,8 +237,12 @@ class Propagating:
         self._ui.propagate_status.setText(run.outcome.text(ch, write, show=3, short=True))
         self._ui.propagate_status.setToolTip(run.outcome.text(ch, write, show=len(run.outcome.ids)))
         what, done = ("Propagation", "Propagated") if run.after is None else ("Prompts on every slice",) * 2
-        msg = f"{what} added no pixels.\n{summary}" if n == 0 else \
-            f"{done}: {n} px written (one step: Ctrl-Z or the Undo button undoes it).\n{summary}"
+        gone = int((write[3] == 0).sum())
+        px = f"{n - gone} px written" + (f", {gone} px of an earlier propagation cleared" if gone else "")
+        redone = redone_text(ch.redone, run.outcome.zname)
+        summary += f"\n{redone}" if redone else ""
+        msg = f"{what} changed no pixels.\n{summary}" if n == 0 else \
+            f"{done}: {px} (one step: Ctrl-Z or the Undo button undoes it).\n{summary}"
         self._last_commit = msg  # stays on the status line, as a commit's, until the next prompt or slice
         self._say(msg)
 

@@ -5,7 +5,9 @@ every slice where it already is becomes a mask prompt (kept as it is, see
 ``core.propagate``), so propagation fills the gaps between those slices and
 goes on beyond them. At the end only pixels that were background (0) when the
 run started, and still are, are written, so no existing object (nor the
-object's own committed slices) ever changes.
+object's own committed slices) ever changes; the one exception is an object's
+slices that an earlier propagation of the widget wrote and nobody changed
+since: they are redone (``_redo.py``).
 The labels are held once: the worker reads the layer slice by slice (which
 pixels are background, packed to a bit each; the anchors), the run makes its
 one copy, and what it would write comes back as pixel lists (:class:`Changes`),
@@ -16,7 +18,7 @@ viewer is. Pure numpy over core objects: testable without Qt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -193,23 +195,29 @@ class Changes:
 
     pixels: {z: (rows, cols, ids)} labelled by the run where the layer was background when it started.
     present: {id: [z, ...]} slices where the result holds each object. nz: the stack's slices.
+    redone: {z: [id, ...]} objects' slices an earlier propagation wrote, redone by this run (``_redo.Redoing``):
+    their old pixels count as background in ``pixels``.
     """
 
     nz: int
     pixels: dict
     present: dict
+    redone: dict = field(default_factory=dict)
 
 
-def in_worker(fn, predictor, stack, labels: StackView, *args):
+def in_worker(fn, predictor, stack, labels, *args):
     """Generator (runs in a worker): ``fn`` (``run_propagation`` or ``run_every_slice``) on the labels
-    layer seen through ``labels``, returning :class:`Changes` instead of the (z, H, W) result.
+    layer seen through ``labels`` (a ``StackView``, or a ``_redo.Redoing`` over one), returning
+    :class:`Changes` instead of the (z, H, W) result.
 
     Which pixels are background is read first, slice by slice, a bit each; then ``fn`` reads the layer
     (its one copy of the labels). A pixel the user changes meanwhile is, at worst, left unwritten.
     """
     background = [np.packbits(np.asarray(labels[z]) == 0) for z in range(labels.shape[0])]
     result = yield from fn(predictor, stack, labels, *args)
-    return changes(result, background)
+    ch = changes(result, background)
+    ch.redone = {z: ids for z, ids in getattr(labels, "redone", {}).items() if ids}
+    return ch
 
 
 def changes(result: np.ndarray, background: list) -> Changes:
@@ -225,17 +233,3 @@ def changes(result: np.ndarray, background: list) -> Changes:
         if len(r):
             pixels[z] = (r, c, res[r, c])
     return Changes(len(result), pixels, present)
-
-
-def still_background(layer_data, view: StackView, ch: Changes) -> tuple[np.ndarray, ...]:
-    """(z, rows, cols, ids) of the pixels of ``ch`` that are still background in the layer: what to write."""
-    parts = []
-    for z, (r, c, v) in ch.pixels.items():
-        zs = np.full(len(r), z, np.intp)
-        keep = np.asarray(layer_data[view.full_index(zs, r, c)]) == 0
-        parts.append((zs[keep], r[keep], c[keep], v[keep]))
-    if not parts:
-        return tuple(np.zeros(0, np.intp) for _ in range(4))
-    return tuple(np.concatenate(a) for a in zip(*parts))
-
-
