@@ -41,7 +41,7 @@ from .io import InputError
 
 def is_batch(args) -> bool:
     """Several images, or one written into a folder / prompted from a folder (a glob that matched one file)."""
-    folders = [Path(p).is_dir() for p in (args.points, args.boxes) if p]  # (a cache is itself a folder)
+    folders = [Path(p).is_dir() for p in (args.points, args.boxes, args.masks) if p]  # (a cache is itself a folder)
     out = str(args.out)
     return len(args.image) > 1 or Path(out).is_dir() or out.endswith(("/", "\\")) or any(folders)
 
@@ -60,10 +60,12 @@ def plan(args) -> list[Job]:
     """Every image checked against its prompts, output and cache; InputError at the first problem."""
     from ._cli_checks import check_normalize, check_propagation
     from ._cli_resume import earlier_record
-    from .io import check_output, image_header, read_prompts
+    from ._mask_prompts import check_mode, check_not_out, read_all
+    from .io import check_output, image_header
 
-    if not args.points and not args.boxes:
-        raise InputError("give prompts: --points POINTS.csv|FOLDER and/or --boxes BOXES.csv|FOLDER")
+    if not args.points and not args.boxes and not args.masks:
+        raise InputError("give prompts: --points POINTS.csv|FOLDER, --boxes BOXES.csv|FOLDER and/or --masks FOLDER")
+    check_mode(args)
     images = [Path(p) for p in args.image]
     _check_distinct(images)
     out = _check_out_folder(args)
@@ -78,10 +80,13 @@ def plan(args) -> list[Job]:
                 check_normalize(args.normalize, open_stack(p).data, "this image")
             spatial = shape[:len(shape) - rgb]
             pts, bxs = _per_image(args.points, p, "--points"), _per_image(args.boxes, p, "--boxes")
-            prompts = read_prompts(pts, bxs, spatial, (p, shape, rgb))
+            msk = _per_image(args.masks, p, "--masks", (".tif", ".tiff", ".npy"))
+            prompts = read_all(pts, bxs, msk, spatial, (p, shape, rgb))
             z_range = check_propagation(args, spatial, prompts)
             target = out / f"{image_stem(p)}.tif"
             earlier = None
+            if msk is not None:
+                check_not_out(msk, target)
             if out.exists():
                 check_output(target, True, inputs=images)  # never an input image, nor a folder
                 earlier = None if args.overwrite else earlier_record(target)
@@ -136,16 +141,19 @@ def _check_out_folder(args) -> Path:
     return out
 
 
-def _per_image(path, image: Path, option: str) -> Path | None:
-    """A prompt table for ``image``: the file itself, or ``<folder>/<image name>.csv``."""
+def _per_image(path, image: Path, option: str, suffixes=(".csv",)) -> Path | None:
+    """A prompt file for ``image``: the file itself, or ``<folder>/<image name><suffix>`` (the first of
+    ``suffixes`` there)."""
     if path is None:
         return None
     p = Path(path)
     if p.is_dir():
-        f = p / f"{image_stem(image)}.csv"
-        if not f.is_file():
-            raise InputError(f"{option} folder {p} has no {f.name} for this image{_old_name(f, image, '.csv')}")
-        return f
+        found = [p / f"{image_stem(image)}{s}" for s in suffixes if (p / f"{image_stem(image)}{s}").is_file()]
+        if not found:
+            f = p / f"{image_stem(image)}{suffixes[0]}"
+            raise InputError(f"{option} folder {p} has no {f.name} for this image"
+                             f"{_old_name(f, image, suffixes[0])}")
+        return found[0]
     if not p.is_file():
         raise InputError(f"{option} {p} not found")
     return p

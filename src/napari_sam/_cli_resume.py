@@ -45,6 +45,7 @@ def asked_scale(args, model, embeddings):
 def record_for(args, image_path, vol, prompts, z_range, model, scale, auto: bool) -> dict:
     """The record of one image's labels (JSON-able): what it was made from and how."""
     from . import __version__
+    from ._mask_prompts import for_record
     from .cli import _mode
     from .core.cache import slice_signature
 
@@ -61,7 +62,7 @@ def record_for(args, image_path, vol, prompts, z_range, model, scale, auto: bool
         "input_scale": scale,
         "input_scale_auto": auto,
         "normalize": args.normalize,
-        "prompts": {str(o): {str(z): s for z, s in zs.items()} for o, zs in prompts.items()},
+        "prompts": {str(o): {str(z): s for z, s in zs.items()} for o, zs in for_record(prompts).items()},
         "napari_sam_version": __version__,
     }
 

@@ -72,7 +72,7 @@ def run_demo(out: Path, *, viewer: bool = True, device: str = "auto", seed: int 
         labels = propagate_labels(st.image, prompts, model=model)
         mode = "propagated through z"
     except ImportError:
-        from .cli import segment_prompted_slices
+        from ._cli_slices import segment_prompted_slices
 
         labels = segment_prompted_slices(st.image, prompts, model)
         mode = "on the prompted slices"

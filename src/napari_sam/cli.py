@@ -1,6 +1,6 @@
 """napari-sam from a shell: the same core as the widget.
 
-    napari-sam segment IMAGE --points P.csv [--boxes B.csv] --out LABELS.tif
+    napari-sam segment IMAGE --points P.csv [--boxes B.csv] [--masks M.tif] --out LABELS.tif
                        [--model NAME_OR_PATH] [--device auto] [--overwrite]
                        [--propagate [--z-range A:B] [--memory] | --every-slice [--z-range A:B]]
                        [--refine] [--embeddings CACHE.zarr] [--normalize percentile|minmax|none]
@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--points", help="CSV: z,y,x (y,x for 2D) or axis-0,axis-1[,axis-2]; optional positive, object. "
                                     "Several images: one CSV for all of them, or a folder of IMAGE-NAME.csv")
     s.add_argument("--boxes", help="CSV: z,y0,x0,y1,x1 (y0,x0,y1,x1 for 2D); optional object. Several images: as --points")
+    s.add_argument("--masks", help="labels (TIFF or .npy) of the image's shape, drawn or corrected by hand: each label "
+                                   "on each slice is a mask prompt of that object, kept as it is (with --propagate or "
+                                   "--every-slice). Several images: a folder of IMAGE-NAME.tif")
     s.add_argument("--out", required=True, help="labels .tif/.tiff to write (a .prompts.json record is written "
                                                 "beside it); several images: a folder, IMAGE-NAME.tif each")
     s.add_argument("--model", default="embedded", help=model_help())
@@ -121,15 +124,19 @@ def _segment(args) -> int:
     if is_batch(args):
         return run_batch(args)
     from ._cli_checks import check_input_scale, check_memory, check_normalize, check_propagation
-    from .io import InputError, check_output, read_image, read_prompts
+    from ._mask_prompts import check_mode, check_not_out, read_all
+    from .io import InputError, check_output, read_image
 
-    if not args.points and not args.boxes:
-        raise InputError("give prompts: --points POINTS.csv and/or --boxes BOXES.csv")
+    if not args.points and not args.boxes and not args.masks:
+        raise InputError("give prompts: --points POINTS.csv, --boxes BOXES.csv and/or --masks LABELS.tif")
+    check_mode(args)
     out = check_output(args.out, args.overwrite, inputs=args.image)
+    if args.masks:
+        check_not_out(args.masks, out)
     check_input_scale(args.input_scale, args.embeddings)
     vol = read_image(args.image[0])
     check_normalize(args.normalize, vol.data, args.image[0])
-    prompts = read_prompts(args.points, args.boxes, vol.spatial_shape, (args.image[0], vol.shape, vol.rgb))
+    prompts = read_all(args.points, args.boxes, args.masks, vol.spatial_shape, (args.image[0], vol.shape, vol.rgb))
     z_range = check_propagation(args, vol.spatial_shape, prompts)
     model = _load(args.model, args.device, args.int8)
     check_memory(args, model)
@@ -182,6 +189,8 @@ def segment_volume(args, image_path, vol, prompts, z_range, model, out, embeddin
         finally:
             bar.close()
     else:
+        from ._cli_slices import segment_prompted_slices
+
         labels = segment_prompted_slices(vol.data, prompts, model, refine=args.refine, channel_axis=channel_axis,
                                          disk=disk, input_scale=scale, cache=cache, normalize=args.normalize)
     labels = labels.astype(label_dtype(max(prompts)))
@@ -245,53 +254,6 @@ def _load(name, device, int8="auto"):
         return load_model(name, device=device, int8={"on": True, "off": False}.get(int8, int8))
     except ModelError as e:
         raise InputError(str(e).splitlines()[0]) from None
-
-
-def segment_prompted_slices(stack, prompts, model, *, refine=False, channel_axis=None, disk=None,
-                            input_scale=None, cache=None, normalize="percentile") -> np.ndarray:
-    """Each object on each slice it was prompted on; (z, y, x) labels.
-
-    All objects of a slice are decoded on one embedding; a single positive
-    point takes the first of SAM's 3 candidates (``Prediction.best_index``,
-    ``core.choose``), richer prompts one mask.
-    Where objects claim the same pixel, the higher predicted IoU wins.
-    disk: a ``DiskCache`` of the stack (read first; what is encoded is added).
-    cache: an ``EmbeddingCache`` to read and fill (e.g. the slice ``--input-scale auto`` measured).
-    normalize: intensity normalisation (``core.image``).
-    """
-    import numpy as np
-
-    from .core.cache import embed_cached
-    from .core.predictor import SlicePredictor
-    from .core.prompts import ObjectPrompt
-
-    nz = stack.shape[0]
-    shape = stack.shape[1:3]
-    labels = np.zeros((nz, *shape), np.uint32)
-    pred = SlicePredictor(model, normalize=normalize, refine=refine, input_scale=input_scale)
-    by_z: dict[int, list] = {}
-    for oid, zs in prompts.items():
-        for z, s in zs.items():
-            by_z.setdefault(z, []).append((oid, ObjectPrompt(np.array(s["points"], float).reshape(-1, 2), s["labels"], s["box"])))
-    for z in sorted(by_z):
-        pred.set_embedding(embed_cached(pred, cache, np.asarray(stack[z]), channel_axis=channel_axis, disk=disk, index=z))
-        score = np.full(shape, -np.inf, np.float32)
-        for multimask in (True, False):
-            items = [(o, p) for o, p in by_z[z] if _is_single_point(p) == multimask]
-            if not items:
-                continue
-            r = pred.predict_objects([p for _, p in items], multimask=multimask)
-            best = r.best_index()
-            for k, (oid, _) in enumerate(items):
-                m, sc = r.masks[k, best[k]], float(r.scores[k, best[k]])
-                win = m & (sc > score)
-                labels[z][win] = oid
-                score[win] = sc
-    return labels
-
-
-def _is_single_point(p) -> bool:
-    return p.box is None and len(p.points) == 1 and int(p.labels[0]) == 1
 
 
 if __name__ == "__main__":

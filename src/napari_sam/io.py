@@ -218,11 +218,12 @@ def _bool(v: str, line: int, path) -> int:
     raise InputError(f"{path}, line {line}: 'positive' must be 1/0 or true/false, got '{v}'")
 
 
-def read_prompts(points_csv, boxes_csv, spatial_shape, image=None) -> dict[int, dict[int, dict]]:
+def read_prompts(points_csv, boxes_csv, spatial_shape, image=None, taken=None) -> dict[int, dict[int, dict]]:
     """Parse the tables into {object_id: {z: {"points", "labels", "box"}}} for a
     ``spatial_shape`` (y, x) or (z, y, x) image; z is 0 for 2D. Validates
     every coordinate against the image. image: (path, shape as read, rgb) of
-    the image (:func:`image_header`), for messages."""
+    the image (:func:`image_header`), for messages. taken: {object id: slices} of masks given elsewhere
+    (``--masks``): prompts without an id are numbered above them, negative points may go with a mask."""
     ndim = len(spatial_shape)
     shape3 = (1, *spatial_shape) if ndim == 2 else tuple(spatial_shape)
     pts: list[tuple[int, float, float, int, int | None, int]] = []  # z, y, x, pos, obj, line
@@ -249,7 +250,8 @@ def read_prompts(points_csv, boxes_csv, spatial_shape, image=None) -> dict[int, 
         raise InputError("no prompts: the points/boxes tables have no rows")
 
     objects: dict[int, dict[int, dict]] = {}
-    used = {p[4] for p in pts if p[4] is not None} | {b[2] for b in boxes if b[2] is not None}
+    taken = taken or {}
+    used = {p[4] for p in pts if p[4] is not None} | {b[2] for b in boxes if b[2] is not None} | set(taken)
     next_id = max(used, default=0) + 1
     unnumbered = sum(1 for p in pts if p[4] is None and p[3]) + sum(1 for b in boxes if b[2] is None)
     if next_id + unnumbered - 1 > MAX_OBJECT_ID:
@@ -276,15 +278,15 @@ def read_prompts(points_csv, boxes_csv, spatial_shape, image=None) -> dict[int, 
     # negative points without an object: every object on their slice
     for z, y, x, pos, oid, line in pts:
         if oid is None and not pos:
-            hits = [o for o, zs in objects.items() if z in zs]
+            hits = sorted({o for o, zs in objects.items() if z in zs} | {o for o, zs in taken.items() if z in zs})
             if not hits:
                 raise InputError(f"{points_csv}, line {line}: negative point on z={z} but no object has a positive prompt there")
             for o in hits:
-                objects[o][z]["points"].append((y, x))
+                slot(o, z)["points"].append((y, x))
                 objects[o][z]["labels"].append(0)
     for oid, zs in objects.items():
         for z, s in zs.items():
-            if s["box"] is None and not any(s["labels"]):
+            if s["box"] is None and not any(s["labels"]) and z not in taken.get(oid, ()):
                 raise InputError(f"object {oid} on z={z} has only negative points: add a positive point or a box")
     return objects
 
