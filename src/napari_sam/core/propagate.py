@@ -61,6 +61,16 @@ def pass_source(anchors: list[int], z: int, up: bool):
     return above[0], False
 
 
+def _clearest(at_anchor: dict) -> None:
+    """``StopRule.clearest``: every prompted slice of an object takes the largest contrast and area among them."""
+    best: dict[int, tuple[float, int]] = {}
+    for (o, _), t in at_anchor.items():
+        c, p = best.get(o, (0.0, 0))
+        best[o] = (max(c, t.contrast0), max(p, t.peak_area))
+    for (o, _), t in at_anchor.items():
+        t.contrast0, t.peak_area = best[o]
+
+
 def _start(t: Track, image2d, canvas, z) -> Track:
     """A track leaving its prompted slice: remember the object's contrast and area there."""
     t.contrast0 = contrast(image2d, canvas.labels[z], t.r0, t.c0, t.mask)
@@ -116,6 +126,7 @@ def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: Embeddi
     moving: dict[tuple[int, bool], Track] = {}
     ended: set[tuple[int, bool]] = set()
     outward: dict[tuple[int, bool], list[StepFeatures]] = {}
+    started = False
     for n, (stage, z) in enumerate(visits, 1):
         done_here, stopped = [], []
         if stage == "prompted":
@@ -147,6 +158,10 @@ def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: Embeddi
                 stopped.append((o, why))
         else:
             up = stage == "up"
+            if not started:  # the prompted slices are done: their contrasts and areas are known
+                started = True
+                if stop.clearest:
+                    _clearest(at_anchor)
             work = []
             for o, a in anchors.items():
                 src = pass_source(a, z, up)

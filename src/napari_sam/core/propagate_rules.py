@@ -131,6 +131,10 @@ class StopRule:
         ~0.4 of the prompted slice's, a small nucleus's ~0.7 (medians on the
         tuning stacks); with 0.6 for all, cell bodies stopped ~2 slices early
         at both ends.
+    clearest: an object prompted on several slices is held, beyond each of them, to its contrast and its
+        largest area on the clearest of them (the largest contrast and area among its prompted slices), not
+        the nearest one: an end slice drawn by hand (dim, small) does not lower the bar, or the object runs
+        on past its end into its own out-of-focus light. False: the nearest prompted slice's.
 
     For another rule, subclass and override :meth:`reason`.
     """
@@ -148,6 +152,7 @@ class StopRule:
     align: bool = True
     min_aligned: float = 0.65
     max_shift: float = 1.0
+    clearest: bool = True
 
     def reason(self, f: StepFeatures) -> str | None:
         """Why the object stops here, or None to go on. Called once before
