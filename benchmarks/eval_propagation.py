@@ -5,6 +5,7 @@
     python benchmarks/eval_propagation.py --model sam2.1_hiera_tiny.pt --memory --no-timing  # + SAM 2's memory
     python benchmarks/eval_propagation.py --every-slice --no-timing   # + prompts applied to every slice
     python benchmarks/eval_propagation.py --oracle --no-timing        # + two ceilings (ground-truth prompts)
+    python benchmarks/eval_propagation.py --drawn --no-timing         # + from a drawn mask (--masks)
 
 Stacks: ``napari_sam.synthetic.make_stack`` seeds 950000..950005, shape
 (32, 256, 256), four of nuclei and two of cells (seeds never used for
@@ -33,6 +34,8 @@ Methods, on the same stacks and seed points:
 * micro-sam (``--micro-sam``): micro-sam's own propagation function with its
   3D annotator's defaults, on the same model and embeddings, one object at a
   time (``micro_sam_baseline.py``);
+* drawn-mask (``--drawn``): propagation from each object's true mask on its middle slice instead of the
+  click, as ``napari-sam segment --masks`` runs it from one drawn slice per object;
 * oracle-click / oracle-box (``--oracle``): not methods but ceilings; every
   slice of each object's true extent prompted from the ground truth
   (``run_oracle``).
@@ -103,6 +106,15 @@ def run_propagation(predictor, image, seeds, cache=None, **kw) -> np.ndarray:
     from napari_sam.core.propagate import propagate_objects, run_to_end
 
     return run_to_end(propagate_objects(predictor, image, seed_prompts(seeds), cache=cache, **kw))
+
+
+def run_drawn(predictor, image, gt, seeds, cache=None) -> np.ndarray:
+    """Each object's ground-truth mask on its middle slice as the prompt, as a user drawing one slice per object
+    gives it (``napari-sam segment --masks``), propagated with the defaults."""
+    from napari_sam.core.propagate import propagate_objects, run_to_end
+
+    prompts = {i: {z: {"mask": gt[z] == i}} for i, (z, _) in seeds.items()}
+    return run_to_end(propagate_objects(predictor, image, prompts, cache=cache))
 
 
 def run_memory(predictor, image, seeds) -> np.ndarray:
@@ -275,6 +287,8 @@ def evaluate(model, stacks=STACKS, shape=SHAPE, methods=("propagation", "naive",
                 pred = run_propagation(predictor, image, seeds, cache, **prop_kw)
             elif m == "naive":  # SAM as it is: its own candidate order (the stronger one for this baseline)
                 pred = run_naive(SlicePredictor(model, refine=refine, rank="score"), image, seeds, cache)
+            elif m == "drawn-mask":
+                pred = run_drawn(predictor, image, labels, seeds, cache)
             elif m == "every-slice":
                 pred = run_every_slice(predictor, image, seeds, cache)
             elif m.startswith("oracle-"):
@@ -402,6 +416,9 @@ def main(argv=None):
     ap.add_argument("--int8", default="auto", choices=("auto", "off"),
                     help="the embedded model's int8 encoder on the CPU (core.int8; default where the CPU has it); "
                          "off: fp32 (docs/embedded-model.md's fp32 -> int8 propagation row)")
+    ap.add_argument("--drawn", action="store_true",
+                    help="add propagation from each object's true mask on its middle slice (one drawn slice per "
+                         "object: napari-sam segment --masks) instead of a click")
     ap.add_argument("--oracle", action="store_true",
                     help="add two ceilings (not methods): ground-truth clicks / boxes on every slice of each "
                          "object's true extent, decoded by the same model (run_oracle)")
@@ -422,6 +439,8 @@ def main(argv=None):
         methods += ("memory",)
     if args.every_slice:
         methods += ("every-slice",)
+    if args.drawn:
+        methods += ("drawn-mask",)
     if args.oracle:
         methods += ("oracle-click", "oracle-box")
     if args.stardist_3d:
