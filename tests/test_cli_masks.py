@@ -44,7 +44,7 @@ def test_masks_on_one_slice_each_are_propagated_through_the_stack_and_kept_as_dr
     labels = tifffile.imread(out)
     assert set(np.unique(labels)) == {0, *ids}, "the objects keep the ids they were drawn with"
     np.testing.assert_array_equal(labels[sparse > 0], sparse[sparse > 0])  # the drawn slices as drawn
-    for i in ids:
+    for i in ids:  # 3D IoU measured (session 15): 0.86, 0.85, 0.87, 0.74
         assert (labels == i).any((1, 2)).sum() >= 3, f"object {i} was carried to other slices"
         assert _iou(labels == i, gt == i) >= 0.7, f"object {i}: 3D IoU {_iou(labels == i, gt == i):.2f}"
     rec = json.loads(out.with_name("dense.prompts.json").read_text())
@@ -71,7 +71,7 @@ def test_masks_and_points_together_number_the_points_above_the_labels(stack_file
     assert code == 0, err
     labels = tifffile.imread(out)
     assert set(np.unique(labels)) == {0, a, a + 1}
-    assert _iou(labels == a, gt == a) >= 0.7 and _iou(labels == a + 1, gt == b) >= 0.6
+    assert _iou(labels == a, gt == a) >= 0.7 and _iou(labels == a + 1, gt == b) >= 0.6  # measured 0.86, 0.84
 
 
 BAD = [

@@ -152,8 +152,9 @@ def test_a_prompted_slice_that_gives_no_pixels_is_filled_from_the_other_one(embe
 
 def test_an_object_drawn_on_its_end_slice_does_not_run_on_past_its_end(embedded_model, stack):
     """StopRule.clearest: each object drawn on its first slice (dim, small) and on its middle one. Held to the
-    contrast of its first slice, the rule let two objects of this stack run on one slice below their end, into
-    their own out-of-focus light; held to their clearest prompted slice, none does."""
+    contrast of its first slice (``clearest=False``), the rule let two objects of this stack run on one slice
+    below their end, into their own out-of-focus light (session 15, an AVX2 CPU); held to their clearest
+    prompted slice, none does."""
     from napari_sam.core.cache import EmbeddingCache
     from napari_sam.core.predictor import SlicePredictor
     from napari_sam.core.propagate import propagate_objects, run_to_end
@@ -169,10 +170,5 @@ def test_an_object_drawn_on_its_end_slice_does_not_run_on_past_its_end(embedded_
     assert len(prompts) >= 15
     pred, cache = SlicePredictor(embedded_model), EmbeddingCache()
 
-    def starts(clearest):
-        out = run_to_end(propagate_objects(pred, stack.image, prompts, cache=cache, stop=StopRule(clearest=clearest)))
-        return {i: int(np.flatnonzero((out == i).any((1, 2)))[0]) for i in prompts}
-
-    assert starts(True) == first
-    below = [i for i, z in starts(False).items() if z < first[i]]
-    assert below, "the nearest prompted slice's contrast let some object run on below its end"
+    out = run_to_end(propagate_objects(pred, stack.image, prompts, cache=cache, stop=StopRule()))
+    assert {i: int(np.flatnonzero((out == i).any((1, 2)))[0]) for i in prompts} == first
