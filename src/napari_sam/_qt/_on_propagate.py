@@ -228,7 +228,7 @@ class Propagating:
             n = self._write_propagation(layer, run.view, write)
         cleared = run.after(layer) if n and run.after is not None else ()
         if n and run.after is None:
-            self._propagated.remember(layer, written, write, ch.redone)
+            self._propagated.remember(layer, written, ch.digests)
         if n and layer is self._labels:  # the layer whose edits the widget follows
             ids = ", ".join(map(str, run.outcome.ids))
             self._undo.remember(layer, f"{run.what} of label {ids}", run.view.full_index(*write[:3]), cleared)

@@ -25,6 +25,7 @@ import numpy as np
 from napari_sam.core.propagate import batch_prompts_through_z, propagate_objects
 
 from ._plane import Plane
+from ._redo import fingerprint
 from ._session import reported
 
 
@@ -196,13 +197,15 @@ class Changes:
     pixels: {z: (rows, cols, ids)} labelled by the run where the layer was background when it started.
     present: {id: [z, ...]} slices where the result holds each object. nz: the stack's slices.
     redone: {z: [id, ...]} objects' slices an earlier propagation wrote, redone by this run (``_redo.Redoing``):
-    their old pixels count as background in ``pixels``.
+    their old pixels count as background in ``pixels``. digests: {(id, z): ``_redo.fingerprint``} of each
+    object's mask in the result on the slices where it has new pixels or was redone (``_redo.Propagated``).
     """
 
     nz: int
     pixels: dict
     present: dict
     redone: dict = field(default_factory=dict)
+    digests: dict = field(default_factory=dict)
 
 
 def in_worker(fn, predictor, stack, labels, *args):
@@ -217,6 +220,10 @@ def in_worker(fn, predictor, stack, labels, *args):
     result = yield from fn(predictor, stack, labels, *args)
     ch = changes(result, background)
     ch.redone = {z: ids for z, ids in getattr(labels, "redone", {}).items() if ids}
+    touched = {(int(oid), z) for z, (_, _, v) in ch.pixels.items() for oid in np.unique(v)}
+    touched |= {(oid, z) for z, ids in ch.redone.items() for oid in ids}
+    masks = {(oid, z): result[z] == oid for oid, z in touched}
+    ch.digests = {k: fingerprint(m) for k, m in masks.items() if m.any()}
     return ch
 
 

@@ -53,22 +53,21 @@ class Propagated:
 
     def add(self, layer, view, oid: int, z: int, mask: np.ndarray) -> None:
         """Remember that a propagation left ``mask`` as object ``oid`` on slice ``z`` of ``view``."""
-        book = self._layers.setdefault(layer, {})
-        book.setdefault((int(oid), self.where(view), int(z)), set()).add(fingerprint(mask))
+        self.remember(layer, view, {(int(oid), int(z)): fingerprint(mask)})
 
-    def remember(self, layer, view, write: tuple, redone: dict) -> None:
-        """After a run wrote ``write`` ((z, rows, cols, values) pixels) into ``layer`` (seen through ``view``, a
-        ``StackView``) and redid ``redone`` ({z: [id, ...]}): remember each object's mask on those slices."""
-        z, _, _, v = write
-        pairs = np.unique(np.stack([np.asarray(z, np.int64), np.asarray(v, np.int64)])[:, v != 0], axis=1)
-        slices: dict[int, set] = {}
-        for a, oid in [*pairs.T.tolist(), *((zz, i) for zz, ids in redone.items() for i in ids)]:
-            slices.setdefault(int(a), set()).add(int(oid))
-        for zz, ids in sorted(slices.items()):
-            sl = view[zz]
-            for oid in ids:
-                if (sl == oid).any():
-                    self.add(layer, view, oid, zz, sl == oid)
+    def remember(self, layer, view, digests: dict) -> None:
+        """Remember what a run wrote into ``layer`` (seen through ``view``, a ``StackView``): ``digests``,
+        {(id, z): fingerprint} of its objects' masks on the slices it wrote or redid (``Changes.digests``,
+        computed in the worker). A slice the user painted while it ran then matches none and is the user's."""
+        book, here = self._layers.setdefault(layer, {}), self.where(view)
+        for (oid, z), f in digests.items():
+            book.setdefault((oid, here, z), set()).add(f)
+
+
+def unchanged(known: dict, oid: int, z: int, mask: np.ndarray) -> bool:
+    """``mask`` (object ``oid`` on slice ``z``) is still exactly what a propagation wrote (``known``:
+    ``Propagated.known``)."""
+    return fingerprint(mask) in known.get((oid, z), ())
 
 
 class Redoing:
@@ -100,7 +99,7 @@ class Redoing:
 
     def _stale(self, z: int, sl: np.ndarray) -> list[int]:
         here = self._ids & set(np.unique(sl[sl > 0]).tolist()) if self._ids else ()
-        return sorted(oid for oid in here if fingerprint(sl == oid) in self.known.get((oid, z), ()))
+        return sorted(oid for oid in here if unchanged(self.known, oid, z, sl == oid))
 
     def __array__(self, dtype=None, copy=None):
         vol = np.stack([self[z] for z in range(self.shape[0])])
@@ -126,7 +125,7 @@ def to_write(labels, ch, known: dict) -> tuple[np.ndarray, ...]:
         old = np.zeros(cur.shape, bool)
         for oid in ch.redone[z]:
             m = cur == oid
-            if fingerprint(m) in known.get((oid, z), ()):
+            if unchanged(known, oid, z, m):
                 old |= m
         new = np.zeros(cur.shape, cur.dtype)
         new[r, c] = v
