@@ -8,6 +8,7 @@ Public API (loaded on first access)::
     import napari_sam
     model = napari_sam.load_model("embedded")        # or "vit_b", a path, ...
     result = napari_sam.segment(image2d, points=[[40, 52]], model=model)
+    found = napari_sam.find_objects(image2d)           # every object, no click: found.labels
     napari_sam.propagate(...)                         # through a z-stack
     napari_sam.synthetic                              # seeded synthetic microscopy
 """
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": ("napari_sam.core.models", "load_model"),
     "segment": ("napari_sam.api", "segment"),
+    "find_objects": ("napari_sam.api", "find_objects"),
     "propagate": ("napari_sam.api", "propagate"),
     "synthetic": ("napari_sam.synthetic", None),
 }

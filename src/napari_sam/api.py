@@ -1,4 +1,4 @@
-"""Public Python API: ``napari_sam.load_model``, ``segment``, ``propagate``.
+"""Public Python API: ``napari_sam.load_model``, ``segment``, ``find_objects``, ``propagate``.
 
 Prompts use napari's convention: points (N, 2) as (row, col); boxes (M, 4) as
 (row0, col0, row1, col1).
@@ -13,7 +13,7 @@ import numpy as np
 from .core.cache import EmbeddingCache
 from .core.models import load_model, model_key
 
-__all__ = ["load_model", "segment", "propagate", "EMBEDDINGS"]
+__all__ = ["load_model", "segment", "find_objects", "propagate", "EMBEDDINGS"]
 
 _DEFAULT = {}
 
@@ -111,6 +111,54 @@ def segment(
         if scale != pred.input_scale:
             _, out = run(scale)
     return out
+
+
+def find_objects(
+    image2d,
+    *,
+    model=None,
+    labels=None,
+    channel_axis: int | None = None,
+    channel: int | None = None,
+    normalize: str = "percentile",
+    input_scale: float | None = None,
+    **settings,
+):
+    """Every object on one 2D slice, without a click: SAM's automatic mask generation (``core.automatic``).
+
+    image2d: (H, W), or (H, W, C) with ``channel_axis``. labels: (H, W) labels already drawn on the slice;
+    objects are only looked for outside them (their pixels are never given to a found object). settings:
+    fields of :class:`napari_sam.core.automatic.AutoSettings` (``spacing``, ``min_score``, ``min_brightness``
+    0 for dark objects on a bright background, ...). input_scale: the embedded model's magnification (None:
+    its own, 2x).
+
+    Returns :class:`napari_sam.core.automatic.Found`: ``labels`` (H, W) uint32, ids 1..n best first, with
+    ``scores``, ``stability`` and the ``seeds`` that drew them; ``found.prompts(z)`` gives each object as a
+    mask prompt on slice z for :func:`propagate`::
+
+        found = napari_sam.find_objects(stack[12])
+        labels3d = napari_sam.propagate(stack, found.prompts(12))
+    """
+    from .core.automatic import AutoSettings, find_objects as find
+    from .core.cache import embed_cached
+    from .core.magnify import check_scale
+    from .core.predictor import SlicePredictor
+
+    a = np.asarray(image2d)
+    if a.ndim != (3 if channel_axis is not None else 2):
+        raise ValueError(f"find_objects() takes one 2D slice{' with channels' if channel_axis is not None else ''}, "
+                         f"got an array of shape {a.shape}: for a z-stack pick a slice, stack[z]")
+    unknown = sorted(set(settings) - set(AutoSettings.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"find_objects() got unknown settings {unknown}: AutoSettings has "
+                        f"{sorted(AutoSettings.__dataclass_fields__)}")
+    scale = check_scale(input_scale)
+    if isinstance(scale, str):
+        raise ValueError(f'find_objects() takes a number for input_scale, not {input_scale!r}: "auto" decides '
+                         "from the objects clicked, and here none are")
+    pred = SlicePredictor(_model(model), normalize=normalize, input_scale=scale)
+    pred.set_embedding(embed_cached(pred, EMBEDDINGS, a, channel_axis=channel_axis, channel=channel))
+    return find(pred, AutoSettings(**settings), existing=labels)
 
 
 def propagate(stack, prompts, *, model=None, z_range=None, **kwargs):
