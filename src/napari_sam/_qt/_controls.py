@@ -140,6 +140,12 @@ class Controls:
         row.addWidget(self.clear)
         row.addWidget(self.undo)
         box.addLayout(row)
+        self.find = QPushButton("Find all objects on this slice")
+        self.find.setToolTip(
+            "No clicks: SAM tries seed points all over this slice (bright spots first, then a grid) and commits "
+            "every object it is sure of as a new label, only where the labels layer is background (one Ctrl-Z "
+            "undoes it). Fix or delete what it got wrong, then Propagate all on this slice")
+        box.addWidget(self.find)
         root.addWidget(commit)
 
         propagate = QGroupBox("Propagate through z")

@@ -189,7 +189,8 @@ class Propagating:
         return disk.at(index[:k] + index[k + 1 :], k)
 
     def _set_propagate_buttons(self, enabled: bool) -> None:
-        for b in (self._ui.propagate_object, self._ui.propagate_all, self._ui.every_slice, self._ui.commit):
+        for b in (self._ui.propagate_object, self._ui.propagate_all, self._ui.every_slice, self._ui.commit,
+                  self._ui.find):
             b.setEnabled(enabled)
 
     def _on_propagate_progress(self, key, p) -> None:

@@ -20,6 +20,7 @@ from ._choice import Choosing, selection_changed
 from ._keys import KeyBindings, shortcuts_text
 from ._on_commit import Committing
 from ._on_every_slice import EverySlice
+from ._on_find import Finding
 from ._on_layers import LayerChoice
 from ._on_model import ModelChoice
 from ._on_precompute import Precomputing
@@ -33,14 +34,15 @@ if TYPE_CHECKING:
     import napari
 
 
-class SamWidget(LayerChoice, ModelChoice, Prompting, Choosing, Committing, Propagating, EverySlice,
+class SamWidget(LayerChoice, ModelChoice, Prompting, Choosing, Committing, Finding, Propagating, EverySlice,
                 Precomputing, QWidget):
     """Segment Anything on the current 2D slice of an image layer.
 
     The ``_on_*`` handlers live in mixins by concern: ``_on_layers`` (which
     layers), ``_on_model`` (which model), ``_on_prompts`` (prompts -> SAM ->
     preview), ``_choice`` (which candidate of each object), ``_on_commit``
-    (preview -> labels) and ``_on_propagate`` (labels -> through z);
+    (preview -> labels), ``_on_find`` (every object of a slice, no click) and ``_on_propagate`` (labels ->
+    through z);
     ``_on_precompute`` embeds slices ahead of the user. This class builds
     the controls, wires the events and unwires them on close.
     """
@@ -106,6 +108,7 @@ class SamWidget(LayerChoice, ModelChoice, Prompting, Choosing, Committing, Propa
         ui.propagate_object.clicked.connect(self._on_propagate_object)
         ui.propagate_all.clicked.connect(self._on_propagate_all)
         ui.every_slice.clicked.connect(self._on_every_slice)
+        ui.find.clicked.connect(self._on_find)
 
     def _watch(self, role: str, layer) -> None:
         """Follow the events of the layer playing ``role`` (and forget the previous one)."""
