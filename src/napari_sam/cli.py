@@ -7,6 +7,7 @@
     napari-sam segment IMAGE IMAGE... --points P.csv|DIR [--boxes B.csv|DIR] --out DIR [...]
     napari-sam demo [--out DIR] [--no-viewer]
     napari-sam embed STACK.tif --out CACHE.zarr [--model NAME_OR_PATH]
+    napari-sam find IMAGE --out FOUND.tif [--z Z] [--model NAME_OR_PATH]
 
 Exit status: 0 on success; 2 with a one-line reason on stderr for bad input
 (or an output that cannot be written), and nothing written; 1 with a one-line
@@ -74,8 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--no-viewer", action="store_true", help="do not open napari even when a display exists")
     d.add_argument("--device", default="auto")
     from ._cli_embed import add_embed_parser
+    from ._cli_find import add_find_parser
 
     add_embed_parser(sub)
+    add_find_parser(sub)
     return ap
 
 
@@ -110,6 +113,10 @@ def _main(argv, release) -> int:
             from ._cli_embed import run_embed
 
             return run_embed(args)
+        if args.cmd == "find":
+            from ._cli_find import run_find
+
+            return run_find(args)
     except InputError as e:
         return _fail(str(e))
     except OSError as e:  # a file that could not be read or written (what is foreseen is an InputError)

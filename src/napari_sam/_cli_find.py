@@ -1,0 +1,113 @@
+"""``napari-sam find``: every object of one slice, without prompts (``core.automatic``).
+
+    napari-sam find IMAGE --out FOUND.tif [--z Z] [--model NAME_OR_PATH] [--device auto]
+                    [--spacing PX] [--min-score S] [--dark] [--overwrite]
+
+Writes labels of the image's shape with the objects found on slice Z (of a stack; the middle one unless
+``--z`` says) and nothing elsewhere, and a ``.prompts.json`` record beside them (each object's seed point,
+SAM's predicted IoU and stability). They are a ``--masks`` input, so a whole stack needs no prompt at all:
+
+    napari-sam find stack.tif --z 12 --out found.tif
+    napari-sam segment stack.tif --masks found.tif --propagate --out labels.tif
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .core.models import model_help
+from .io import InputError
+
+
+def add_find_parser(subparsers) -> None:
+    from .cli import add_int8_option
+
+    f = subparsers.add_parser("find", help="find every object on one slice without prompts (SAM's automatic masks)")
+    f.add_argument("image", help="2D or 3D (z, y, x) .tif/.tiff, .zarr or .npy; RGB last axis allowed")
+    f.add_argument("--out", required=True, help="labels .tif/.tiff to write, of the image's shape (a .prompts.json "
+                                                "record is written beside it)")
+    f.add_argument("--z", type=int, help="the slice of a stack to look on (default: the middle one)")
+    f.add_argument("--model", default="embedded", help=model_help())
+    f.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_int8_option(f)
+    f.add_argument("--normalize", default="percentile", choices=["percentile", "minmax", "none"],
+                   help="intensity normalisation before the encoder")
+    f.add_argument("--input-scale", type=float, default=None,
+                   help="magnification before the embedded model's encoder (default the model's, 2.0)")
+    f.add_argument("--spacing", type=float, default=None,
+                   help="pixels between grid seed points (default 6, coarser on slices over 384x384)")
+    f.add_argument("--min-score", type=float, default=None, help="lowest SAM predicted IoU kept (default 0.5)")
+    f.add_argument("--dark", action="store_true",
+                   help="objects darker than their background, or no background (brightfield, EM): seed points "
+                        "everywhere instead of only on bright parts, at several times the cost")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def run_find(args) -> int:
+    from ._cli_checks import check_input_scale, check_normalize
+    from ._labels_file import check_output, label_dtype, write_labels_atomic
+    from .cli import SliceBar, _load
+    from .core.automatic import AutoSettings, finding
+    from .core.lazy import open_stack
+    from .core.predictor import SlicePredictor
+    from .io import SliceReader
+
+    try:
+        vol = open_stack(args.image)
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(str(e)) from None
+    stack = SliceReader(vol.data, args.image)
+    nz = vol.shape[0]
+    if vol.was_2d and args.z not in (None, 0):
+        raise InputError(f"{args.image} is one 2D image: leave out --z")
+    z = nz // 2 if args.z is None else args.z
+    if not 0 <= z < nz:
+        raise InputError(f"--z {args.z} is not a slice of {args.image} (0..{nz - 1})")
+    settings = {"spacing": args.spacing, "min_brightness": 0.0 if args.dark else AutoSettings.min_brightness}
+    if args.min_score is not None:
+        settings["min_score"] = args.min_score
+    try:
+        settings = AutoSettings(**settings)
+        settings.check()
+    except ValueError as e:
+        raise InputError(str(e).replace("spacing=", "--spacing ").replace("min_score=", "--min-score ")) from None
+    out = check_output(args.out, args.overwrite, inputs=[args.image])
+    check_normalize(args.normalize, stack, args.image)
+    check_input_scale(args.input_scale)
+    model = _load(args.model, args.device, args.int8)
+    pred = SlicePredictor(model, normalize=args.normalize, input_scale=args.input_scale)
+    t0 = time.time()
+    pred.set_image(stack[z], channel_axis=-1 if vol.rgb else None)
+    bar, gen = SliceBar("seed points"), finding(pred, settings)
+    try:
+        while True:
+            done, total = next(gen)
+            bar.show(done, total, f"z={z}")
+    except StopIteration as stop:
+        found = stop.value
+    finally:
+        bar.close()
+    spatial = vol.shape[1:3]
+    labels = np.zeros((*(() if vol.was_2d else (nz,)), *spatial), label_dtype(max(found.n, 1)))
+    (labels if vol.was_2d else labels[z])[...] = found.labels
+    record = {
+        "command": "find",
+        "image": str(args.image),
+        "slice": None if vol.was_2d else z,
+        "model": {"name": model.name, "sha256": model.checksum},
+        "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
+        "seed_points": found.n_seeds,
+        "objects": [{"id": k + 1, "seed": [float(v) for v in found.seeds[k]], "predicted_iou": round(float(s), 4),
+                     "stability": round(float(st), 4)}
+                    for k, (s, st) in enumerate(zip(found.scores, found.stability))],
+    }
+    write_labels_atomic(out, labels, record)
+    where = "" if vol.was_2d else f" on z={z}{' (the middle slice; --z chooses)' if args.z is None else ''}"
+    print(f"wrote {out}: {found.n} objects{where}, {found.n_seeds} seed points, {time.time() - t0:.1f}s", file=sys.stderr)
+    if not vol.was_2d and found.n:
+        print(f"through z: napari-sam segment {args.image} --masks {out} --propagate --out LABELS.tif", file=sys.stderr)
+    return 0
