@@ -97,6 +97,7 @@ class StepFeatures:
     contrast: float | None = None
     aligned: float = 0.0  # not measured: no sideways move is accepted
     shift: float = float("inf")
+    covered: float = 0.0  # share of the previous mask inside the new one; not measured: no growth is accepted
 
 
 @dataclass
@@ -131,6 +132,12 @@ class StopRule:
         ~0.4 of the prompted slice's, a small nucleus's ~0.7 (medians on the
         tuning stacks); with 0.6 for all, cell bodies stopped ~2 slices early
         at both ends.
+    min_covered, min_contrast_growing: an object prompted on one of its end slices grows towards its middle
+        (a nucleus found or clicked where it begins: 178 px, then 372 px), so the IoU with the previous mask is
+        low while the previous mask lies inside the new one. The overlap test passes when at least
+        ``min_covered`` of the previous mask is inside the new, larger mask and the new slice's contrast is at
+        least ``min_contrast_growing`` of the prompted slice's (growing into its own out-of-focus light past an
+        end, an object gets dimmer, not clearer).
     clearest: an object prompted on several slices is held, beyond each of them, to its contrast and its
         largest area on the clearest of them (the largest contrast and area among its prompted slices), not
         the nearest one: an end slice drawn by hand (dim, small) does not lower the bar, or the object runs
@@ -152,6 +159,8 @@ class StopRule:
     align: bool = True
     min_aligned: float = 0.65
     max_shift: float = 1.0
+    min_covered: float = 0.85
+    min_contrast_growing: float = 1.0
     clearest: bool = True
 
     def reason(self, f: StepFeatures) -> str | None:
@@ -160,7 +169,9 @@ class StopRule:
         if f.score < self.min_score:
             return f"predicted IoU {f.score:.2f} < {self.min_score}"
         moved = self.align and f.aligned >= self.min_aligned and f.shift <= self.max_shift
-        if f.overlap < self.min_overlap and not moved:
+        grew = f.covered >= self.min_covered and f.area > f.prev_area and (
+            f.contrast is None or f.contrast >= self.min_contrast_growing)
+        if f.overlap < self.min_overlap and not moved and not grew:
             return f"overlap with previous slice {f.overlap:.2f} < {self.min_overlap}"
         ratio = f.area / max(f.prev_area, 1)
         if ratio > self.max_growth:
@@ -281,8 +292,13 @@ class Track:
 
 def overlap_iou(a: Track, r0: int, c0: int, mask: np.ndarray) -> float:
     """IoU of the track's mask and another crop ``mask`` at (r0, c0), in slice pixels."""
+    return overlaps(a, r0, c0, mask)[0]
+
+
+def overlaps(a: Track, r0: int, c0: int, mask: np.ndarray) -> tuple[float, float]:
+    """(IoU of the track's mask and another crop ``mask`` at (r0, c0), share of the track's mask inside it)."""
     if not a.mask.any() or not mask.any():
-        return 0.0
+        return 0.0, 0.0
     R0, C0 = min(a.r0, r0), min(a.c0, c0)
     R1 = max(a.r0 + a.mask.shape[0], r0 + mask.shape[0])
     C1 = max(a.c0 + a.mask.shape[1], c0 + mask.shape[1])
@@ -291,7 +307,7 @@ def overlap_iou(a: Track, r0: int, c0: int, mask: np.ndarray) -> float:
     A[a.r0 - R0 : a.r0 - R0 + a.mask.shape[0], a.c0 - C0 : a.c0 - C0 + a.mask.shape[1]] = a.mask
     B[r0 - R0 : r0 - R0 + mask.shape[0], c0 - C0 : c0 - C0 + mask.shape[1]] = mask
     inter = np.count_nonzero(A & B)
-    return inter / max(np.count_nonzero(A | B), 1)
+    return inter / max(np.count_nonzero(A | B), 1), inter / max(np.count_nonzero(A), 1)
 
 
 def aligned_overlap(a: Track, r0: int, c0: int, mask: np.ndarray) -> tuple[float, float]:

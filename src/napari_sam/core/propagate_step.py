@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from .batch_decode import decode_objects
 from .prompts import ObjectPrompt
-from .propagate_rules import StepFeatures, Track, aligned_overlap, contrast, overlap_iou, select_by_overlap
+from .propagate_rules import StepFeatures, Track, aligned_overlap, contrast, overlaps, select_by_overlap
 
 
 def track(d, canvas, z, oid) -> Track:
@@ -42,8 +42,9 @@ def advance(predictor, canvas, z, image2d, work, step, stop, moving, up, outward
     direction = "up" if up else "down"
     stopped, keep = [], []
     for (o, in_gap, prev, dist), d in zip(work, decoded):
-        f = StepFeatures(o, z, direction, d.score, overlap_iou(prev, d.r0, d.c0, d.mask), d.area, prev.area,
-                         max(prev.peak_area, d.area))
+        iou, covered = overlaps(prev, d.r0, d.c0, d.mask)
+        f = StepFeatures(o, z, direction, d.score, iou, d.area, prev.area, max(prev.peak_area, d.area))
+        f.covered = covered
         f.aligned, f.shift = aligned_overlap(prev, d.r0, d.c0, d.mask)
         why = None if in_gap else stop.reason(f)
         if why:
