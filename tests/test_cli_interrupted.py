@@ -69,8 +69,10 @@ def _launch(tmp_path, patch, argv):
     script.write_text("import sys, time\n" + textwrap.dedent(patch) +
                       "\nfrom napari_sam.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]))
+    # as from a terminal's foreground: SIGINT handled by default even when these tests run in a background job
+    # (which starts ignoring SIGINT, and so would the CLI, on purpose: ``_cli_interrupt``)
     return subprocess.Popen([sys.executable, str(script), *map(str, argv)], stderr=subprocess.PIPE, text=True,
-                            env=env)
+                            env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _signal_when(proc, marker, sig, timeout=120):
