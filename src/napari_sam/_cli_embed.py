@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ._cli_interrupt import Interrupted, as_interrupted
 from .core.models import model_help
-from .io import InputError, SliceReader
+from .io import InputError
 
 
 def add_embed_parser(subparsers) -> None:
@@ -60,15 +60,11 @@ def _z_range(text, nz):
 def run_embed(args) -> int:
     from .core.cache_folder import store_kind
     from .core.disk_cache import CacheMismatch
-    from .core.lazy import open_stack
     from .core.precompute import disk_cache_for, precompute
     from .core.predictor import SlicePredictor
+    from .io import open_lazy
 
-    try:
-        vol = open_stack(args.image)
-    except (FileNotFoundError, ValueError) as e:
-        raise InputError(str(e)) from None
-    stack = SliceReader(vol.data, args.image)
+    vol, stack = open_lazy(args.image)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder name ending in .zarr")

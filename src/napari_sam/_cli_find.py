@@ -52,15 +52,11 @@ def run_find(args) -> int:
     from ._labels_file import check_output, label_dtype, write_labels_atomic
     from .cli import SliceBar, _load
     from .core.automatic import AutoSettings, finding
-    from .core.lazy import open_stack
     from .core.predictor import SlicePredictor
-    from .io import SliceReader
+    from .core.propagate_records import run_to_end
+    from .io import open_lazy
 
-    try:
-        vol = open_stack(args.image)
-    except (FileNotFoundError, ValueError) as e:
-        raise InputError(str(e)) from None
-    stack = SliceReader(vol.data, args.image)
+    vol, stack = open_lazy(args.image)
     nz = vol.shape[0]
     if vol.was_2d and args.z not in (None, 0):
         raise InputError(f"{args.image} is one 2D image: leave out --z")
@@ -82,13 +78,9 @@ def run_find(args) -> int:
     pred = SlicePredictor(model, normalize=args.normalize, input_scale=args.input_scale)
     t0 = time.time()
     pred.set_image(stack[z], channel_axis=-1 if vol.rgb else None)
-    bar, gen = SliceBar("seed points"), finding(pred, settings)
+    bar = SliceBar("seed points")
     try:
-        while True:
-            done, total = next(gen)
-            bar.show(done, total, f"z={z}")
-    except StopIteration as stop:
-        found = stop.value
+        found = run_to_end(finding(pred, settings), lambda p: bar.show(*p, f"z={z}"))
     finally:
         bar.close()
     spatial = vol.shape[1:3]

@@ -175,6 +175,18 @@ def _open_store(path):
         raise InputError(f"cannot read {path} as a .zarr or .npy array ({type(e).__name__}: {e})") from None
 
 
+def open_lazy(path):
+    """(``core.lazy.LazyStack``, its ``SliceReader``) of an image file, pixels unread; InputError when the file
+    is missing or not an image napari-sam reads."""
+    from .core.lazy import open_stack
+
+    try:
+        vol = open_stack(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(str(e)) from None
+    return vol, SliceReader(vol.data, path)
+
+
 def _check_axes(p, axes, shape, rgb) -> None:
     """A TIFF whose axes say channels (C), or time (T) beside z, is refused with what to do (``core.lazy``)."""
     problem = axes_problem(p, axes, shape, rgb)

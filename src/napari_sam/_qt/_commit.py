@@ -111,6 +111,29 @@ def commit_masks(
                         changed=changed)
 
 
+def commit_label_image(labels, plane: Plane, image: np.ndarray) -> tuple[CommitReport, np.ndarray]:
+    """Write the objects of a label image ((H, W), ids 1..n) into ``labels`` on ``plane`` only, where the layer
+    is background, as new ids (largest + 1, ... in the image's order), in one history step. An object left
+    with no pixel gets no id. Returns (the report, the image's ids written, in the order of ``report.ids``).
+
+    One pass over the slice, whatever the number of objects (``commit_masks`` takes one mask per object)."""
+    existing = np.asarray(labels.data[plane.index])
+    take = (image > 0) & (existing == 0)
+    r, c = np.nonzero(take)
+    present = np.unique(image[r, c])
+    if not len(present):
+        return CommitReport(ids=[], pixels=0, kept=int((image > 0).sum())), present
+    first = next_id(labels)
+    check_fits(labels, first + len(present) - 1)
+    lut = np.zeros(int(image.max()) + 1, np.int64)
+    lut[present] = np.arange(first, first + len(present))
+    index = plane.full_index(r, c)
+    with labels.block_history():
+        labels.data_setitem(index, lut[image[r, c]])
+    return CommitReport(ids=lut[present].tolist(), pixels=len(r), kept=int((image > 0).sum()) - len(r),
+                        changed=index), present
+
+
 def record_objects(labels, records: list[dict]) -> None:
     """Append what made each committed object to ``labels.metadata``."""
     md = labels.metadata

@@ -12,7 +12,7 @@ import itertools
 
 import numpy as np
 
-from ._commit import CommitError, commit_masks, object_record, record_objects
+from ._commit import CommitError, commit_label_image, object_record, record_objects
 from ._plane import PlaneError, current_plane, image_data
 from ._session import encode_slice, reported
 
@@ -106,32 +106,30 @@ class Finding:
                       "find them again.", error=True)
             return
         now = np.asarray(labels.data[plane.index])
-        masks, kept = [], []
-        for k in range(1, found.n + 1):  # an object the user has painted over meanwhile is left out
-            m = found.labels == k
-            if (now[m] == 0).mean() >= 0.5:
-                masks.append(m)
-                kept.append(k - 1)
-        if not masks:
+        size = np.bincount(found.labels.ravel(), minlength=found.n + 1)
+        free = np.bincount(found.labels[now == 0], minlength=found.n + 1)
+        left_out = (free < 0.5 * size) & (size > 0)  # objects the user has painted over meanwhile
+        kept = np.where(left_out[found.labels], 0, found.labels)
+        try:
+            with self._undo.writing():
+                report, written = commit_label_image(labels, plane, kept)
+        except CommitError as e:
+            self._say(str(e), error=True)
+            return
+        if not report.ids:
             self._say(f"No object found on {plane.label}" + (" outside the existing labels." if now.any() else
                       ": SAM found nothing it was sure of (a slice with bright objects on a dark background works "
                       "best).") + f" {found.n_seeds} seed points were tried.")
             return
-        try:
-            with self._undo.writing():
-                report = commit_masks(labels, plane, masks, label=None, overwrite=False)
-        except CommitError as e:
-            self._say(str(e), error=True)
-            return
         from napari_sam.core.prompts import ObjectPrompt
 
         model = self._session.model
-        record_objects(labels, [object_record(i, plane, ObjectPrompt(points=found.seeds[k][None]),
-                                              score=float(found.scores[k]), token=None, model=model, found=True)
-                                for i, k in zip(report.ids, kept)])
+        record_objects(labels, [object_record(i, plane, ObjectPrompt(points=found.seeds[k - 1][None]),
+                                              score=float(found.scores[k - 1]), token=None, model=model, found=True)
+                                for i, k in zip(report.ids, written)])
         labels.selected_label = report.ids[-1]
-        ids = f"{report.ids[0]}" if len(report.ids) == 1 else f"{report.ids[0]}-{report.ids[-1]}"
-        self._undo.remember(labels, f"{len(masks)} objects found on {plane.label}", report.changed)
-        self._say(f"Found {len(masks)} object{'s' if len(masks) > 1 else ''} on {plane.label}: label{'s' if len(masks) > 1 else ''} "
-                  f"{ids}, {report.pixels} px (existing labels untouched). Undo: Ctrl-Z. Propagate all on this "
-                  f"slice carries them through z.")
+        n = len(report.ids)
+        ids = f"label {report.ids[0]}" if n == 1 else f"labels {report.ids[0]}-{report.ids[-1]}"
+        self._undo.remember(labels, f"{n} objects found on {plane.label}", report.changed)
+        self._say(f"Found {n} object{'s' if n > 1 else ''} on {plane.label}: {ids}, {report.pixels} px (existing "
+                  "labels untouched). Undo: Ctrl-Z. Propagate all on this slice carries them through z.")

@@ -149,12 +149,9 @@ def _centrality(mask: np.ndarray, r: int, c: int) -> float:
 def find_objects(predictor, settings: AutoSettings | None = None, *, existing=None, seeds=None) -> Found:
     """Every object on the predictor's current slice embedding (``SlicePredictor.set_embedding`` first);
     ``finding`` without its progress."""
-    gen = finding(predictor, settings, existing=existing, seeds=seeds)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from .propagate_records import run_to_end
+
+    return run_to_end(finding(predictor, settings, existing=existing, seeds=seeds))
 
 
 def finding(predictor, settings: AutoSettings | None = None, *, existing=None, seeds=None):
