@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import napari_sam
-from napari_sam.core.automatic import AutoSettings, find_objects
+from napari_sam.core.automatic import AutoSettings, find_objects, grid_seeds
 from napari_sam.core.predictor import SlicePredictor
 
 from .conftest import needs_embedded
@@ -114,3 +114,19 @@ def test_bad_input_is_refused_with_what_to_do():
 def test_labels_of_another_shape_are_refused(embedded_model):
     with pytest.raises(ValueError, match=r"labels given have shape \(10, 10\), the slice \(32, 32\)"):
         napari_sam.find_objects(np.zeros((32, 32)), model=embedded_model, labels=np.zeros((10, 10), int))
+
+
+def test_the_seed_grid_is_6_px_and_thinned_only_on_a_cpu_above_384_px():
+    everywhere = AutoSettings(min_brightness=0)
+    small, large = np.zeros((256, 256), np.uint8), np.zeros((1024, 1024), np.uint8)
+    assert len(grid_seeds(small, everywhere, cpu=True)) == len(grid_seeds(small, everywhere, cpu=False)) == 43 ** 2
+    assert len(grid_seeds(large, everywhere, cpu=True)) == 64 ** 2  # 16 px: ~4,096 points on a CPU
+    assert len(grid_seeds(large, everywhere, cpu=False)) == 171 ** 2  # 6 px on a GPU
+    assert len(grid_seeds(large, AutoSettings(min_brightness=0, spacing=6), cpu=True)) == 171 ** 2
+    # the grid covers the slice evenly: pixel centres from ~half a spacing in
+    g = grid_seeds(small, everywhere)
+    assert 2 <= g.min() and g.max() <= 253
+    bright = np.zeros((256, 256), np.uint8)
+    bright[100:140, 100:140] = 200  # fluorescence: seeds only on (and just around) the bright part
+    r, c = grid_seeds(bright, AutoSettings()).T
+    assert len(r) and (r > 90).all() and (r < 150).all() and (c > 90).all() and (c < 150).all()

@@ -28,7 +28,9 @@ from .prompts import ObjectPrompt
 class AutoSettings:
     """How seeds are placed and which masks are kept.
 
-    spacing: px between grid seeds (None: 6 px, at most 4096 seeds; smallest objects are ~5 px across).
+    spacing: px between grid seeds (None: 6 px, the smallest nuclei are ~5 px across; on a CPU coarser above
+    384 x 384 px, to at most ~4,096 grid points: a 1024 x 1024 slice 16 px, 82.6% of its objects found in 60 s
+    against 88.9% in 138 s at 6 px, docs/find-objects.md).
     peaks: also seed at local maxima of the slice smoothed with a Gaussian of ``peak_sigma`` px.
     min_brightness: seeds only where the smoothed slice stands above its median by this fraction of its
     range (median to 99.9th percentile): fluorescence, bright objects on a dark background. 0 seeds
@@ -96,7 +98,7 @@ def _smoothed(gray: np.ndarray, settings: AutoSettings) -> tuple[np.ndarray, flo
     return g, float(lo + settings.min_brightness * (hi - lo)) if settings.min_brightness else -np.inf
 
 
-def grid_seeds(gray: np.ndarray, settings: AutoSettings) -> np.ndarray:
+def grid_seeds(gray: np.ndarray, settings: AutoSettings, cpu: bool = True) -> np.ndarray:
     """(n, 2) float32 (row, col): SAM's ``build_point_grid`` over an (H, W) slice at ``settings.spacing``,
     where the smoothed slice is bright enough (``min_brightness``)."""
     from segment_anything.utils.amg import build_point_grid
@@ -104,7 +106,7 @@ def grid_seeds(gray: np.ndarray, settings: AutoSettings) -> np.ndarray:
     H, W = gray.shape
     spacing = settings.spacing
     if spacing is None:
-        spacing = max(6.0, float(np.sqrt(H * W / 4096)))
+        spacing = max(6.0, float(np.sqrt(H * W / 4096))) if cpu else 6.0
     n = max(1, int(round(max(H, W) / spacing)))
     grid = build_point_grid(n)[:, ::-1] * np.array([max(H, W)] * 2) - 0.5  # (x, y) in [0, 1] -> (row, col)
     grid = grid[(grid[:, 0] < H) & (grid[:, 1] < W)].astype(np.float32)
@@ -176,7 +178,8 @@ def finding(predictor, settings: AutoSettings | None = None, *, existing=None, s
                              "own labels")
     gray = emb.gray if emb.gray is not None else np.zeros((H, W), np.uint8)
     if seeds is None:
-        rounds = [peak_seeds(gray, settings), grid_seeds(gray, settings)]
+        cpu = str(getattr(predictor.model, "device", "cpu")).startswith("cpu")
+        rounds = [peak_seeds(gray, settings), grid_seeds(gray, settings, cpu)]
     else:
         rounds = [np.asarray(seeds, np.float32).reshape(-1, 2)]
     canvas = _Canvas(H, W, settings, taken)
