@@ -72,3 +72,28 @@ def test_find_refuses_what_it_cannot_do_and_writes_nothing(stack_files, tmp_path
     assert tifffile.imread(out).shape == (128, 128) and "wrote" in err and "on z=" not in err
     code, err = _run(["find", d / "slice.tif", "--out", out, "--min-score", 0.9], capsys)
     assert code == 2 and "exists; pass --overwrite" in err and out.read_bytes() == first  # not clobbered
+
+
+@needs_embedded
+def test_several_images_into_a_folder_are_checked_first_and_feed_segment_masks(stack_files, tmp_path, capsys):
+    d, st = stack_files
+    out = tmp_path / "found"
+    out.mkdir()
+    (out / "slice.tif").write_bytes(b"earlier")  # an output there already: refused before anything runs
+    code, err = _run(["find", d / "stack.tif", d / "slice.tif", "--out", out], capsys)
+    assert code == 2 and "slice.tif: " in err and "exists; pass --overwrite" in err
+    assert sorted(p.name for p in out.iterdir()) == ["slice.tif"] and (out / "slice.tif").read_bytes() == b"earlier"
+
+    code, err = _run(["find", d / "stack.tif", d / "slice.tif", "--out", out, "--overwrite"], capsys)
+    assert code == 0, err
+    assert f"[1/2] stack.tif: wrote {out / 'stack.tif'}" in err and f"[2/2] slice.tif: wrote {out / 'slice.tif'}" in err
+    stack_found, slice_found = tifffile.imread(out / "stack.tif"), tifffile.imread(out / "slice.tif")
+    assert stack_found.shape == st.labels.shape and slice_found.shape == st.labels.shape[1:]
+    np.testing.assert_array_equal(stack_found[6], slice_found)  # the same slice (the stack's middle) alike
+
+    labels = tmp_path / "labels"
+    code, err = _run(["segment", d / "stack.tif", "--masks", out, "--propagate", "--out", labels], capsys)
+    assert code == 0, err
+    dense = tifffile.imread(labels / "stack.tif")
+    np.testing.assert_array_equal(dense[6], stack_found[6])
+    assert (dense > 0).any((1, 2)).sum() >= 8  # carried through z from the one slice

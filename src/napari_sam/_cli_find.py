@@ -2,6 +2,7 @@
 
     napari-sam find IMAGE --out FOUND.tif [--z Z] [--model NAME_OR_PATH] [--device auto]
                     [--spacing PX] [--min-score S] [--dark] [--overwrite]
+    napari-sam find IMAGE IMAGE... --out FOLDER [...]
 
 Writes labels of the image's shape with the objects found on slice Z (of a stack; the middle one unless
 ``--z`` says) and nothing elsewhere, and a ``.prompts.json`` record beside them (each object's seed point,
@@ -9,6 +10,11 @@ SAM's predicted IoU and stability). They are a ``--masks`` input, so a whole sta
 
     napari-sam find stack.tif --z 12 --out found.tif
     napari-sam segment stack.tif --masks found.tif --propagate --out labels.tif
+
+and for many stacks, every image and output checked before anything runs, the model loaded once::
+
+    napari-sam find data/*.tif --out found/
+    napari-sam segment data/*.tif --masks found/ --propagate --out labels/
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ def add_find_parser(subparsers) -> None:
     from .cli import add_int8_option
 
     f = subparsers.add_parser("find", help="find every object on one slice without prompts (SAM's automatic masks)")
-    f.add_argument("image", help="2D or 3D (z, y, x) .tif/.tiff, .zarr or .npy; RGB last axis allowed")
+    f.add_argument("image", nargs="+", help="2D or 3D (z, y, x) .tif/.tiff, .zarr or .npy; RGB last axis allowed; "
+                                            "several images: see --out")
     f.add_argument("--out", required=True, help="labels .tif/.tiff to write, of the image's shape (a .prompts.json "
-                                                "record is written beside it)")
-    f.add_argument("--z", type=int, help="the slice of a stack to look on (default: the middle one)")
+                                                "record is written beside it); several images: a folder, "
+                                                "IMAGE-NAME.tif each (a --masks folder for 'segment')")
+    f.add_argument("--z", type=int, help="the slice of a stack to look on (default: each stack's middle one)")
     f.add_argument("--model", default="embedded", help=model_help())
     f.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     add_int8_option(f)
@@ -48,22 +56,9 @@ def add_find_parser(subparsers) -> None:
     f.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
-def run_find(args) -> int:
-    from ._cli_checks import check_input_scale, check_normalize
-    from ._labels_file import check_output, label_dtype, write_labels_atomic
-    from .cli import SliceBar, _load
-    from .core.automatic import AutoSettings, finding
-    from .core.predictor import SlicePredictor
-    from .core.propagate_records import run_to_end
-    from .io import open_lazy
+def _settings(args):
+    from .core.automatic import AutoSettings
 
-    vol, stack = open_lazy(args.image)
-    nz = vol.shape[0]
-    if vol.was_2d and args.z not in (None, 0):
-        raise InputError(f"{args.image} is one 2D image: leave out --z")
-    z = nz // 2 if args.z is None else args.z
-    if not 0 <= z < nz:
-        raise InputError(f"--z {args.z} is not a slice of {args.image} (0..{nz - 1})")
     settings = {"spacing": args.spacing, "min_brightness": 0.0 if args.dark else AutoSettings.min_brightness}
     if args.min_score is not None:
         settings["min_score"] = args.min_score
@@ -72,11 +67,80 @@ def run_find(args) -> int:
         settings.check()
     except ValueError as e:
         raise InputError(str(e).replace("spacing=", "--spacing ").replace("min_score=", "--min-score ")) from None
-    out = check_output(args.out, args.overwrite, inputs=[args.image])
-    check_normalize(args.normalize, stack, args.image)
+    return settings
+
+
+def _plan(args) -> list[tuple]:
+    """[(image path, LazyStack, SliceReader, z, labels path)], every image checked against its slice and output
+    before anything runs; InputError (naming the image, with several) at the first problem."""
+    from ._cli_batch import _check_distinct, _check_out_folder
+    from ._cli_checks import check_normalize
+    from ._labels_file import check_output
+    from .core.lazy import image_stem
+    from .io import open_lazy
+
+    images = [Path(p) for p in args.image]
+    out = str(args.out)
+    batch = len(images) > 1 or Path(out).is_dir() or out.endswith(("/", "\\"))
+    if batch:
+        _check_distinct(images)
+        folder = _check_out_folder(args)
+    jobs = []
+    for p in images:
+        try:
+            vol, stack = open_lazy(p)
+            nz = vol.shape[0]
+            if vol.was_2d and args.z not in (None, 0):
+                raise InputError(f"{p} is one 2D image: leave out --z")
+            z = nz // 2 if args.z is None else args.z
+            if not 0 <= z < nz:
+                raise InputError(f"--z {args.z} is not a slice of {p} (0..{nz - 1})")
+            target = folder / f"{image_stem(p)}.tif" if batch else Path(args.out)
+            if not batch or folder.exists():  # a new folder: _check_out_folder checked where it goes
+                target = check_output(target, args.overwrite, inputs=images)
+            check_normalize(args.normalize, stack, p)
+        except InputError as e:
+            raise InputError(f"{p.name}: {e}" if batch else str(e)) from None
+        jobs.append((p, vol, stack, z, target))
+    if batch:
+        folder.mkdir(exist_ok=True)
+    return jobs
+
+
+def run_find(args) -> int:
+    from ._cli_checks import check_input_scale
+    from ._cli_interrupt import Interrupted, as_interrupted
+    from .cli import _load
+    from .core.predictor import SlicePredictor
+
+    settings = _settings(args)
+    jobs = _plan(args)
     check_input_scale(args.input_scale)
     model = _load(args.model, args.device, args.int8)
     pred = SlicePredictor(model, normalize=args.normalize, input_scale=args.input_scale)
+    done = []
+    for k, job in enumerate(jobs):
+        head = f"[{k + 1}/{len(jobs)}] {job[0].name}: " if len(jobs) > 1 else ""
+        try:
+            _find_one(pred, model, settings, args, *job, head)
+        except (Interrupted, KeyboardInterrupt) as e:
+            if not done:
+                raise
+            e = as_interrupted(e)
+            print(f"napari-sam: {e.name}; {len(done)} of {len(jobs)} images were written ({', '.join(done)}); "
+                  f"the others were not: run them again", file=sys.stderr)
+            return e.exit_code
+        done.append(str(job[4]))
+    return 0
+
+
+def _find_one(pred, model, settings, args, path, vol, stack, z, out, head="") -> None:
+    """Find the objects of slice ``z`` and write them, with their record, to ``out``."""
+    from ._labels_file import label_dtype, write_labels_atomic
+    from .cli import SliceBar
+    from .core.automatic import finding
+    from .core.propagate_records import run_to_end
+
     t0 = time.time()
     pred.set_image(stack[z], channel_axis=-1 if vol.rgb else None)
     bar = SliceBar("seed points")
@@ -84,12 +148,12 @@ def run_find(args) -> int:
         found = run_to_end(finding(pred, settings), lambda p: bar.show(*p, f"z={z}"))
     finally:
         bar.close()
-    spatial = vol.shape[1:3]
+    nz, spatial = vol.shape[0], vol.shape[1:3]
     labels = np.zeros((*(() if vol.was_2d else (nz,)), *spatial), label_dtype(max(found.n, 1)))
     (labels if vol.was_2d else labels[z])[...] = found.labels
     record = {
         "command": "find",
-        "image": str(args.image),
+        "image": str(path),
         "slice": None if vol.was_2d else z,
         "model": {"name": model.name, "sha256": model.checksum},
         "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
@@ -100,7 +164,7 @@ def run_find(args) -> int:
     }
     write_labels_atomic(out, labels, record)
     where = "" if vol.was_2d else f" on z={z}{' (the middle slice; --z chooses)' if args.z is None else ''}"
-    print(f"wrote {out}: {found.n} objects{where}, {found.n_seeds} seed points, {time.time() - t0:.1f}s", file=sys.stderr)
-    if not vol.was_2d and found.n:
-        print(f"through z: napari-sam segment {args.image} --masks {out} --propagate --out LABELS.tif", file=sys.stderr)
-    return 0
+    print(f"{head}wrote {out}: {found.n} objects{where}, {found.n_seeds} seed points, {time.time() - t0:.1f}s",
+          file=sys.stderr)
+    if not vol.was_2d and found.n and not head:
+        print(f"through z: napari-sam segment {path} --masks {out} --propagate --out LABELS.tif", file=sys.stderr)
