@@ -132,7 +132,7 @@ def find_objects(
     0 for dark objects on a bright background, ...). input_scale: the embedded model's magnification (None:
     its own, 2x).
 
-    Returns :class:`napari_sam.core.automatic.Found`: ``labels`` (H, W) uint32, ids 1..n best first, with
+    Returns :class:`napari_sam.core.automatic.Found`: ``labels`` (H, W) uint32, ids 1..n, with
     ``scores``, ``stability`` and the ``seeds`` that drew them; ``found.prompts(z)`` gives each object as a
     mask prompt on slice z for :func:`propagate`::
 
