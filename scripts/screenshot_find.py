@@ -15,11 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from screenshot_redo import iou
 from screenshot_widget import ROOT, middle_slice, wait
-
-
-def iou(a, b) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 def main() -> None:
