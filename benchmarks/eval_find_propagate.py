@@ -33,7 +33,7 @@ def main(argv=None):
 
     import napari_sam
     from napari_sam.core.automatic import find_objects
-    from napari_sam.core.cache import EmbeddingCache
+    from napari_sam.core.cache import EmbeddingCache, embed_cached
     from napari_sam.core.predictor import SlicePredictor
     from napari_sam.core.propagate import propagate_objects, run_to_end
     from napari_sam.core.propagate_rules import StopRule
@@ -56,7 +56,7 @@ def main(argv=None):
         cache = EmbeddingCache(max_bytes=1 << 40)
         pred = SlicePredictor(model)
         t = time.perf_counter()
-        pred.set_embedding(pred.embed(image[z]))
+        pred.set_embedding(embed_cached(pred, cache, image[z]))  # the propagations below reuse it
         found = find_objects(pred)
         out = run_to_end(propagate_objects(pred, image, found.prompts(z), cache=cache))
         relabel = np.zeros(found.n + 1, np.int64)

@@ -111,13 +111,14 @@ def commit_masks(
                         changed=changed)
 
 
-def commit_label_image(labels, plane: Plane, image: np.ndarray) -> tuple[CommitReport, np.ndarray]:
+def commit_label_image(labels, plane: Plane, image: np.ndarray, existing=None) -> tuple[CommitReport, np.ndarray]:
     """Write the objects of a label image ((H, W), ids 1..n) into ``labels`` on ``plane`` only, where the layer
     is background, as new ids (largest + 1, ... in the image's order), in one history step. An object left
     with no pixel gets no id. Returns (the report, the image's ids written, in the order of ``report.ids``).
+    existing: the layer's slice on ``plane`` as the caller has just read it (read here if None).
 
     One pass over the slice, whatever the number of objects (``commit_masks`` takes one mask per object)."""
-    existing = np.asarray(labels.data[plane.index])
+    existing = np.asarray(labels.data[plane.index]) if existing is None else existing
     take = (image > 0) & (existing == 0)
     r, c = np.nonzero(take)
     present = np.unique(image[r, c])

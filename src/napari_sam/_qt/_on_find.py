@@ -112,7 +112,7 @@ class Finding:
         kept = np.where(left_out[found.labels], 0, found.labels)
         try:
             with self._undo.writing():
-                report, written = commit_label_image(labels, plane, kept)
+                report, written = commit_label_image(labels, plane, kept, existing=now)
         except CommitError as e:
             self._say(str(e), error=True)
             return

@@ -34,7 +34,8 @@ from .label_canvas import USER_SCORE, LabelCanvas
 from .magnify import check_scale, is_auto, stack_scale
 from .propagate_inputs import check_labels, check_prompts, check_stack, check_through_z, z_bounds
 from .propagate_records import Progress, run_to_end
-from .propagate_rules import PresenceRule, StepFeatures, StepRule, StopRule, Track, contrast
+from .propagate_rules import PresenceRule, StepFeatures, StepRule, StopRule
+from .propagate_track import Track, contrast
 from .propagate_step import advance, recheck, track
 from .through_z import batch_prompts_through_z
 

@@ -13,7 +13,8 @@ from dataclasses import replace
 
 from .batch_decode import decode_objects
 from .prompts import ObjectPrompt
-from .propagate_rules import StepFeatures, Track, aligned_overlap, contrast, overlaps, select_by_overlap
+from .propagate_rules import StepFeatures
+from .propagate_track import Track, aligned_overlap, contrast, overlaps, select_by_overlap
 
 
 def track(d, canvas, z, oid) -> Track:

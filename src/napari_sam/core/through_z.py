@@ -17,7 +17,8 @@ from .label_canvas import USER_SCORE, LabelCanvas
 from .predictor import with_mask_box
 from .propagate_inputs import check_labels, check_stack, check_through_z, z_bounds
 from .propagate_records import Progress
-from .propagate_rules import PresenceRule, contrast
+from .propagate_rules import PresenceRule
+from .propagate_track import contrast
 
 
 def batch_prompts_through_z(predictor, stack, prompts, *, z_range=None, cache: EmbeddingCache | None = None,
