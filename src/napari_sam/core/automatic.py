@@ -33,8 +33,10 @@ class AutoSettings:
     against 88.9% in 138 s at 6 px, docs/find-objects.md).
     peaks: also seed at local maxima of the slice smoothed with a Gaussian of ``peak_sigma`` px.
     min_brightness: seeds only where the smoothed slice stands above its median by this fraction of its
-    range (median to 99.9th percentile): fluorescence, bright objects on a dark background. 0 seeds
-    everywhere, as SAM does (dark objects: brightfield, EM), at several times the cost.
+    range (median to 99.9th percentile), and masks only if their mean does too (a seed on a bump of an
+    uneven background otherwise keeps a patch of background): fluorescence, bright objects on a dark
+    background. 0 seeds everywhere and keeps any mask, as SAM does (dark objects: brightfield, EM), at
+    several times the cost.
     min_score: lowest SAM predicted IoU kept. min_stability: lowest stability score kept (IoU of the mask
     thresholded at +-``stability_offset`` logits). min_area / max_area: px; max_area as a fraction of the
     slice (a mask over most of the slice is background). overlap: a mask whose IoU with one already kept
@@ -183,6 +185,7 @@ def finding(predictor, settings: AutoSettings | None = None, *, existing=None, s
     else:
         rounds = [np.asarray(seeds, np.float32).reshape(-1, 2)]
     canvas = _Canvas(H, W, settings, taken)
+    bright = _smoothed(gray, settings)
     total = sum(len(r) for r in rounds)
     done = 0
     for pts in rounds:
@@ -192,15 +195,18 @@ def finding(predictor, settings: AutoSettings | None = None, *, existing=None, s
         pts = pts[free]
         for s in range(0, len(pts), 512):
             part = pts[s : s + 512]
-            canvas.offer(_candidates(predictor, part, settings))
+            canvas.offer(_candidates(predictor, part, settings, bright))
             done += len(part)
             yield done, total
         canvas.commit()
     return canvas.found(done)
 
 
-def _candidates(predictor, pts: np.ndarray, settings: AutoSettings) -> list:
-    """Each seed decoded as a click -> [(key, score, stability, seed, Decoded)] of the masks worth keeping."""
+def _candidates(predictor, pts: np.ndarray, settings: AutoSettings, bright=None) -> list:
+    """Each seed decoded as a click -> [(key, score, stability, seed, Decoded)] of the masks worth keeping.
+
+    bright: (smoothed slice, level) from ``_smoothed``: a mask whose mean there is not above the level is
+    background."""
     from .batch_decode import decode_objects
     from .sam2_model import mask_threshold
 
@@ -212,6 +218,10 @@ def _candidates(predictor, pts: np.ndarray, settings: AutoSettings) -> list:
         area = d.area
         if area < settings.min_area or area > settings.max_area * H * W or d.score < settings.min_score:
             continue
+        if bright is not None and np.isfinite(bright[1]):
+            h, w = d.mask.shape
+            if bright[0][d.r0 : d.r0 + h, d.c0 : d.c0 + w][d.mask].mean() <= bright[1]:
+                continue
         st = _stability(d.logits, settings.stability_offset, thr)
         if st < settings.min_stability:
             continue
