@@ -9,6 +9,7 @@ Public API (loaded on first access)::
     model = napari_sam.load_model("embedded")        # or "vit_b", a path, ...
     result = napari_sam.segment(image2d, points=[[40, 52]], model=model)
     found = napari_sam.find_objects(image2d)           # every object, no click: found.labels
+    labels3d = napari_sam.find_in_stack(stack).labels   # every object of a z-stack, no click
     napari_sam.propagate(...)                         # through a z-stack
     napari_sam.synthetic                              # seeded synthetic microscopy
 """
@@ -24,6 +25,7 @@ _LAZY = {
     "load_model": ("napari_sam.core.models", "load_model"),
     "segment": ("napari_sam.api", "segment"),
     "find_objects": ("napari_sam.api", "find_objects"),
+    "find_in_stack": ("napari_sam.api", "find_in_stack"),
     "propagate": ("napari_sam.api", "propagate"),
     "synthetic": ("napari_sam.synthetic", None),
 }

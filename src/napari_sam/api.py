@@ -13,7 +13,7 @@ import numpy as np
 from .core.cache import EmbeddingCache
 from .core.models import load_model, model_key
 
-__all__ = ["load_model", "segment", "find_objects", "propagate", "EMBEDDINGS"]
+__all__ = ["load_model", "segment", "find_objects", "find_in_stack", "propagate", "EMBEDDINGS"]
 
 _DEFAULT = {}
 
@@ -139,26 +139,83 @@ def find_objects(
         found = napari_sam.find_objects(stack[12])
         labels3d = napari_sam.propagate(stack, found.prompts(12))
     """
-    from .core.automatic import AutoSettings, find_objects as find
+    from .core.automatic import find_objects as find
     from .core.cache import embed_cached
-    from .core.magnify import check_scale
     from .core.predictor import SlicePredictor
 
     a = np.asarray(image2d)
     if a.ndim != (3 if channel_axis is not None else 2):
         raise ValueError(f"find_objects() takes one 2D slice{' with channels' if channel_axis is not None else ''}, "
-                         f"got an array of shape {a.shape}: for a z-stack pick a slice, stack[z]")
+                         f"got an array of shape {a.shape}: for a z-stack pick a slice, stack[z], or use "
+                         "find_in_stack(stack)")
+    found_settings, scale = _find_settings("find_objects", settings, input_scale)
+    pred = SlicePredictor(_model(model), normalize=normalize, input_scale=scale)
+    pred.set_embedding(embed_cached(pred, EMBEDDINGS, a, channel_axis=channel_axis, channel=channel))
+    return find(pred, found_settings, existing=labels)
+
+
+def _find_settings(name: str, settings: dict, input_scale):
+    """(AutoSettings, input scale) from a find function's keywords, or an error naming what is wrong."""
+    from .core.automatic import AutoSettings
+    from .core.magnify import check_scale
+
     unknown = sorted(set(settings) - set(AutoSettings.__dataclass_fields__))
     if unknown:
-        raise TypeError(f"find_objects() got unknown settings {unknown}: AutoSettings has "
+        raise TypeError(f"{name}() got unknown settings {unknown}: AutoSettings has "
                         f"{sorted(AutoSettings.__dataclass_fields__)}")
     scale = check_scale(input_scale)
     if isinstance(scale, str):
-        raise ValueError(f'find_objects() takes a number for input_scale, not {input_scale!r}: "auto" decides '
+        raise ValueError(f'{name}() takes a number for input_scale, not {input_scale!r}: "auto" decides '
                          "from the objects clicked, and here none are")
+    return AutoSettings(**settings), scale
+
+
+def find_in_stack(
+    stack,
+    *,
+    model=None,
+    every: int = 4,
+    z: int | None = None,
+    z_range=None,
+    labels=None,
+    link_depth: int | None = None,
+    channel_axis: int | None = None,
+    normalize: str = "percentile",
+    input_scale: float | None = None,
+    progress=None,
+    **settings,
+):
+    """Every object of a (z, y, x) stack, without a click (``core.find_stack``): objects found on the middle
+    slice (or ``z``) and on every ``every``-th slice outward from it, each time outside the objects already
+    there, and propagated through the stack.
+
+    labels: (z, y, x) labels already drawn; they are kept, and no found object takes their pixels.
+    link_depth: a mask found on a slice is left out when most of it lies on an object that ended within
+    this many slices above or below (that object's dim end, or its out-of-focus light; default
+    ``core.find_stack.LINK_DEPTH``). z_range: (start,
+    stop), half-open: nothing outside it is looked on or labelled. progress: called with each
+    ``Progress`` record. settings: fields of :class:`napari_sam.core.automatic.AutoSettings`, as
+    :func:`find_objects`.
+
+    Returns :class:`napari_sam.core.find_stack.FoundStack`: ``labels`` (z, y, x) uint32 (the given labels
+    and new ids after their largest), ``objects`` {id: (slice found on, seed (row, col), predicted IoU)}::
+
+        labels3d = napari_sam.find_in_stack(stack).labels
+    """
+    from .core.find_stack import finding_in_stack
+    from .core.predictor import SlicePredictor
+    from .core.propagate_records import run_to_end
+
+    shape = tuple(getattr(stack, "shape", np.shape(stack)))
+    if len(shape) == (2 if channel_axis is None else 3):
+        raise ValueError(f"find_in_stack() takes a (z, y, x) stack, got one 2D slice of shape {shape}: for one "
+                         "slice use find_objects()")
+    found_settings, scale = _find_settings("find_in_stack", settings, input_scale)
     pred = SlicePredictor(_model(model), normalize=normalize, input_scale=scale)
-    pred.set_embedding(embed_cached(pred, EMBEDDINGS, a, channel_axis=channel_axis, channel=channel))
-    return find(pred, AutoSettings(**settings), existing=labels)
+    more = {} if link_depth is None else {"link_depth": link_depth}
+    gen = finding_in_stack(pred, stack, found_settings, every=every, z=z, z_range=z_range, labels=labels,
+                           channel_axis=channel_axis, **more)
+    return run_to_end(gen, progress)
 
 
 def propagate(stack, prompts, *, model=None, z_range=None, **kwargs):
