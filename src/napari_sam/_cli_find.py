@@ -1,6 +1,7 @@
-"""``napari-sam find``: every object of one slice, without prompts (``core.automatic``).
+"""``napari-sam find``: every object of one slice, or of a whole stack, without prompts (``core.automatic``,
+``core.find_stack``).
 
-    napari-sam find IMAGE --out FOUND.tif [--z Z] [--model NAME_OR_PATH] [--device auto]
+    napari-sam find IMAGE --out FOUND.tif [--z Z] [--every N] [--model NAME_OR_PATH] [--device auto]
                     [--spacing PX] [--min-score S] [--dark] [--overwrite]
     napari-sam find IMAGE IMAGE... --out FOLDER [...]
 
@@ -15,6 +16,11 @@ and for many stacks, every image and output checked before anything runs, the mo
 
     napari-sam find data/*.tif --out found/
     napari-sam segment data/*.tif --masks found/ --propagate --out labels/
+
+With ``--every N`` a stack is searched on slice Z and on every N-th slice outward from it, each time
+outside the objects already found, and what is found is propagated: the output is the stack's labels::
+
+    napari-sam find data/*.tif --every 4 --out labels/
 """
 
 from __future__ import annotations
@@ -39,6 +45,10 @@ def add_find_parser(subparsers) -> None:
                                                 "record is written beside it); several images: a folder, "
                                                 "IMAGE-NAME.tif each (a --masks folder for 'segment')")
     f.add_argument("--z", type=int, help="the slice of a stack to look on (default: each stack's middle one)")
+    f.add_argument("--every", type=int, default=None, metavar="N",
+                   help="a stack: look on slice Z and on every N-th slice outward from it, and propagate the "
+                        "objects found through the stack (each search only outside the objects already found): "
+                        "writes the whole stack's labels (4 finds nuclei 3-5 slices deep; 1 looks on every slice)")
     f.add_argument("--model", default="embedded", help=model_help())
     f.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     add_int8_option(f)
@@ -92,6 +102,8 @@ def _plan(args) -> list[tuple]:
             nz = vol.shape[0]
             if vol.was_2d and args.z not in (None, 0):
                 raise InputError(f"{p} is one 2D image: leave out --z")
+            if vol.was_2d and args.every is not None:
+                raise InputError(f"{p} is one 2D image: leave out --every (it is for stacks)")
             z = nz // 2 if args.z is None else args.z
             if not 0 <= z < nz:
                 raise InputError(f"--z {args.z} is not a slice of {p} (0..{nz - 1})")
@@ -114,6 +126,8 @@ def run_find(args) -> int:
     from .core.predictor import SlicePredictor
 
     settings = _settings(args)
+    if args.every is not None and args.every < 1:
+        raise InputError(f"--every {args.every}: give how many slices apart to look for objects, 1 or more")
     jobs = _plan(args)
     check_input_scale(args.input_scale)
     model = _load(args.model, args.device, args.int8)
@@ -122,7 +136,7 @@ def run_find(args) -> int:
     for k, job in enumerate(jobs):
         head = f"[{k + 1}/{len(jobs)}] {job[0].name}: " if len(jobs) > 1 else ""
         try:
-            _find_one(pred, model, settings, args, *job, head)
+            (_find_stack if args.every is not None else _find_one)(pred, model, settings, args, *job, head)
         except (Interrupted, KeyboardInterrupt) as e:
             if not done:
                 raise
@@ -132,6 +146,36 @@ def run_find(args) -> int:
             return e.exit_code
         done.append(str(job[4]))
     return 0
+
+
+def _record(args, path, model, settings, **more) -> dict:
+    return {"command": "find", "image": str(path), **more, "model": {"name": model.name, "sha256": model.checksum},
+            "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__}}
+
+
+def _find_stack(pred, model, settings, args, path, vol, stack, z, out, head="") -> None:
+    """Find the objects of the whole stack (``--every``) and write its labels, with their record, to ``out``."""
+    from ._labels_file import label_dtype, write_labels_atomic
+    from .cli import SliceBar
+    from .core.find_stack import finding_in_stack
+    from .core.propagate_records import run_to_end
+
+    t0 = time.time()
+    bar = SliceBar("slices looked on")
+    try:
+        gen = finding_in_stack(pred, stack, settings, every=args.every, z=z,
+                               channel_axis=-1 if vol.rgb else None)
+        found = run_to_end(gen, lambda p: bar.show(p.done, p.total, f"z={p.z} {p.stage}"))
+    finally:
+        bar.close()
+    ids = sorted(found.objects)
+    labels = found.labels.astype(label_dtype(max(ids, default=1)))
+    record = _record(args, path, model, settings, every=args.every, looked_on=found.looked, objects=[
+        {"id": k, "slice": found.objects[k][0], "seed": list(found.objects[k][1]),
+         "predicted_iou": round(found.objects[k][2], 4)} for k in ids])
+    write_labels_atomic(out, labels, record)
+    print(f"{head}wrote {out}: {len(ids)} objects in the stack, looked on {len(found.looked)} slices "
+          f"(z={', '.join(map(str, found.looked))}), {time.time() - t0:.1f}s", file=sys.stderr)
 
 
 def _find_one(pred, model, settings, args, path, vol, stack, z, out, head="") -> None:
@@ -151,17 +195,9 @@ def _find_one(pred, model, settings, args, path, vol, stack, z, out, head="") ->
     nz, spatial = vol.shape[0], vol.shape[1:3]
     labels = np.zeros((*(() if vol.was_2d else (nz,)), *spatial), label_dtype(max(found.n, 1)))
     (labels if vol.was_2d else labels[z])[...] = found.labels
-    record = {
-        "command": "find",
-        "image": str(path),
-        "slice": None if vol.was_2d else z,
-        "model": {"name": model.name, "sha256": model.checksum},
-        "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
-        "seed_points": found.n_seeds,
-        "objects": [{"id": k + 1, "seed": [float(v) for v in found.seeds[k]], "predicted_iou": round(float(s), 4),
-                     "stability": round(float(st), 4)}
-                    for k, (s, st) in enumerate(zip(found.scores, found.stability))],
-    }
+    record = _record(args, path, model, settings, slice=None if vol.was_2d else z, seed_points=found.n_seeds, objects=[
+        {"id": k + 1, "seed": [float(v) for v in found.seeds[k]], "predicted_iou": round(float(s), 4),
+         "stability": round(float(st), 4)} for k, (s, st) in enumerate(zip(found.scores, found.stability))])
     write_labels_atomic(out, labels, record)
     where = "" if vol.was_2d else f" on z={z}{' (the middle slice; --z chooses)' if args.z is None else ''}"
     print(f"{head}wrote {out}: {found.n} objects{where}, {found.n_seeds} seed points, {time.time() - t0:.1f}s",
