@@ -166,6 +166,12 @@ class Controls:
             "of the stack, as new labels; slices where an object is not (too faint compared with this slice) stay "
             "empty, and only background pixels are written (one Ctrl-Z undoes the run)")
         box.addWidget(self.every_slice)
+        self.find_stack = QPushButton("Find all objects in the stack")
+        self.find_stack.setToolTip(
+            "No clicks: every object is looked for on this slice and on every 4th slice up and down from it "
+            "(each time only where the labels are background), and what is found is carried through z, as new "
+            "labels; only background pixels are written (one Ctrl-Z undoes the run)")
+        box.addWidget(self.find_stack)
         row = QHBoxLayout()
         self.z_from, self.z_to = QSpinBox(), QSpinBox()
         self.z_from.setRange(0, 1_000_000)

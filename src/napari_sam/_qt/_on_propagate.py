@@ -67,6 +67,8 @@ class _Run:
     after: object = None  # called with the labels layer once the result is written; returns the prompts it cleared
     stopped: tuple = ()  # (why, what to do) when the widget stopped it (its image or labels layer went away)
     known: dict = field(default_factory=dict)  # Propagated.known of its objects: slices it may redo
+    doing: str = "Propagating"  # progress: "{doing}: {done}/{total} {unit} (z=.., stage)"
+    unit: str = "slice visits"
 
 
 class Propagating:
@@ -190,7 +192,7 @@ class Propagating:
 
     def _set_propagate_buttons(self, enabled: bool) -> None:
         for b in (self._ui.propagate_object, self._ui.propagate_all, self._ui.every_slice, self._ui.commit,
-                  self._ui.find):
+                  self._ui.find, self._ui.find_stack):
             b.setEnabled(enabled)
 
     def _on_propagate_progress(self, key, p) -> None:
@@ -202,7 +204,7 @@ class Propagating:
         bar.setRange(0, p.total)
         bar.setValue(p.done)
         bar.setToolTip(f"slice {p.done}/{p.total}")
-        self._say(f"Propagating: {p.done}/{p.total} slice visits ({run.outcome.zname}={p.z}, {p.stage}). "
+        self._say(f"{run.doing}: {p.done}/{p.total} {run.unit} ({run.outcome.zname}={p.z}, {p.stage}). "
                   f"Cancel leaves the labels unchanged.")
 
     def _finish_propagation(self) -> _Run | None:
@@ -237,7 +239,7 @@ class Propagating:
         # stays when the slice changes: short, the reasons in its tooltip
         self._ui.propagate_status.setText(run.outcome.text(ch, write, show=3, short=True))
         self._ui.propagate_status.setToolTip(run.outcome.text(ch, write, show=len(run.outcome.ids)))
-        what, done = ("Propagation", "Propagated") if run.after is None else ("Prompts on every slice",) * 2
+        what, done = ("Propagation", "Propagated") if run.after is None else (run.what[0].upper() + run.what[1:],) * 2
         gone = int((write[3] == 0).sum())
         px = f"{n - gone} px written" + (f", {gone} px of an earlier propagation cleared" if gone else "")
         redone = redone_text(ch.redone, run.outcome.zname)
@@ -264,7 +266,7 @@ class Propagating:
             return
         self._finish_propagation()
         self._ui.propagate_status.setText("Failed: the labels are unchanged.")
-        self._say(f"Propagation failed: {exc}. The labels are unchanged.", error=True)
+        self._say(f"{run.what[0].upper()}{run.what[1:]} failed: {exc}. The labels are unchanged.", error=True)
 
     def _on_propagate_done(self, key) -> None:
         """The worker has stopped; if no result came, it was cancelled."""

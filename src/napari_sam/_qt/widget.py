@@ -21,6 +21,7 @@ from ._keys import KeyBindings, shortcuts_text
 from ._on_commit import Committing
 from ._on_every_slice import EverySlice
 from ._on_find import Finding
+from ._on_find_stack import FindingInStack
 from ._on_layers import LayerChoice
 from ._on_model import ModelChoice
 from ._on_precompute import Precomputing
@@ -35,14 +36,14 @@ if TYPE_CHECKING:
 
 
 class SamWidget(LayerChoice, ModelChoice, Prompting, Choosing, Committing, Finding, Propagating, EverySlice,
-                Precomputing, QWidget):
+                FindingInStack, Precomputing, QWidget):
     """Segment Anything on the current 2D slice of an image layer.
 
     The ``_on_*`` handlers live in mixins by concern: ``_on_layers`` (which
     layers), ``_on_model`` (which model), ``_on_prompts`` (prompts -> SAM ->
     preview), ``_choice`` (which candidate of each object), ``_on_commit``
-    (preview -> labels), ``_on_find`` (every object of a slice, no click) and ``_on_propagate`` (labels ->
-    through z);
+    (preview -> labels), ``_on_find`` (every object of a slice, no click), ``_on_propagate`` (labels ->
+    through z) and ``_on_find_stack`` (every object of the stack, no click);
     ``_on_precompute`` embeds slices ahead of the user. This class builds
     the controls, wires the events and unwires them on close.
     """
@@ -109,6 +110,7 @@ class SamWidget(LayerChoice, ModelChoice, Prompting, Choosing, Committing, Findi
         ui.propagate_all.clicked.connect(self._on_propagate_all)
         ui.every_slice.clicked.connect(self._on_every_slice)
         ui.find.clicked.connect(self._on_find)
+        ui.find_stack.clicked.connect(self._on_find_stack)
 
     def _watch(self, role: str, layer) -> None:
         """Follow the events of the layer playing ``role`` (and forget the previous one)."""
