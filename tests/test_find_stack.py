@@ -54,13 +54,14 @@ def test_labels_given_are_kept_exactly_and_new_ids_follow_them(nuclei, embedded_
     gt = nuclei.labels
     ids, counts = np.unique(gt[gt > 0], return_counts=True)
     keep = ids[np.argsort(-counts)[:3]]
-    drawn = np.where(np.isin(gt, keep), gt + 100, 0).astype(np.uint16)
+    drawn = np.where(np.isin(gt, keep), gt + 100, 0).astype(np.int32)
+    drawn[8, :10, :10] = -1  # a signed layer's negative label: kept, never taken
     before = drawn.copy()
     found = napari_sam.find_in_stack(nuclei.image, model=embedded_model, every=4, labels=drawn)
     np.testing.assert_array_equal(drawn, before)  # the caller's array is not touched
     np.testing.assert_array_equal(found.labels[drawn > 0], drawn[drawn > 0])  # nor any of its pixels taken
     new = np.unique(found.labels[(found.labels > 0) & (drawn == 0)])
-    assert len(new) >= 5 and new.min() > drawn.max()
+    assert len(new) >= 5 and new.min() > drawn.max() and found.labels.dtype == np.int64
     assert not set(new) & set(keep + 100)
 
 

@@ -38,7 +38,7 @@ LINK_DEPTH = 4
 class FoundStack:
     """What ``finding_in_stack`` found.
 
-    labels: (z, y, x) uint32, the given labels with the new objects added. looked: the slices looked on, in
+    labels: (z, y, x), the given labels with the new objects added (uint32; int64 for signed labels given). looked: the slices looked on, in
     order. objects: {new id: (z found on, (row, col) seed, predicted IoU)}. linked: how many found masks
     were left out as continuing an object of the next slice.
     """
@@ -110,7 +110,12 @@ def finding_in_stack(predictor, stack, settings: AutoSettings | None = None, *, 
     shape = check_stack(stack, channel_axis)
     zb = z_bounds(z_range, shape[0])
     looked = slices_to_look(zb, every, z)
-    labels = np.zeros(shape, np.uint32) if labels is None else np.array(check_labels(labels, shape), np.uint32)
+    if labels is None:
+        labels = np.zeros(shape, np.uint32)
+    else:  # a copy; a signed layer's negative labels (never followed) are kept as they are
+        labels = check_labels(labels, shape)
+        signed = np.issubdtype(getattr(labels, "dtype", np.uint32), np.signedinteger)
+        labels = np.array(labels, np.int64 if signed else np.uint32)
     cache = cache if cache is not None else EmbeddingCache(max_bytes=1 << 62)
     embed = stack_embedder(predictor, stack, cache, channel_axis, disk)
     out = FoundStack(labels, looked)
@@ -119,7 +124,7 @@ def finding_in_stack(predictor, stack, settings: AutoSettings | None = None, *, 
         found = yield from _relay(finding(predictor, settings, existing=labels[zf]),
                                   lambda _: Progress(n, len(looked), zf, "find", labels[zf].copy()))
         prompts = {}
-        next_id = max(int(labels.max()) + 1, first_id or 1)
+        next_id = max(int(labels.max(initial=0)) + 1, first_id or 1)
         for k in range(1, found.n + 1):
             mask = found.labels == k
             if link <= 1 and continuing(mask, labels, zf, link, link_depth):

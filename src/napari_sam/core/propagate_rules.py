@@ -84,8 +84,8 @@ class StepFeatures:
     peak_area: the largest area of the object so far on this track (its
     prompted slice included). kept: pixels left to the object after overlaps
     with other objects were resolved, and contrast: the object's contrast on
-    this slice as a fraction of its contrast on its prompted slice (see
-    ``propagate_track.contrast``); both None until overlaps are resolved.
+    this slice as a fraction of its contrast on its prompted slice, or on the clearest slice it has met so
+    far (``StopRule.peak_contrast``; see ``propagate_track.contrast``); both None until overlaps are resolved.
     """
 
     oid: int
@@ -145,6 +145,10 @@ class StopRule:
         largest area on the clearest of them (the largest contrast and area among its prompted slices), not
         the nearest one: an end slice drawn by hand (dim, small) does not lower the bar, or the object runs
         on past its end into its own out-of-focus light. False: the nearest prompted slice's.
+    peak_contrast: the contrast test is against the clearest slice of the object met so far on its way out
+        (its prompted slice's contrast raised as it passes clearer ones), not the prompted slice alone: an
+        object prompted on one of its dim ends (found there) is otherwise held to that end's contrast at its
+        other end, and runs on past it into its own out-of-focus light.
 
     For another rule, subclass and override :meth:`reason`.
     """
@@ -165,6 +169,7 @@ class StopRule:
     min_covered: float = 0.85
     min_contrast_growing: float = 1.0
     clearest: bool = True
+    peak_contrast: bool = True
 
     def reason(self, f: StepFeatures) -> str | None:
         """Why the object stops here, or None to go on. Called once before
@@ -191,7 +196,8 @@ class StopRule:
             return f"kept {f.kept}/{f.area} px after overlaps < {self.min_kept}"
         floor = contrast_floor(self, f.peak_area)
         if f.contrast is not None and f.contrast < floor:
-            return f"contrast fell to {f.contrast:.2f} of the prompted slice's < {floor}"
+            of = "its clearest slice's so far" if self.peak_contrast else "the prompted slice's"
+            return f"contrast fell to {f.contrast:.2f} of {of} < {floor}"
         return None
 
 

@@ -60,7 +60,10 @@ def advance(predictor, canvas, z, image2d, work, step, stop, moving, up, outward
         t.contrast0, t.peak_area = prev.contrast0, f.peak_area
         f.kept = t.area
         if not in_gap and prev.contrast0 > 0:
-            f.contrast = contrast(image2d, canvas.labels[z], t.r0, t.c0, t.mask) / prev.contrast0
+            c = contrast(image2d, canvas.labels[z], t.r0, t.c0, t.mask)
+            f.contrast = c / prev.contrast0
+            if stop.peak_contrast:
+                t.contrast0 = max(prev.contrast0, c)
         why = None if in_gap else stop.reason(f)
         if why:
             canvas.erase(z, o)
