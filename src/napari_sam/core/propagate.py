@@ -120,6 +120,9 @@ def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: Embeddi
     stop, step = stop or StopRule(), step or StepRule()
     canvas = LabelCanvas(shape, labels, objs, zb)
     anchors = {o: sorted(p) for o, p in objs.items()}
+    # between its outermost prompted slices an object is known to exist (also across a prompted slice whose
+    # prompt gave no pixels, dropped from its anchors below): no stop rule there
+    extent = {o: (a[0], a[-1]) for o, a in anchors.items()}
     first, last = min(min(a) for a in anchors.values()), max(max(a) for a in anchors.values())
     visits = [("prompted", z) for z in sorted({z for a in anchors.values() for z in a})]
     visits += [("up", z) for z in range(first + 1, zb[1])] + [("down", z) for z in range(last - 1, zb[0] - 1, -1)]
@@ -170,7 +173,7 @@ def propagate_objects(predictor, stack, prompts, *, z_range=None, cache: Embeddi
                     continue
                 prev = at_anchor.get((o, z - 1 if up else z + 1)) or moving.get((o, up))
                 if prev is not None and prev.mask.any():
-                    work.append((o, src[1], prev, abs(z - src[0])))
+                    work.append((o, extent[o][0] < z < extent[o][1], prev, abs(z - src[0])))
             if work:
                 image2d = embed(z)
                 stopped = advance(predictor, canvas, z, image2d, work, step, stop, moving, up, outward)
