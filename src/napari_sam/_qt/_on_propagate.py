@@ -233,8 +233,9 @@ class Propagating:
         if n and run.after is None:
             self._propagated.remember(layer, written, ch.digests)
         if n and layer is self._labels:  # the layer whose edits the widget follows
-            ids = ", ".join(map(str, run.outcome.ids))
-            self._undo.remember(layer, f"{run.what} of label {ids}", run.view.full_index(*write[:3]), cleared)
+            ids = run.outcome.ids
+            shown = ", ".join(map(str, ids[:5])) + (f", … ({len(ids)} objects)" if len(ids) > 5 else "")
+            self._undo.remember(layer, f"{run.what} of label {shown}", run.view.full_index(*write[:3]), cleared)
         summary = run.outcome.text(ch, write)
         # stays when the slice changes: short, the reasons in its tooltip
         self._ui.propagate_status.setText(run.outcome.text(ch, write, show=3, short=True))
