@@ -81,3 +81,17 @@ def test_cancel_writes_nothing_and_a_2d_image_works(open_sam, qtbot, stack):
     status = _find(qtbot, widget2d)
     n = len(np.unique(labels2d.data)) - 1
     assert status.startswith(f"Found {n} objects on ") and n >= 5, status
+
+
+def test_the_score_control_keeps_only_surer_objects(open_sam, qtbot, stack):
+    _, widget, labels = open_sam(stack.image[Z], (0, 0))
+    widget._ui.find_score.setValue(0.9)
+    _find(qtbot, widget)
+    sure = [r for r in labels.metadata["napari_sam"]["objects"] if r.get("found")]
+    assert sure and all(r["predicted_iou"] >= 0.9 for r in sure)
+    widget._on_undo_commit()
+    assert not np.asarray(labels.data).any()
+    widget._ui.find_score.setValue(0.5)
+    _find(qtbot, widget)
+    n = len(np.unique(labels.data)) - 1
+    assert n > len(sure), (n, len(sure))  # the default keeps more

@@ -146,6 +146,25 @@ class Controls:
             "every object it is sure of as a new label, only where the labels layer is background (one Ctrl-Z "
             "undoes it). Fix or delete what it got wrong, then Propagate all on this slice")
         box.addWidget(self.find)
+        row = QHBoxLayout()
+        self.find_score = QDoubleSpinBox()
+        self.find_score.setRange(0.05, 0.95)
+        self.find_score.setSingleStep(0.05)
+        self.find_score.setDecimals(2)
+        self.find_score.setValue(0.5)
+        self.find_score.setToolTip(
+            "Find all objects keeps a mask only when SAM's predicted IoU is at least this: higher keeps fewer, "
+            "surer objects (0.6 on the validation stacks: recall 84% instead of 89%, precision 82% instead of "
+            "75%)")
+        self.find_dark = QCheckBox("dark objects / no dark background")
+        self.find_dark.setToolTip(
+            "Find all objects seeds only on the bright parts of a slice (fluorescence); tick for objects darker "
+            "than their background or without one (brightfield, EM): seeds everywhere, several times slower")
+        row.addWidget(QLabel("Find: keep SAM score ≥"))
+        row.addWidget(self.find_score)
+        row.addWidget(self.find_dark)
+        row.addStretch(1)
+        box.addLayout(row)
         root.addWidget(commit)
 
         propagate = QGroupBox("Propagate through z")

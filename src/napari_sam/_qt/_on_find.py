@@ -20,13 +20,15 @@ _FINDS = itertools.count()
 
 
 @reported
-def find_in_worker(predictor, cache, data, index: tuple, rgb: bool, disk, disk_index, existing: np.ndarray):
+def find_in_worker(predictor, cache, data, index: tuple, rgb: bool, disk, disk_index, existing: np.ndarray,
+                   settings=None):
     """Generator (runs in a worker): embed slice ``index`` of ``data`` (or take it from the caches), then
-    ``core.automatic.finding`` outside ``existing``'s labels; yields (seeds done, seeds), returns ``Found``."""
+    ``core.automatic.finding`` outside ``existing``'s labels with ``settings`` (``AutoSettings``); yields (seeds
+    done, seeds), returns ``Found``."""
     from napari_sam.core.automatic import finding
 
     predictor.set_embedding(encode_slice(predictor, cache, data, index, rgb, disk, disk_index))
-    return (yield from finding(predictor, existing=existing))
+    return (yield from finding(predictor, settings, existing=existing))
 
 
 class Finding:
@@ -66,10 +68,18 @@ class Finding:
         held = " outside the labels already there" if existing.any() else ""
         desc = f"Looking for every object on {plane.label}{held}…"
         self._jobs.start(key, desc, find_in_worker, predictor, self._session.cache, image_data(self._image),
-                         plane.index, self._image.rgb, *self._disk_for(plane), existing,
+                         plane.index, self._image.rgb, *self._disk_for(plane), existing, self._find_settings(),
                          on_result=self._on_found, on_error=self._on_find_error, on_yield=self._on_find_progress,
                          on_done=self._on_find_done)
         self._say(desc)
+
+    def _find_settings(self):
+        """``AutoSettings`` of both Find all objects buttons, from the widget's score and dark-objects controls."""
+        from napari_sam.core.automatic import AutoSettings
+
+        dark = self._ui.find_dark.isChecked()
+        return AutoSettings(min_score=round(self._ui.find_score.value(), 2),
+                            min_brightness=0.0 if dark else AutoSettings.min_brightness)
 
     def _on_find_progress(self, key, progress) -> None:
         if self._closed or self._finding is None or self._finding[0] != key:

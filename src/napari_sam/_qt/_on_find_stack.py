@@ -69,7 +69,8 @@ class FindingInStack:
         looked = f"{plane.label} and every {EVERY}th slice up and down from it"
         self._launch(run, f"Looking for every object on {looked} ({_slices_text(zr, view, plane)}), "
                           f"then carrying them through {zn}…",
-                     run_find_stack, EVERY, z, zr, first, None if info is None else int(info.max), found)
+                     run_find_stack, EVERY, z, zr, first, None if info is None else int(info.max), found,
+                     self._find_settings())
 
     def _find_stack_inputs(self):
         """(view, plane, z range) of the stack to search; PropagateError/PlaneError say why not."""

@@ -192,18 +192,20 @@ def run_every_slice(predictor, stack, labels: np.ndarray, prompts: dict, cache, 
 
 @reported
 def run_find_stack(predictor, stack, labels: np.ndarray, every: int, cache, disk=None, channel_axis=None, z=None,
-                   z_range=None, first_id: int = 1, top: int | None = None, found: dict | None = None):
+                   z_range=None, first_id: int = 1, top: int | None = None, found: dict | None = None, settings=None):
     """Generator (runs in a worker): every object of ``stack`` found on slice ``z`` and every ``every``-th slice
     outward, and propagated (``core.find_stack``), with ids from ``first_id``, outside ``labels``' objects.
 
     top: the largest id the labels layer can hold (a ValueError saying so when more objects were found).
     found: a dict filled with ``FoundStack.objects`` ({id: (z, seed, predicted IoU)}) for the records.
+    settings: ``AutoSettings`` of each slice's search.
     Yields ``Progress``; returns the (z, H, W) result (``labels`` is not changed).
     """
     from napari_sam.core.find_stack import finding_in_stack
 
-    out = yield from finding_in_stack(predictor, stack, every=every, z=z, z_range=z_range, labels=labels,
-                                      first_id=first_id, cache=cache, channel_axis=channel_axis, disk=disk)
+    out = yield from finding_in_stack(predictor, stack, settings, every=every, z=z, z_range=z_range,
+                                      labels=labels, first_id=first_id, cache=cache, channel_axis=channel_axis,
+                                      disk=disk)
     if top is not None and out.objects and max(out.objects) > top:
         raise ValueError(f"{len(out.objects)} objects were found, with ids up to {max(out.objects)}, but the labels "
                          f"layer holds ids up to {top} only: convert it to a larger integer type (or choose a new "
