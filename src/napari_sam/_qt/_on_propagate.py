@@ -276,8 +276,11 @@ class Propagating:
             return
         self._finish_propagation()
         self._ui.propagate_status.setText(f"{'Stopped' if run.stopped else 'Cancelled'}: the labels are unchanged.")
-        self._say(self._stopped_text(run) if run.stopped else
-                  f"{run.what[0].upper()}{run.what[1:]} cancelled: the labels are unchanged.")
+        # kept on the status line, as a commit's, until the next prompt or slice: a hint that follows (the
+        # layer list changed) adds to it instead of replacing it
+        self._last_commit = (self._stopped_text(run) if run.stopped else
+                             f"{run.what[0].upper()}{run.what[1:]} cancelled: the labels are unchanged.")
+        self._say(self._last_commit)
 
     @staticmethod
     def _stopped_text(run: _Run) -> str:
@@ -302,4 +305,5 @@ class Propagating:
         else:
             return
         self._jobs.cancel(run.key[0])
-        self._say(self._stopped_text(run), error=True)
+        self._last_commit = self._stopped_text(run)
+        self._say(self._last_commit, error=True)
