@@ -54,8 +54,12 @@ def test_cancel_writes_nothing_and_a_2d_image_is_refused(open_sam, qtbot, stack,
 
     monkeypatch.setattr(mod, "run_find_stack", _slowed(mod.run_find_stack))
     viewer, widget, labels = open_sam(stack.image, (Z, 0, 0))
+    widget._ui.find_every.setValue(20)  # more than the stack: this slice only
     widget._ui.find_stack.click()
+    assert widget._ui.status.text().startswith(f"Looking for every object on z={Z} (all 12 slices), then"), \
+        widget._ui.status.text()
     qtbot.waitUntil(lambda: "Finding all objects in the stack: " in widget._ui.status.text(), timeout=60000)
+    assert "/1 slices looked on (z=" in widget._ui.status.text(), widget._ui.status.text()
     widget._on_cancel()
     qtbot.waitUntil(lambda: not widget.propagating, timeout=30000)
     assert not np.asarray(labels.data).any()

@@ -2,8 +2,8 @@
 
 A mixin of :class:`~napari_sam._qt.widget.SamWidget`, run like a propagation (``_on_propagate.Propagating._launch``:
 a generator worker, progress, Cancel, background-only writing, one undo step): objects are looked for on the
-current slice and on every ``EVERY``-th slice up and down from it (within the slices set under "Propagate through
-z"), only where the labels layer is background, and what is found is carried through z
+current slice and on every N-th slice up and down from it (N: the "every ... slices" box beside the button; within
+the slices set under "Propagate through z"), only where the labels layer is background, and what is found is carried through z
 (``_propagate.run_find_stack``).
 """
 
@@ -16,10 +16,6 @@ from ._on_propagate import _bounds, _Run, _slices_text
 from ._outcome import Outcome
 from ._plane import PlaneError, current_plane, image_data
 from ._propagate import PropagateError, StackView, run_find_stack, z_axis_of, z_name
-
-#: Slices apart the objects are looked for: nuclei 3-5 slices deep are each seen on at least one of them.
-EVERY = 4
-
 
 class FindingInStack:
     """The Find all objects in the stack handler of the SAM widget (with ``Propagating``)."""
@@ -65,11 +61,12 @@ class FindingInStack:
         run = _Run(None, view, source, labels, self._image, self._image_version, outcome,
                    what="finding of all objects in the stack", after=after, doing="Finding all objects in the stack",
                    unit="slices looked on")
-        zn = z_name(plane)
-        looked = f"{plane.label} and every {EVERY}th slice up and down from it"
+        zn, every = z_name(plane), self._ui.find_every.value()
+        looked = (plane.label if every >= view.shape[0] else
+                  f"{plane.label} and every {every} slices up and down from it")
         self._launch(run, f"Looking for every object on {looked} ({_slices_text(zr, view, plane)}), "
                           f"then carrying them through {zn}…",
-                     run_find_stack, EVERY, z, zr, first, None if info is None else int(info.max), found,
+                     run_find_stack, every, z, zr, first, None if info is None else int(info.max), found,
                      self._find_settings())
 
     def _find_stack_inputs(self):
