@@ -1,10 +1,10 @@
 """Find all objects in the stack: every object of a z-stack without a click (``core.find_stack``), as new labels.
 
 A mixin of :class:`~napari_sam._qt.widget.SamWidget`, run like a propagation (``_on_propagate.Propagating._launch``:
-a generator worker, progress, Cancel, background-only writing, one undo step): objects are looked for on the
-current slice and on every N-th slice up and down from it (N: the "every ... slices" box beside the button; within
-the slices set under "Propagate through z"), only where the labels layer is background, and what is found is carried through z
-(``_propagate.run_find_stack``).
+a generator worker, progress, Cancel, background-only writing, one undo step). Objects are looked for on the
+current slice and on every N-th slice up and down from it (N: the "every ... slices" box beside the button;
+within the slices set under "Propagate through z"), only where the labels layer is background, and what is
+found is carried through z (``_propagate.run_find_stack``).
 """
 
 from __future__ import annotations
