@@ -192,13 +192,12 @@ def find_in_stack(
     labels: (z, y, x) labels already drawn; they are kept, and no found object takes their pixels.
     link_depth: a mask found on a slice is left out when most of it lies on an object that ended within
     this many slices above or below (that object's dim end, or its out-of-focus light; default
-    ``core.find_stack.LINK_DEPTH``). z_range: (start,
-    stop), half-open: nothing outside it is looked on or labelled. progress: called with each
-    ``Progress`` record. settings: fields of :class:`napari_sam.core.automatic.AutoSettings`, as
-    :func:`find_objects`.
+    ``core.find_stack.LINK_DEPTH``). z_range: (start, stop), half-open: nothing outside it is looked on or
+    labelled. progress: called with each ``Progress`` record. settings: fields of
+    :class:`napari_sam.core.automatic.AutoSettings`, as :func:`find_objects`.
 
-    Returns :class:`napari_sam.core.find_stack.FoundStack`: ``labels`` (z, y, x) uint32 (the given labels
-    and new ids after their largest), ``objects`` {id: (slice found on, seed (row, col), predicted IoU)}::
+    Returns :class:`napari_sam.core.find_stack.FoundStack`: ``labels`` (z, y, x) uint32 (int64 when the labels
+    given are signed; the given labels and new ids after their largest), ``objects`` {id: (slice found on, seed (row, col), predicted IoU)}::
 
         labels3d = napari_sam.find_in_stack(stack).labels
     """
