@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._commit import CommitError, next_id, object_record, record_objects
+from ._commit import CommitError, check_fits, next_id, object_record, record_objects
 from ._on_propagate import _bounds, _Run, _slices_text
 from ._outcome import Outcome
 from ._plane import PlaneError, current_plane, image_data
@@ -31,14 +31,13 @@ class FindingInStack:
             view, plane, zr = self._find_stack_inputs()
             with self._labels_for_action() as labels:
                 first = next_id(labels)
-                info = np.iinfo(labels.data.dtype) if np.issubdtype(labels.data.dtype, np.integer) else None
-                if info is not None and first > info.max:
-                    raise CommitError(f"{labels.name!r} ({labels.data.dtype}) holds ids up to {info.max} and has no "
-                                      "free one left: convert it to a larger integer type")
+                check_fits(labels, first)  # a free id at least; the found objects' count is checked at the end
         except (PropagateError, PlaneError, CommitError) as e:
             self._say(str(e), error=True)
             return
         z = dict(plane.fixed)[view.z_axis]
+        dtype = labels.data.dtype
+        top = int(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else None
         source = StackView(labels.data, plane, view.z_axis)
         model, found = self._session.model, {}
         outcome = Outcome([], z_name(plane), _bounds(zr))
@@ -66,7 +65,7 @@ class FindingInStack:
                   f"{plane.label} and every {every} slices up and down from it")
         self._launch(run, f"Looking for every object on {looked} ({_slices_text(zr, view, plane)}), "
                           f"then carrying them through {zn}…",
-                     run_find_stack, every, z, zr, first, None if info is None else int(info.max), found,
+                     run_find_stack, every, z, zr, first, top, found,
                      self._find_settings())
 
     def _find_stack_inputs(self):

@@ -70,6 +70,11 @@ class _Run:
     doing: str = "Propagating"  # progress: "{doing}: {done}/{total} {unit} (z=.., stage)"
     unit: str = "slice visits"
 
+    @property
+    def title(self) -> str:
+        """``what`` at the start of a sentence."""
+        return self.what[0].upper() + self.what[1:]
+
 
 class Propagating:
     """Propagation handlers of the SAM widget."""
@@ -240,7 +245,7 @@ class Propagating:
         # stays when the slice changes: short, the reasons in its tooltip
         self._ui.propagate_status.setText(run.outcome.text(ch, write, show=3, short=True))
         self._ui.propagate_status.setToolTip(run.outcome.text(ch, write, show=len(run.outcome.ids)))
-        what, done = ("Propagation", "Propagated") if run.after is None else (run.what[0].upper() + run.what[1:],) * 2
+        what, done = ("Propagation", "Propagated") if run.after is None else (run.title,) * 2
         gone = int((write[3] == 0).sum())
         px = f"{n - gone} px written" + (f", {gone} px of an earlier propagation cleared" if gone else "")
         redone = redone_text(ch.redone, run.outcome.zname)
@@ -267,7 +272,7 @@ class Propagating:
             return
         self._finish_propagation()
         self._ui.propagate_status.setText("Failed: the labels are unchanged.")
-        self._say(f"{run.what[0].upper()}{run.what[1:]} failed: {exc}. The labels are unchanged.", error=True)
+        self._say(f"{run.title} failed: {exc}. The labels are unchanged.", error=True)
 
     def _on_propagate_done(self, key) -> None:
         """The worker has stopped; if no result came, it was cancelled."""
@@ -279,13 +284,13 @@ class Propagating:
         # kept on the status line, as a commit's, until the next prompt or slice: a hint that follows (the
         # layer list changed) adds to it instead of replacing it
         self._last_commit = (self._stopped_text(run) if run.stopped else
-                             f"{run.what[0].upper()}{run.what[1:]} cancelled: the labels are unchanged.")
+                             f"{run.title} cancelled: the labels are unchanged.")
         self._say(self._last_commit)
 
     @staticmethod
     def _stopped_text(run: _Run) -> str:
         why, todo = run.stopped
-        return f"{run.what[0].upper()}{run.what[1:]} stopped, because {why}: the labels are unchanged. {todo}."
+        return f"{run.title} stopped, because {why}: the labels are unchanged. {todo}."
 
     def _stop_stale_propagation(self) -> None:
         """Stop the run at once when its result could not be written any more (``_on_propagated``): its image

@@ -100,9 +100,10 @@ def _smoothed(gray: np.ndarray, settings: AutoSettings) -> tuple[np.ndarray, flo
     return g, float(lo + settings.min_brightness * (hi - lo)) if settings.min_brightness else -np.inf
 
 
-def grid_seeds(gray: np.ndarray, settings: AutoSettings, cpu: bool = True) -> np.ndarray:
+def grid_seeds(gray: np.ndarray, settings: AutoSettings, cpu: bool = True, bright=None) -> np.ndarray:
     """(n, 2) float32 (row, col): SAM's ``build_point_grid`` over an (H, W) slice at ``settings.spacing``,
-    where the smoothed slice is bright enough (``min_brightness``)."""
+    where the smoothed slice is bright enough (``min_brightness``). bright: ``_smoothed(gray, settings)`` if
+    the caller has it."""
     from segment_anything.utils.amg import build_point_grid
 
     H, W = gray.shape
@@ -112,19 +113,19 @@ def grid_seeds(gray: np.ndarray, settings: AutoSettings, cpu: bool = True) -> np
     n = max(1, int(round(max(H, W) / spacing)))
     grid = build_point_grid(n)[:, ::-1] * np.array([max(H, W)] * 2) - 0.5  # (x, y) in [0, 1] -> (row, col)
     grid = grid[(grid[:, 0] < H) & (grid[:, 1] < W)].astype(np.float32)
-    g, level = _smoothed(gray, settings)
+    g, level = bright or _smoothed(gray, settings)
     r, c = np.round(grid).astype(int).T
     return grid[g[r, c] > level]
 
 
-def peak_seeds(gray: np.ndarray, settings: AutoSettings) -> np.ndarray:
+def peak_seeds(gray: np.ndarray, settings: AutoSettings, bright=None) -> np.ndarray:
     """(n, 2) float32 (row, col): local maxima of the smoothed slice above ``min_brightness``, brightest
-    first (none without ``settings.peaks``)."""
+    first (none without ``settings.peaks``). bright: as :func:`grid_seeds`."""
     from skimage.feature import peak_local_max
 
     if not settings.peaks:
         return np.zeros((0, 2), np.float32)
-    g, level = _smoothed(gray, settings)
+    g, level = bright or _smoothed(gray, settings)
     pk = peak_local_max(g, min_distance=2, threshold_abs=level if np.isfinite(level) else None,
                         exclude_border=False)
     return pk.astype(np.float32)
@@ -179,13 +180,13 @@ def finding(predictor, settings: AutoSettings | None = None, *, existing=None, s
             raise ValueError(f"the labels given have shape {taken.shape}, the slice {(H, W)}: give the slice's "
                              "own labels")
     gray = emb.gray if emb.gray is not None else np.zeros((H, W), np.uint8)
+    bright = _smoothed(gray, settings)  # once: the seeds and the masks' brightness test share it
     if seeds is None:
         cpu = str(getattr(predictor.model, "device", "cpu")).startswith("cpu")
-        rounds = [peak_seeds(gray, settings), grid_seeds(gray, settings, cpu)]
+        rounds = [peak_seeds(gray, settings, bright), grid_seeds(gray, settings, cpu, bright)]
     else:
         rounds = [np.asarray(seeds, np.float32).reshape(-1, 2)]
     canvas = _Canvas(H, W, settings, taken)
-    bright = _smoothed(gray, settings)
     total = sum(len(r) for r in rounds)
     done = 0
     for pts in rounds:

@@ -65,10 +65,15 @@ def slices_to_look(zb: tuple[int, int], every: int, z: int | None = None) -> lis
     return out
 
 
-def continuing(mask: np.ndarray, labels: np.ndarray, z: int, link: float, depth: int = 1) -> bool:
+def on_slice(labels2d: np.ndarray) -> set[int]:
+    """The object ids on one slice of labels."""
+    return set(np.unique(labels2d[labels2d > 0]).tolist())
+
+
+def continuing(mask: np.ndarray, labels: np.ndarray, z: int, link: float, depth: int = 1, here=None) -> bool:
     """Does the mask found on slice z lie, for at least ``link`` of it, on one object that is not on slice z
-    but on one of the ``depth`` slices above or below it?"""
-    here = set(np.unique(labels[z][labels[z] > 0]).tolist())
+    but on one of the ``depth`` slices above or below it? here: ``on_slice(labels[z])`` if the caller has it."""
+    here = on_slice(labels[z]) if here is None else here
     n = mask.sum()
     for dz in range(1, depth + 1):
         for zz in (z - dz, z + dz):
@@ -125,11 +130,11 @@ def finding_in_stack(predictor, stack, settings: AutoSettings | None = None, *, 
         embed(zf)
         found = yield from _relay(finding(predictor, settings, existing=labels[zf]),
                                   lambda _: Progress(n, len(looked), zf, "find", labels[zf].copy()))
-        prompts = {}
+        prompts, here = {}, on_slice(labels[zf])
         next_id = max(int(labels.max(initial=0)) + 1, first_id or 1)
         for k in range(1, found.n + 1):
             mask = found.labels == k
-            if link <= 1 and continuing(mask, labels, zf, link, link_depth):
+            if link <= 1 and continuing(mask, labels, zf, link, link_depth, here):
                 out.linked += 1
                 continue
             prompts[next_id] = {zf: ObjectPrompt(mask=mask)}
